@@ -1,0 +1,1 @@
+"""Image folders: scanning and verifying, the split, decoding, resizing and augmentation."""

@@ -1,0 +1,1 @@
+"""Metrics (scikit-learn), predictions and the pictures a person looks at."""

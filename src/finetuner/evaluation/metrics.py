@@ -1,0 +1,37 @@
+"""Predictions of a model over stored images, and the metrics computed from them."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from ..models import StagedClassifier
+
+
+@torch.no_grad()
+def predict_arrays(model: StagedClassifier, images: np.ndarray | torch.Tensor,
+                   device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (N, classes) for uint8 images (N, H, W, 3)."""
+    model.eval().to(device)
+    images = torch.from_numpy(np.array(images))  # a writable copy
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device).permute(0, 3, 1, 2)
+        out.append(model(batch).float().softmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.classifier.out_features))
+
+
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
+                           class_names: list[str]) -> dict:
+    """accuracy, macro-F1, the per-class report and the confusion matrix."""
+    indices = list(range(len(class_names)))
+    report = classification_report(labels, predicted, labels=indices, target_names=class_names,
+                                   output_dict=True, zero_division=0)
+    per_class = {name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
+                        "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
+                 for name in class_names}
+    return {"accuracy": float(accuracy_score(labels, predicted)),
+            "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro",
+                                       zero_division=0)),
+            "per_class": per_class,
+            "confusion": confusion_matrix(labels, predicted, labels=indices).tolist()}

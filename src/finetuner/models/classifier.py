@@ -1,0 +1,61 @@
+"""The uniform model every stage trains and every command loads.
+
+A backbone is cut into freezable *stages* run in order, then a *pool* to a feature vector, then
+a new linear *classifier*.  Input normalisation is part of the model, so a checkpoint or an
+export takes images as floats in [0, 1] (or uint8) and needs no other preprocessing constants.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StagedClassifier(nn.Module):
+    def __init__(self, stages: list[nn.Module], pool: nn.Module, num_features: int,
+                 num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.stages = nn.ModuleList(stages)
+        self.pool = pool
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float input of stage 0."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.mean) / self.std
+
+    def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run stages ``start`` .. ``stop``-1 on a normalised batch or a stage's output."""
+        stop = len(self.stages) if stop is None else stop
+        for stage in self.stages[start:stop]:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's output -> class logits."""
+        return self.classifier(self.dropout(self.pool(x)))
+
+    def forward_frozen(self, images: torch.Tensor, depth: int) -> torch.Tensor:
+        """The part of the forward pass that ``depth`` frozen stages make constant.
+
+        With every stage frozen that includes the pool, so only the classifier is left.
+        ``forward_trainable(forward_frozen(x, d), d) == forward(x)``.
+        """
+        x = self.forward_stages(self.normalize(images), 0, depth)
+        return self.pool(x) if depth >= self.num_stages else x
+
+    def forward_trainable(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        if depth >= self.num_stages:
+            return self.classifier(self.dropout(x))
+        return self.forward_head(self.forward_stages(x, depth))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_stages(self.normalize(images)))

@@ -1,0 +1,307 @@
+"""One typed, validated view of ``params.yaml``.
+
+Every stage calls :func:`load_params` once.  Unknown keys fail with the closest valid name,
+wrong types and out-of-range values fail with what is allowed, before any heavy work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
+
+
+def _fail(key: str, message: str) -> typing.NoReturn:
+    raise ParamsError(f"params.yaml: '{key}' {message}")
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        _fail(key, f"is {value!r}; allowed: {', '.join(map(str, choices))}")
+
+
+def _range(key: str, value, low=None, high=None, low_open=False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        _fail(key, f"is {value!r}; must be {' and '.join(p for p in (lo, hi) if p)}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the labelled image folder is and how it is split."""
+    dir: str = "data/digits"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        _range(f"{prefix}.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
+        _range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            _fail(f"{prefix}.val_fraction + test_fraction",
+                  f"is {self.val_fraction + self.test_fraction:g}; the train fraction "
+                  "(1 - val - test) must stay above 0")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Decoding, resizing and the augmented views kept for each training image."""
+    image_size: int | str = "auto"  # "auto": the architecture's native input size
+    train_views: int = 4
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    hflip: bool = False
+    rotation: float = 10.0
+    color_jitter: float = 0.1
+    workers: int = 2
+
+    def validate(self, prefix: str) -> None:
+        if isinstance(self.image_size, str):
+            _choice(f"{prefix}.image_size", self.image_size, ["auto", "an integer >= 16"])
+        else:
+            _range(f"{prefix}.image_size", self.image_size, 16, 1024)
+        _range(f"{prefix}.train_views", self.train_views, 1, 64)
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            _fail(f"{prefix}.crop_scale", f"is {list(self.crop_scale)}; need 0 < min <= max <= 1")
+        _range(f"{prefix}.rotation", self.rotation, 0, 180)
+        _range(f"{prefix}.color_jitter", self.color_jitter, 0, 1)
+        _range(f"{prefix}.workers", self.workers, 0, 64)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Which pretrained backbone to start from."""
+    arch: str = "tf_efficientnet_lite0"
+    weights: str = "DEFAULT"  # DEFAULT, a torchvision weights name, none, or a file path
+
+    def validate(self, prefix: str) -> None:
+        from .models.registry import check_arch  # registry knows the names
+        check_arch(self.arch)
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+MONITORS = ("val_acc", "val_loss")
+CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """How the finetune stage trains (besides the top-level lr and freeze_depth)."""
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    step_size: int = 7
+    gamma: float = 0.1
+    backbone_lr_mult: float = 1.0
+    stage_lr_decay: float = 1.0
+    head_epochs: int = 0
+    unfreeze_every: int = 0
+    unfreeze_floor: int = 0
+    early_stopping_patience: int = 0
+    monitor: str = "val_acc"
+    class_balance: str = "none"
+    feature_cache_gb: float = 2.0
+
+    def validate(self, prefix: str) -> None:
+        _range(f"{prefix}.epochs", self.epochs, 1, 10_000)
+        _range(f"{prefix}.batch_size", self.batch_size, 1, 65_536)
+        _choice(f"{prefix}.optimizer", self.optimizer, OPTIMIZERS)
+        _range(f"{prefix}.momentum", self.momentum, 0, 1)
+        _range(f"{prefix}.weight_decay", self.weight_decay, 0)
+        _range(f"{prefix}.label_smoothing", self.label_smoothing, 0, 1)
+        _choice(f"{prefix}.schedule", self.schedule, SCHEDULES)
+        _range(f"{prefix}.warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        _range(f"{prefix}.step_size", self.step_size, 1)
+        _range(f"{prefix}.gamma", self.gamma, 0, 1, low_open=True)
+        _range(f"{prefix}.backbone_lr_mult", self.backbone_lr_mult, 0)
+        _range(f"{prefix}.stage_lr_decay", self.stage_lr_decay, 0, 1, low_open=True)
+        _range(f"{prefix}.head_epochs", self.head_epochs, 0, self.epochs)
+        _range(f"{prefix}.unfreeze_every", self.unfreeze_every, 0)
+        _range(f"{prefix}.unfreeze_floor", self.unfreeze_floor, 0)
+        _range(f"{prefix}.early_stopping_patience", self.early_stopping_patience, 0)
+        _choice(f"{prefix}.monitor", self.monitor, MONITORS)
+        _choice(f"{prefix}.class_balance", self.class_balance, CLASS_BALANCE)
+        _range(f"{prefix}.feature_cache_gb", self.feature_cache_gb, 0)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """How the evaluate stage reports."""
+    batch_size: int = 64
+    gallery_size: int = 16
+
+    def validate(self, prefix: str) -> None:
+        _range(f"{prefix}.batch_size", self.batch_size, 1)
+        _range(f"{prefix}.gallery_size", self.gallery_size, 0, 100)
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+    seed: int = 0
+    lr: float = 0.01
+    freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0  # torch threads per process; 0: the cores this process may use
+    nproc_per_node: int = 1
+    data: DataParams = field(default_factory=DataParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def validate(self, prefix: str = "") -> None:
+        _range("seed", self.seed, 0, 2**31 - 1)
+        _range("lr", self.lr, 0, 10, low_open=True)
+        if isinstance(self.freeze_depth, str):
+            _choice("freeze_depth", self.freeze_depth, ["all", "an integer >= 0"])
+        else:
+            _range("freeze_depth", self.freeze_depth, 0)
+        if not (self.device in ("auto", "cpu", "cuda", "mps")
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            _fail("device", f"is {self.device!r}; allowed: {', '.join(DEVICES)}")
+        _choice("precision", self.precision, PRECISIONS)
+        _range("threads", self.threads, 0, 1024)
+        _range("nproc_per_node", self.nproc_per_node, 1, 1024)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name)
+        from .models.registry import get_arch
+        spec = get_arch(self.model.arch)
+        if not isinstance(self.freeze_depth, str) and self.freeze_depth > spec.num_stages:
+            _fail("freeze_depth", f"is {self.freeze_depth}; {self.model.arch} has "
+                  f"{spec.num_stages} freezable stages, so allowed: 0..{spec.num_stages} or 'all'")
+        if self.train.unfreeze_floor > self.resolved_freeze_depth:
+            _fail("train.unfreeze_floor", f"is {self.train.unfreeze_floor}; must be <= "
+                  f"freeze_depth ({self.resolved_freeze_depth})")
+        if isinstance(self.preprocess.image_size, int) and self.preprocess.image_size < spec.min_size:
+            _fail("preprocess.image_size", f"is {self.preprocess.image_size}; {self.model.arch} "
+                  f"needs at least {spec.min_size} px")
+
+    @property
+    def resolved_freeze_depth(self) -> int:
+        """freeze_depth as a number of leading stages ("all" is every stage)."""
+        from .models.registry import get_arch
+        if self.freeze_depth == "all":
+            return get_arch(self.model.arch).num_stages
+        return int(self.freeze_depth)
+
+    @property
+    def image_size(self) -> int:
+        """The input size: preprocess.image_size, or the architecture's native size."""
+        from .models.registry import get_arch
+        if self.preprocess.image_size == "auto":
+            return get_arch(self.model.arch).input_size
+        return int(self.preprocess.image_size)
+
+
+def _convert(key: str, value, hint):
+    """Check ``value`` against the annotation ``hint``; return it in that type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        for option in options:
+            try:
+                return _convert(key, value, option)
+            except ParamsError:
+                continue
+        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        _fail(key, f"is {value!r} ({type(value).__name__}); expected {names}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
+        return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"is {value!r}; expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            _fail(key, f"is {value!r} ({type(value).__name__}); expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(key, f"is {value!r} ({type(value).__name__}); expected a string")
+        return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            _fail(key, f"is {value!r}; expected a mapping of {hint.__name__} keys")
+        return _build(hint, value, key + ".")
+    raise TypeError(f"unsupported annotation {hint!r} for {key}")
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ParamsError(f"params.yaml: unknown key '{prefix}{key}'{hint} "
+                              f"Valid keys: {', '.join(prefix + n for n in names)}")
+    values = {k: _convert(prefix + k, v, hints[k]) for k, v in raw.items()}
+    return cls(**values)
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Build and validate :class:`Params` from the parsed YAML mapping."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
+    params = _build(Params, raw)
+    params.validate()
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read ``path`` with ``yaml.safe_load`` and return the validated params."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project's root") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw)
+
+
+def to_dict(params: Params) -> dict:
+    """Params as plain YAML-like data (for checkpoints and reports)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(params))

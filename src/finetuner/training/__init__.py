@@ -1,0 +1,1 @@
+"""Freezing, optimizer parameter groups, learning-rate schedules and the training loop."""

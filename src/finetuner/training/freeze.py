@@ -1,0 +1,40 @@
+"""Which stages train: freezing a prefix, frozen BatchNorm in eval mode, gradual unfreezing."""
+from __future__ import annotations
+
+from ..models import StagedClassifier
+
+
+def set_frozen_prefix(model: StagedClassifier, depth: int) -> None:
+    """Freeze the first ``depth`` stages; the later stages and the classifier train."""
+    for index, stage in enumerate(model.stages):
+        for parameter in stage.parameters():
+            parameter.requires_grad_(index >= depth)
+    for parameter in model.classifier.parameters():
+        parameter.requires_grad_(True)
+    for parameter in model.pool.parameters():  # e.g. ConvNeXt's LayerNorm before the head
+        parameter.requires_grad_(depth < model.num_stages)
+
+
+def train_mode(model: StagedClassifier, depth: int) -> None:
+    """``model.train()``, except frozen stages stay in eval mode (BatchNorm statistics fixed)."""
+    model.train()
+    for stage in model.stages[:depth]:
+        stage.eval()
+    if depth >= model.num_stages:
+        model.pool.eval()
+
+
+def depth_at_epoch(epoch: int, freeze_depth: int, num_stages: int, head_epochs: int,
+                   unfreeze_every: int, unfreeze_floor: int) -> int:
+    """Frozen stages in ``epoch`` (0-based).
+
+    The first ``head_epochs`` epochs train only the head (fastai's two-phase fine_tune); then
+    ``freeze_depth`` stages are frozen, and with ``unfreeze_every`` > 0 one more stage from the
+    top unfreezes every ``unfreeze_every`` epochs, down to ``unfreeze_floor``.
+    """
+    if epoch < head_epochs:
+        return num_stages
+    if unfreeze_every <= 0:
+        return freeze_depth
+    steps = (epoch - head_epochs) // unfreeze_every
+    return max(min(unfreeze_floor, freeze_depth), freeze_depth - steps)

@@ -1,0 +1,49 @@
+"""Stage evaluate: the checkpoint on the test split -> metrics JSON, predictions, pictures.
+
+    python stages/evaluate.py MODEL PREPARED_DIR METRICS_DIR
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from finetuner.data.prepared import load_prepared
+from finetuner.evaluation.metrics import classification_metrics, predict_arrays
+from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
+from finetuner.io import write_csv, write_json
+from finetuner.models.checkpoint import load_checkpoint
+from finetuner.params import load_params
+from finetuner.runtime import resolve_device, set_threads
+
+
+def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
+    params = load_params()
+    set_threads(params.threads)
+    device = resolve_device(params.device)
+    out = Path(metrics_dir)
+    checkpoint = load_checkpoint(model_path, device)
+    data = load_prepared(prepared_dir)
+    images, labels = np.asarray(data.images["test"]), data.labels["test"]
+    probabilities = predict_arrays(checkpoint.model, images, device, params.evaluate.batch_size)
+    predicted = probabilities.argmax(1)
+    metrics = classification_metrics(labels, predicted, checkpoint.class_names)
+    info = checkpoint.info
+    write_json(out / "eval.json", {
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "best_val_acc": info["best_val_acc"], "train_seconds": round(info["train_seconds"], 1),
+        "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+        "test_images": int(len(labels))})
+    write_json(out / "per_class.json", metrics["per_class"])
+    names = checkpoint.class_names
+    write_csv(out / "test_predictions.csv", ["actual", "predicted"],
+              [(names[a], names[p]) for a, p in zip(labels, predicted)])
+    confusion_png(out / "confusion.png", metrics["confusion"], names)
+    curves_png(out / "curves.png", info["history"])
+    mistakes_png(out / "mistakes.png", images, labels, probabilities, names,
+                 params.evaluate.gallery_size)
+    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+          f"on {len(labels)} images -> {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
