@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from finetuner.data.prepared import load_prepared
+from finetuner.evaluation.cost import cost_report
 from finetuner.evaluation.metrics import classification_metrics, predict_arrays
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
 from finetuner.io import write_csv, write_json
@@ -28,11 +29,13 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     predicted = probabilities.argmax(1)
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
     info = checkpoint.info
+    cost = cost_report(checkpoint.model, checkpoint.image_size,
+                       info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     write_json(out / "eval.json", {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "best_val_acc": info["best_val_acc"], "train_seconds": round(info["train_seconds"], 1),
         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
-        "test_images": int(len(labels))})
+        "test_images": int(len(labels)), "cost": cost})
     write_json(out / "per_class.json", metrics["per_class"])
     names = checkpoint.class_names
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
@@ -42,7 +45,8 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     mistakes_png(out / "mistakes.png", images, labels, probabilities, names,
                  params.evaluate.gallery_size)
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {len(labels)} images -> {out}")
+          f"on {len(labels)} images; {cost['gflops']:.3f} GFLOPs, {cost['cpu_latency_ms']:.1f} ms "
+          f"per image on CPU -> {out}")
 
 
 if __name__ == "__main__":

@@ -1,28 +1,41 @@
 """Stage preprocess: decode each listed image once, resize, augment, store uint8 arrays.
 
-    python stages/preprocess.py DATA_DIR SPLIT_DIR OUT_DIR
+    python stages/preprocess.py DATA_DIR SPLIT_DIR INPUT_SPEC OUT_DIR
+
+INPUT_SPEC is the input_spec stage's JSON (image size and crop of the architecture).  Inputs
+are checked before any image is decoded; errors are one line naming the file and what to do.
 """
 import sys
 from pathlib import Path
 
-from finetuner.data.prepared import prepare
+from finetuner.data.images import ImageError
+from finetuner.data.prepared import InputError, check_inputs, prepare, read_input_spec
 from finetuner.data.preprocess import Augmentation
 from finetuner.io import atomic_path
-from finetuner.models import get_arch
-from finetuner.params import load_params
+from finetuner.params import ParamsError, load_params
 
 
-def main(data_dir: str, split_dir: str, out_dir: str) -> None:
+def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
     params = load_params()
+    check_inputs(Path(data_dir), Path(split_dir))
+    image_size, crop_pct = read_input_spec(Path(input_spec))
     p = params.preprocess
     augmentation = Augmentation(p.crop_scale, p.hflip, p.rotation, p.color_jitter)
     with atomic_path(out_dir, directory=True) as tmp:
-        meta = prepare(Path(split_dir), Path(data_dir), tmp, params.image_size,
-                       get_arch(params.model.arch).crop_pct, p.train_views, augmentation,
-                       params.seed, p.workers)
+        meta = prepare(Path(split_dir), Path(data_dir), tmp, image_size, crop_pct,
+                       p.train_views, augmentation, params.seed, p.workers)
     print(f"preprocess: {meta['counts']} images at {meta['image_size']} px, "
           f"{meta['train_views']} view(s) per training image -> {out_dir}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if len(sys.argv) != 5:
+        sys.exit(f"usage: python stages/preprocess.py DATA_DIR SPLIT_DIR INPUT_SPEC OUT_DIR "
+                 f"(got {len(sys.argv) - 1} arguments)")
+    try:
+        main(*sys.argv[1:])
+    except (ParamsError, InputError, ImageError) as error:
+        sys.exit(f"preprocess: error: {error}")
+    except KeyboardInterrupt:
+        print("preprocess: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)

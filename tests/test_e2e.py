@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,96 @@ def test_adding_an_image_reruns_split_and_after(project):
                 project / "data" / "images" / "a" / "new.png")
     out = sh(project, "dvc", "repro")
     assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+
+
+# ---- a team: a shared DVC remote, a teammate's clone, experiments pushed and pulled, a queue
+
+def commit_all(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message, "--allow-empty")
+
+
+def dvc_json(repo: Path, *args: str):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["dvc", *args, "--json"], cwd=repo, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout)
+
+
+def experiments(shown) -> dict[str, dict]:
+    """name -> {"lr": ..., "accuracy": ...} of every row of `dvc exp show --json`."""
+    rows = {}
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and isinstance(data.get("params"), dict) and node.get("name"):
+                params = data["params"].get("params.yaml", {}).get("data", {})
+                metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data", {})
+                rows[node["name"]] = {"lr": params.get("lr"), "accuracy": metrics.get("accuracy")}
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+
+    walk(shown)
+    return rows
+
+
+def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path):
+    sh(project, "dvc", "repro")
+    team, store, clone = tmp_path / "team.git", tmp_path / "dvc-store", tmp_path / "clone"
+    sh(tmp_path, "git", "init", "-q", "--bare", str(team))
+    sh(project, "dvc", "remote", "add", "-d", "shared", str(store))
+    commit_all(project, "results, and the team's DVC remote")
+    branch = sh(project, "git", "rev-parse", "--abbrev-ref", "HEAD").strip()
+    sh(project, "git", "remote", "add", "origin", str(team))
+    sh(project, "git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
+    sh(project, "dvc", "push")
+
+    sh(tmp_path, "git", "clone", "-q", "--branch", branch, str(team), str(clone))
+    assert not (clone / "models" / "model.pt").exists()
+    sh(clone, "dvc", "pull")
+    for path in ("models/model.pt", "data/prepared", "data/split", "metrics/eval.json"):
+        assert (clone / path).exists(), path
+    assert (clone / "models" / "model.pt").read_bytes() == (project / "models" / "model.pt").read_bytes()
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+    assert ran_stages(sh(clone, "dvc", "repro")) == set()
+
+    # an experiment travels the same way: its commit to git, its outputs to the DVC remote
+    sh(project, "dvc", "exp", "run", "-n", "alice-lr", "-S", "lr=0.005")
+    sh(project, "dvc", "exp", "push", "origin", "alice-lr")
+    sh(clone, "dvc", "exp", "pull", "origin", "alice-lr")
+    assert experiments(dvc_json(clone, "exp", "show"))["alice-lr"]["lr"] == 0.005
+    sh(clone, "dvc", "exp", "apply", "alice-lr")
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+
+
+def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
+    sh(project, "dvc", "repro")
+    commit_all(project, "before the sweep")  # queued runs start from a commit
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.003,0.004")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               OMP_NUM_THREADS="1")  # two workers on the cores: one thread each
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            status = sh(project, "dvc", "queue", "status")
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, f"queue still busy after 900 s:\n{status}"
+            time.sleep(3)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    assert "Failed" not in status, status
+    rows = experiments(dvc_json(project, "exp", "show"))
+    swept = {row["lr"]: name for name, row in rows.items() if row["lr"] in (0.003, 0.004)}
+    assert set(swept) == {0.003, 0.004}, rows
+    assert all(rows[name]["accuracy"] is not None for name in swept.values()), rows
+    log = sh(project, "dvc", "queue", "logs", swept[0.003])
+    assert "1 thread(s) per process" in log, log

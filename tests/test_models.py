@@ -115,3 +115,28 @@ def test_unreachable_torchvision_weights_say_which_file_to_put_where(tmp_path, m
     message = str(error.value)
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path / "hub" / "checkpoints") in message
+
+
+@pytest.mark.parametrize("index, size", [(0, 224), (1, 240), (2, 260)])
+def test_each_offline_lite_model_sees_a_palace_in_china_jpg(index, size):
+    arch = f"tf_efficientnet_lite{index}"
+    spec = get_arch(arch)
+    assert spec.input_size == size and spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
+    base = spec.build_base()
+    spec.load_named_weights(base, "DEFAULT")  # copies in order, checking every shape
+    model = build_model(arch, "DEFAULT", 1000)
+    model.classifier.load_state_dict(base.classifier.state_dict())
+    assert _top1(model, "china.jpg", size) == 698  # palace
+
+
+def test_lite_weights_with_a_wrong_shape_are_refused(tmp_path, monkeypatch):
+    from finetuner.models import registry
+    spec = get_arch("tf_efficientnet_lite0")
+    state = torch.load(registry._lite_file(0), weights_only=True)
+    first = next(iter(state))
+    state[first] = torch.zeros(1, 2, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    monkeypatch.setattr(registry, "_lite_file", lambda index: bad)
+    with pytest.raises(WeightsError, match="shape"):
+        spec.load_named_weights(spec.build_base(), "DEFAULT")

@@ -18,9 +18,16 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("raw, closest", [
-    ({"learning_rate": 0.1}, None),
+    ({"learning_rate": 0.1}, "lr"),
     ({"frezee_depth": 2}, "freeze_depth"),
     ({"train": {"epoch": 3}}, "train.epochs"),
+    ({"epochs": 3}, "train.epochs"),  # right name, wrong level
+    ({"train": {"lr": 0.1}}, "lr"),
+    ({"batch_size": 8}, "train.batch_size"),
+    ({"train": {"optimiser": "sgd"}}, "train.optimizer"),
+    ({"arch": "resnet18"}, "model.arch"),
+    ({"modle": {}}, "model"),
+    ({"xyzzy": 1}, None),
 ])
 def test_unknown_keys_name_the_closest(raw, closest):
     with pytest.raises(ParamsError) as error:
@@ -43,6 +50,33 @@ def test_unknown_keys_name_the_closest(raw, closest):
     ({"preprocess": {"image_size": 8}}, ["preprocess.image_size"]),
     ({"model": {"arch": "resnet19"}}, ["resnet18"]),
     ({"device": "gpu"}, ["device", "cuda:N"]),
+    # wrong types
+    ({"train": {"epochs": True}}, ["train.epochs", "integer"]),
+    ({"lr": [0.1]}, ["'lr'", "expected a number"]),
+    ({"lr": ".nan"}, ["'lr'", "expected a number"]),
+    ({"preprocess": {"hflip": "yes"}}, ["preprocess.hflip", "true or false"]),
+    ({"preprocess": {"crop_scale": [0.5]}}, ["preprocess.crop_scale", "list of 2"]),
+    ({"model": "resnet18"}, ["'model'", "mapping"]),
+    ({"model": {"weights": None}}, ["model.weights", "expected a string"]),
+    # out of range
+    ({"lr": 11}, ["'lr'", "<= 10"]),
+    ({"data": {"val_fraction": 0}}, ["data.val_fraction", "> 0"]),
+    ({"data": {"test_fraction": -0.1}}, ["data.test_fraction", "> 0"]),
+    ({"data": {"val_fraction": 0.7, "test_fraction": 0.4}}, ["train fraction", "1.1"]),
+    ({"data": {"dir": " "}}, ["data.dir", "empty"]),
+    ({"freeze_depth": 6, "model": {"arch": "resnet18"}}, ["resnet18 has 5 freezable", "0..5"]),
+    ({"freeze_depth": -1}, ["freeze_depth", ">= 0"]),
+    ({"preprocess": {"image_size": 20}}, ["tf_efficientnet_lite0 needs at least 32 px"]),
+    ({"preprocess": {"image_size": 4096}}, ["preprocess.image_size", "<= 1024"]),
+    ({"preprocess": {"image_size": "big"}}, ["preprocess.image_size", "auto"]),
+    ({"train": {"epochs": 0}}, ["train.epochs", ">= 1"]),
+    ({"train": {"warmup_epochs": 20}}, ["train.warmup_epochs", "<= 10"]),
+    ({"train": {"unfreeze_floor": 2}}, ["train.unfreeze_floor", "freeze_depth (0)"]),
+    ({"seed": -1}, ["seed", ">= 0"]),
+    # names: close matches listed
+    ({"model": {"arch": "efficientnet_lite0"}}, ["tf_efficientnet_lite0"]),
+    ({"model": {"arch": "ResNet18"}}, ["Did you mean: resnet18"]),
+    ({"model": {"arch": "transformer"}}, ["not a known architecture", "finetuner models"]),
 ])
 def test_bad_values_say_what_is_allowed(raw, words):
     with pytest.raises(ValueError) as error:
@@ -66,3 +100,79 @@ def test_yaml_is_read_safely(tmp_path):
     path.write_text("lr: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+@pytest.mark.parametrize("arch, weights, words", [
+    ("resnet18", "IMAGENET_V9", ["'model.weights'", "Did you mean: IMAGENET1K_V1"]),
+    ("resnet18", "imagenet1k_v1", ["Did you mean: IMAGENET1K_V1"]),
+    ("resnet50", "IMAGENET1K_V3", ["IMAGENET1K_V1, IMAGENET1K_V2", "Did you mean:"]),
+    ("tf_efficientnet_lite0", "default", ["Did you mean: DEFAULT"]),
+    ("tf_efficientnet_lite0", "pretrained", ["DEFAULT, or none", "nor an existing file"]),
+    ("tf_efficientnet_lite0", "weights/r18.pt", ["no file at", "r18.pt"]),
+])
+def test_weights_are_checked_at_params_time_with_close_matches(arch, weights, words):
+    with pytest.raises(ParamsError) as error:
+        parse_params({"model": {"arch": arch, "weights": weights}})
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_valid_weights_values_pass(tmp_path):
+    state = tmp_path / "r18.pt"
+    state.write_bytes(b"checked when loaded, not here")
+    for weights in ("DEFAULT", "IMAGENET1K_V1", "none", "None", str(state)):
+        assert parse_params({"model": {"arch": "resnet18", "weights": weights}})
+
+
+def test_floats_written_like_1e_3_are_numbers():
+    # YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string '1e-3'
+    assert parse_params({"lr": "1e-3"}).lr == 0.001
+    assert parse_params({"train": {"weight_decay": "5E-4"}}).train.weight_decay == 0.0005
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 0.1\nseed: 1\nlr: 0.001\n")
+    with pytest.raises(ParamsError, match=r"'lr' appears twice \(first on line 1\)") as error:
+        load_params(path)
+    assert "line 3" in str(error.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("- lr\n- seed\n", ["top level must be a mapping"]),
+    ("lr: [0.1\n", ["not valid YAML"]),
+    (b"lr: 0.1 # caf\xe9\n", ["not UTF-8"]),
+])
+def test_unreadable_params_files(tmp_path, text, words):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    for word in words:
+        assert word in str(error.value)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_every_stage_checks_params_before_any_work(tmp_path):
+    """Each params-reading stage of dvc.yaml, run with a typo in params.yaml and none of its
+    inputs, fails on the params (a stage that started work first would fail on its inputs)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = {name: stage["cmd"].replace("${data.dir}", "data/images")
+                for name, stage in stages.items() if stage.get("params")}
+    assert {"split", "preprocess", "finetune", "evaluate"} <= set(commands)
+    (tmp_path / "params.yaml").write_text("learning_rate: 0.1\n")
+    for name, command in commands.items():
+        argv = command.split()
+        assert argv[0] == "python" and argv[1].startswith("stages/"), command
+        done = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0, name
+        assert "unknown key 'learning_rate'; did you mean 'lr'?" in done.stderr, (name, done.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], name

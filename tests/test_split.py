@@ -69,3 +69,18 @@ def test_tiny_class_goes_to_train_with_a_warning(tmp_path):
     result = split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
     assert sum(i.label == "tiny" for i in result.splits["train"]) == 2
     assert any("tiny" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("n, val, test, expected", [
+    (3, 0.1, 0.1, {"train": 1, "val": 1, "test": 1}),
+    (3, 0.1, 0.8, {"train": 1, "val": 1, "test": 1}),  # big fractions still leave one for train
+    (4, 0.3, 0.6, {"train": 1, "val": 1, "test": 2}),
+    (10, 0.2, 0.3, {"train": 5, "val": 2, "test": 3}),
+    (2, 0.1, 0.1, {"train": 2, "val": 0, "test": 0}),
+])
+def test_the_documented_per_class_rule(tmp_path, n, val, test, expected):
+    make_image_folder(tmp_path, {"x": n, "y": 10})
+    result = split_folder(tmp_path, val, test, 0, progress=False)
+    counts = {s: sum(i.label == "x" for i in result.splits[s]) for s in result.splits}
+    assert counts == expected
+    assert any("'x'" in w for w in result.warnings) == (n < 3)

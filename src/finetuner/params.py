@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class DataParams:
     test_fraction: float = 0.1
 
     def validate(self, prefix: str) -> None:
+        if not self.dir.strip():
+            _fail(f"{prefix}.dir", "is empty; set it to a folder with one sub-folder per class")
         _range(f"{prefix}.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
         _range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -86,8 +89,14 @@ class ModelParams:
     weights: str = "DEFAULT"  # DEFAULT, a torchvision weights name, none, or a file path
 
     def validate(self, prefix: str) -> None:
-        from .models.registry import check_arch  # registry knows the names
-        check_arch(self.arch)
+        from .models.registry import check_arch, weights_problem  # registry knows the names
+        try:
+            check_arch(self.arch)
+        except ValueError as error:
+            raise ParamsError(str(error)) from None
+        problem = weights_problem(self.arch, self.weights)
+        if problem:
+            _fail(f"{prefix}.weights", problem)
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -218,6 +227,9 @@ class Params:
         return int(self.preprocess.image_size)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(key: str, value, hint):
     """Check ``value`` against the annotation ``hint``; return it in that type."""
     origin = typing.get_origin(hint)
@@ -244,6 +256,8 @@ def _convert(key: str, value, hint):
             _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer")
         return value
     if hint is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             _fail(key, f"is {value!r} ({type(value).__name__}); expected a number")
         return float(value)
@@ -260,13 +274,68 @@ def _convert(key: str, value, hint):
     raise TypeError(f"unsupported annotation {hint!r} for {key}")
 
 
+# names people write for a key, where string similarity alone does not find it
+ALIASES = {
+    "learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "base_lr": "lr",
+    "random_seed": "seed", "rng_seed": "seed",
+    "freeze": "freeze_depth", "frozen_stages": "freeze_depth", "freeze_layers": "freeze_depth",
+    "arch": "model.arch", "architecture": "model.arch", "backbone": "model.arch",
+    "model_name": "model.arch", "pretrained": "model.weights", "weights": "model.weights",
+    "data_dir": "data.dir", "dataset": "data.dir", "path": "data.dir",
+    "val_split": "data.val_fraction", "test_split": "data.test_fraction",
+    "img_size": "preprocess.image_size", "size": "preprocess.image_size",
+    "resolution": "preprocess.image_size", "num_workers": "preprocess.workers",
+    "scheduler": "train.schedule", "lr_schedule": "train.schedule",
+    "patience": "train.early_stopping_patience", "num_epochs": "train.epochs",
+    "gpu": "device", "num_threads": "threads",
+}
+
+
+def _leaf_paths(cls, prefix: str = "") -> list[str]:
+    """Every valid dotted key of ``cls``: seed, lr, ..., data.dir, train.epochs, ..."""
+    paths = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            paths += _leaf_paths(hint, f"{prefix}{f.name}.")
+        else:
+            paths.append(prefix + f.name)
+    return paths
+
+
+def _suggest(key: str, prefix: str, names: list[str]) -> list[str]:
+    """The valid keys a user most likely meant by ``prefix + key``."""
+    everywhere = _leaf_paths(Params)
+    if prefix + key in everywhere or key in everywhere:  # `data.dir: x` written flat
+        return [prefix + key if prefix + key in everywhere else key]
+    if key.lower() in ALIASES:  # learning_rate -> lr
+        return [ALIASES[key.lower()]]
+    same_name = [p for p in everywhere if p.rsplit(".", 1)[-1] == key]  # epochs at the top
+    if same_name:
+        return same_name[:2]
+    close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)  # frezee_depth
+    if close:
+        return [prefix + c for c in close]
+    leaves = {p.rsplit(".", 1)[-1]: p for p in everywhere}
+    close = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)  # train.bacth_size
+    if close:
+        return [leaves[close[0]]]
+    return [prefix + c for c in difflib.get_close_matches(key, names, n=1, cutoff=0.5)]
+
+
 def _build(cls, raw: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            close = _suggest(str(key), prefix, names)
+            hint = ""
+            if close:
+                hint = "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+                if "." in str(key) and close == [prefix + str(key)]:
+                    outer, inner = close[0].rsplit(".", 1)
+                    hint = (f"; '{close[0]}' is written nested: '{inner}:' indented under "
+                            f"'{outer.rsplit('.', 1)[-1]}:'.")
             raise ParamsError(f"params.yaml: unknown key '{prefix}{key}'{hint} "
                               f"Valid keys: {', '.join(prefix + n for n in names)}")
     values = {k: _convert(prefix + k, v, hints[k]) for k, v in raw.items()}
@@ -284,15 +353,42 @@ def parse_params(raw: dict | None) -> Params:
     return params
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice (plain YAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says what is wrong
+            break
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first on line {first}); "
+                "only one value can apply", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read ``path`` with ``yaml.safe_load`` and return the validated params."""
+    """Read ``path`` (safe YAML: no tags, no duplicate keys) and return the validated params."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project's root") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte "
+                          f"{error.start})") from None
     return parse_params(raw)
 
 

@@ -1,8 +1,10 @@
-"""Where and how a process computes: device, threads, seeds."""
+"""Where and how a process computes: device, numeric precision, threads, seeds."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,9 +17,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_count(threads: int) -> int:
+    """Torch threads for this process: ``threads`` if set, else the cores it may use.
+
+    With ``threads: 0`` that is ``OMP_NUM_THREADS`` when the environment sets it (the standard
+    per-process knob: ``OMP_NUM_THREADS=1 dvc queue start -j 2`` gives each queued experiment one
+    thread), else this process's share of its CPU affinity: the cores divided by the processes
+    torchrun started on this machine (``LOCAL_WORLD_SIZE``).
+    """
+    if threads:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(1, local_processes))
+
+
 def set_threads(threads: int) -> int:
-    """Use ``threads`` torch threads (0: the cores this process may use); returns the count."""
-    count = threads or available_cores()
+    """Use :func:`thread_count` torch threads; returns the count."""
+    count = thread_count(threads)
     torch.set_num_threads(count)
     return count
 
@@ -40,6 +59,46 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("params.yaml: 'device' is 'mps' but MPS is not available here")
     return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass computes: ``fp32``, or autocast to ``bf16`` / ``fp16``.
+
+    ``fp16`` needs a gradient scaler (its range is too small for small gradients); ``bf16`` has
+    fp32's range and needs none.  Weights, optimizer state and checkpoints stay fp32 either way.
+    """
+    name: str  # fp32, bf16, fp16
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is active only for fp16 (disabled: scale/step/update pass through)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: on CUDA bf16 autocast where the GPU supports it, else fp16 with a GradScaler;
+    fp32 elsewhere (CPU bf16 autocast can only pay off on CPUs with native bf16 instructions,
+    AVX512-BF16 or AMX, and is several times slower on the rest).  An explicit ``bf16`` on a
+    CUDA GPU without it is an error."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("params.yaml: 'precision' is 'bf16' but this GPU does not support it; "
+                         "use auto or fp16")
+    return Precision(name, device.type)
 
 
 def seed_everything(seed: int) -> None:

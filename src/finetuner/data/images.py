@@ -1,11 +1,14 @@
 """The one way to decode an image: verified, EXIF-rotated, converted to 8-bit RGB.
 
-Decompression bombs are refused before decoding: an image may hold at most
-``MAX_PIXELS`` pixels.
+Decompression bombs are refused before decoding: the size is read from the file's header and
+an image may hold at most ``MAX_PIXELS`` pixels, so no large buffer is ever allocated for one.
+Every failure is an :class:`ImageError` whose message says why in one line and never contains
+the file's absolute path (skip reports must not depend on where the data folder lives).
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -31,47 +34,86 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _peak(array: np.ndarray, mode: str) -> float:
+    """The value that maps to white: the bit depth's maximum, not the image's own maximum."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    top = float(array.max()) if array.size else 0.0
+    for peak in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0):
+        if top <= peak:
+            return peak
+    return top
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        scaled = np.clip(array * (255.0 / _peak(array, image.mode)), 0, 255)
+        image = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
 
 
+def _reason(error: BaseException, path: Path) -> str:
+    """One line about ``error``, without the file's path (it is reported beside the reason)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    for form in {str(path), str(path.resolve()), path.as_posix()}:
+        text = text.replace(f"'{form}'", "").replace(form, "")
+    text = text.rstrip(": ").strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _bomb(width: int | None, height: int | None, message: str = "") -> ImageError:
+    if width is None:  # Pillow refused it inside Image.open: the count is in its message
+        found = re.search(r"\((\d+) pixels\)", message)
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+    else:
+        size = f"{width}x{height} = {width * height:,} pixels"
+    return ImageError(f"{size} is over the limit of {MAX_PIXELS:,} (a decompression bomb?); "
+                      "refused without decoding")
+
+
 def decode_image(path: str | Path) -> Image.Image:
     """Decode ``path`` fully into an RGB image, EXIF orientation applied.
 
-    Raises :class:`ImageError` with the reason for empty, truncated, corrupt, non-image and
-    oversized files.
+    Raises :class:`ImageError` with the reason for missing, unreadable, empty, truncated,
+    corrupt, non-image, refused-format and oversized files.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageError(f"cannot read: {_reason(error, path)}") from None
+    if size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # reads the header only
                 if image.format not in ACCEPTED_FORMATS:
                     raise ImageError(f"unsupported format {image.format}; accepted: "
                                      f"{', '.join(ACCEPTED_FORMATS)} (convert it to PNG to use it)")
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise ImageError(f"{width}x{height} pixels is over the limit of {MAX_PIXELS} "
-                                     "(decompression bomb?)")
-                image.load()  # full decode: truncated files fail here
+                    raise _bomb(width, height)
+                if width < 1 or height < 1:
+                    raise ImageError(f"{width}x{height} pixels: an image needs at least 1x1")
+                image.load()  # full decode: truncated and corrupt files fail here
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"refused as a decompression bomb: {error}") from None
+        raise _bomb(None, None, str(error)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"cannot decode: {error}") from None
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as error:
+        raise ImageError(f"cannot read: {_reason(error, path)}") from None
+    except MemoryError:
+        raise ImageError("cannot decode: out of memory") from None
+    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
+        raise ImageError(f"cannot decode (truncated or corrupt?): {_reason(error, path)}") from None

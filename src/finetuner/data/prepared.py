@@ -1,4 +1,5 @@
-"""The preprocess stage's output folder: uint8 arrays per split and a small JSON about them."""
+"""The preprocess stage's inputs checked, and its output folder: uint8 arrays per split and a
+small JSON about them."""
 from __future__ import annotations
 
 import json
@@ -55,3 +56,47 @@ def load_prepared(directory: str | Path) -> Prepared:
     labels = {s: np.load(directory / f"{s}_labels.npy") for s in SPLITS}
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
                     images, labels)
+
+
+class InputError(ValueError):
+    """The split manifests or the image folder are missing or do not agree."""
+
+
+def check_inputs(data_dir: Path, split_dir: Path) -> None:
+    """Fail fast, before any decoding, when the split stage's output cannot be used."""
+    if not data_dir.is_dir():
+        raise InputError(f"data folder {data_dir} does not exist (data.dir in params.yaml)")
+    needed = [split_dir / "summary.json"] + [split_dir / f"{s}.csv" for s in SPLITS]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise InputError(f"missing {', '.join(missing)}: run the split stage first "
+                         "(dvc repro split)")
+    try:
+        classes = json.loads((split_dir / "summary.json").read_text(encoding="utf-8"))["classes"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{split_dir / 'summary.json'} is damaged ({error}); rerun the split "
+                         "stage") from None
+    for split in SPLITS:
+        for row in read_csv(split_dir / f"{split}.csv"):
+            if row.get("label") not in classes:
+                raise InputError(f"{split_dir / split}.csv: label {row.get('label')!r} of "
+                                 f"{row.get('path')!r} is not one of the classes in "
+                                 "summary.json; rerun the split stage")
+
+
+def read_input_spec(path: Path) -> tuple[int, float]:
+    """(image_size, crop_pct) from the input_spec stage's JSON."""
+    if not path.is_file():
+        raise InputError(f"{path} is missing: run the input_spec stage first "
+                         "(dvc repro input_spec)")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        size, crop = spec["image_size"], spec["crop_pct"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path} is damaged ({type(error).__name__}: {error}); rerun the "
+                         "input_spec stage") from None
+    if (isinstance(size, bool) or not isinstance(size, int) or size < 1
+            or isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):
+        raise InputError(f"{path}: image_size {size!r} / crop_pct {crop!r} out of range; rerun "
+                         "the input_spec stage")
+    return size, float(crop)

@@ -3,15 +3,16 @@
 Rules (also in the README):
 
 * a class is a sub-folder of the data folder; files in deeper folders belong to it; hidden
-  files and folders (``.DS_Store``, ``.git``) and files that do not decode are skipped and
+  files and folders (``.DS_Store``, ``.git``), files outside a class folder, links to folders
+  (not followed), names that are not valid UTF-8 and files that do not decode are skipped and
   reported with the reason;
 * identical files (same sha256) inside one class are one *group* and always land in the same
   split, so nothing leaks from train to test; identical files under two classes are a label
   conflict: every copy is skipped and reported;
 * per class, groups are shuffled with the seed and dealt out: ``round(n * test_fraction)`` to
   test and ``round(n * val_fraction)`` to val, each at least one when the class has three
-  groups or more, the rest to train; a class with fewer than three groups goes wholly to
-  train, with a warning (it cannot be validated or tested);
+  groups or more, the rest (at least one) to train; a class with fewer than three groups goes
+  wholly to train, with a warning (it cannot be validated or tested);
 * a class with no usable image, or fewer than two classes, is an error.
 """
 from __future__ import annotations
@@ -51,6 +52,15 @@ def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
+def _printable(name: str) -> str:
+    """``name`` as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:  # undecodable bytes in a POSIX file name (surrogate escapes)
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], list[tuple[str, str]]]:
     """Every usable image under ``root``'s class folders, and the skipped files with reasons."""
     root = Path(root)
@@ -58,15 +68,20 @@ def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], li
         raise DatasetError(f"data folder {root} does not exist or is not a folder "
                            "(set data.dir in params.yaml to a folder with one sub-folder per class)")
     items, skipped = [], []
-    files = sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    files = sorted((p for p in root.rglob("*") if p.is_file() or p.is_symlink()),
+                   key=lambda p: p.relative_to(root).parts)
     for path in tqdm(files, desc="verify images", unit="file", disable=not progress, leave=False,
                      mininterval=1.0):
         relative = path.relative_to(root)
-        name = relative.as_posix()
+        name = _printable(relative.as_posix())
         if _is_hidden(relative):
             skipped.append((name, "hidden file"))
+        elif path.is_symlink() and path.is_dir():
+            skipped.append((name, "link to a folder (not followed; copy or move its files in)"))
         elif len(relative.parts) < 2:
             skipped.append((name, "not inside a class folder"))
+        elif name != relative.as_posix():
+            skipped.append((name, "file or folder name is not valid UTF-8 (rename it)"))
         elif not path.is_file():
             skipped.append((name, "broken link"))
         else:
@@ -111,10 +126,9 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
                             "none to val or test (a three-way split needs at least 3)")
             n_test = n_val = 0
         else:
-            n_test = max(1, round(n * test_fraction))
-            n_val = max(1, round(n * val_fraction))
-            if n - n_test - n_val < 1:
-                n_val = max(0, n - n_test - 1)
+            # at least one group each in test, val and train, whatever the fractions
+            n_test = min(max(1, round(n * test_fraction)), n - 2)
+            n_val = min(max(1, round(n * val_fraction)), n - 1 - n_test)
         for index, group in enumerate(groups):
             split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
             splits[split].extend(group)
@@ -127,19 +141,22 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
                  progress: bool = True) -> SplitResult:
     """Scan, verify and split ``root``; raises :class:`DatasetError` if it cannot be used."""
     root = Path(root)
+    if root.is_dir():  # checked before verifying any file: that can take a while
+        class_dirs = sorted(_printable(p.name) for p in root.iterdir()
+                            if p.is_dir() and not p.name.startswith("."))
+        if len(class_dirs) < 2:
+            raise DatasetError(f"{root}: found {len(class_dirs)} class folder(s) "
+                               f"({', '.join(class_dirs) or 'none'}); a classifier needs at "
+                               "least 2 (one sub-folder per class)")
     items, skipped = scan_folder(root, progress)
     items = _drop_label_conflicts(items, skipped)
-    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     usable = {item.label for item in items}
     empty = [name for name in class_dirs if name not in usable]
     if empty:
         raise DatasetError(f"{root}: class folder(s) with no usable image: "
                            f"{', '.join(empty)} (see the reasons below, or remove the folder)\n"
-                           + "\n".join(f"  {p}: {r}" for p, r in skipped
+                           + "\n".join(f"  {p}: {r}" for p, r in sorted(skipped)
                                        if p.split('/')[0] in empty))
-    if len(class_dirs) < 2:
-        raise DatasetError(f"{root}: found {len(class_dirs)} class folder(s) "
-                           f"({', '.join(class_dirs) or 'none'}); a classifier needs at least 2")
     splits, warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs)
     skipped.sort()
     return SplitResult(class_dirs, splits, skipped, warnings)

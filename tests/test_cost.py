@@ -1,0 +1,140 @@
+"""Cost metrics, and the evaluate stage's outputs (eval.json with cost, PNGs) on tiny data."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import ROOT
+from finetuner.evaluation.cost import (cost_report, count_params, cpu_latency_ms,
+                                       cpu_throughput, gflops, trainable_params)
+from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
+from finetuner.io import write_json
+from finetuner.models import build_model
+from finetuner.models.checkpoint import save_checkpoint
+
+
+def test_params_total_is_the_models_parameter_count():
+    model = build_model("resnet18", "none", 1000)
+    assert count_params(model) == sum(p.numel() for p in torchvision.models.resnet18().parameters())
+
+
+def test_params_trainable_follows_the_freeze_depth_and_leaves_the_flags_alone():
+    model = build_model("resnet18", "none", 3)
+    before = [p.requires_grad for p in model.parameters()]
+    assert trainable_params(model, 0) == count_params(model)
+    assert trainable_params(model, 5) == 512 * 3 + 3  # every stage frozen: only the head
+    layer4 = sum(p.numel() for p in model.stages[4].parameters())
+    assert trainable_params(model, 4) == layer4 + 512 * 3 + 3
+    assert [p.requires_grad for p in model.parameters()] == before
+
+
+@pytest.mark.parametrize("arch, size, gmacs", [("tf_efficientnet_lite0", 224, 0.40),
+                                               ("tf_efficientnet_lite1", 240, 0.63),
+                                               ("tf_efficientnet_lite2", 260, 0.89)])
+def test_lite_gflops_are_twice_timms_published_gmacs(arch, size, gmacs):
+    with torch.device("meta"):  # shapes are all FLOP counting needs
+        model = build_model(arch, "none", 1000)
+    assert gflops(model.eval(), size) / 2 == pytest.approx(gmacs, rel=0.10)
+
+
+def test_gflops_on_cpu_equal_those_on_meta_and_grow_with_the_image():
+    model = build_model("resnet18", "none", 3).eval()
+    with torch.device("meta"):
+        skeleton = build_model("resnet18", "none", 3).eval()
+    assert gflops(model, 64) == pytest.approx(gflops(skeleton, 64))
+    assert gflops(model, 64) == pytest.approx(4 * gflops(model, 32), rel=0.05)
+
+
+def test_cpu_latency_and_throughput_are_positive():
+    model = build_model("resnet18", "none", 3)
+    assert 0 < cpu_latency_ms(model, 32, runs=5, budget_s=1.0) < 10_000
+    assert cpu_throughput(model, 32, batch_size=4, runs=3, budget_s=1.0) > 0
+
+
+def test_cost_report_of_a_checkpoint(tmp_path):
+    model = build_model("resnet18", "none", 3)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, "resnet18", ["a", "b", "c"], 32, 0.875, {})
+    cost = cost_report(model, 32, 5, path, 12.34)
+    assert cost["params_total"] == count_params(model)
+    assert cost["params_trainable"] == 512 * 3 + 3
+    assert cost["gflops"] == pytest.approx(gflops(model, 32), abs=1e-4)
+    assert cost["cpu_latency_ms"] > 0 and cost["cpu_images_per_s"] > 0
+    assert cost["cpu_threads"] == torch.get_num_threads()
+    assert cost["checkpoint_mb"] == pytest.approx(path.stat().st_size / 1e6, abs=0.01)
+    assert cost["train_seconds"] == 12.3
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_plots_are_pngs_of_the_expected_size(tmp_path):
+    names = ["a", "b", "c"]
+    confusion_png(tmp_path / "confusion.png", [[2, 1, 0], [0, 3, 0], [1, 0, 2]], names)
+    assert _png_size(tmp_path / "confusion.png") == (400, 400)  # 2.5 + 0.5 * 3 in at 100 dpi
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.5,
+                "val_acc": 0.4} for e in (1, 2, 3)]
+    curves_png(tmp_path / "curves.png", history)
+    assert _png_size(tmp_path / "curves.png") == (1000, 400)
+    images = np.zeros((6, 8, 8, 3), np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probabilities = np.eye(3)[[1, 2, 0, 1, 2, 2]]  # 5 mistakes -> 2 rows of 4
+    assert mistakes_png(tmp_path / "mistakes.png", images, labels, probabilities, names, 16) == 5
+    assert _png_size(tmp_path / "mistakes.png") == (1200, 660)
+
+
+def _load_stage(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(tmp_path, monkeypatch):
+    classes, size = ["a", "b", "c"], 32
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3), ("test", 9)):
+        np.save(prepared / f"{split}_images.npy",
+                rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
+        np.save(prepared / f"{split}_labels.npy", np.arange(count) % 3)
+    write_json(prepared / "meta.json", {"classes": classes, "image_size": size, "crop_pct": 0.875,
+                                        "train_views": 1})
+    history = [{"epoch": e, "frozen_stages": depth, "train_loss": 1.0, "val_loss": 1.0,
+                "train_acc": 0.5, "val_acc": 0.5} for e, depth in ((1, 5), (2, 3))]
+    model = build_model("resnet18", "none", 3)
+    save_checkpoint(tmp_path / "model.pt", model, "resnet18", classes, size, 0.875,
+                    {"history": history, "best_epoch": 2, "best_val_acc": 0.5,
+                     "train_seconds": 7.25, "epochs_run": 2})
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    _load_stage("evaluate").main("model.pt", "prepared", "metrics")
+
+    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert {"accuracy", "macro_f1", "best_val_acc", "train_seconds"} <= set(metrics)
+    assert metrics["train_seconds"] == 7.2 and metrics["test_images"] == 9
+    cost = metrics["cost"]
+    assert cost["params_total"] == count_params(model)
+    # frozen_stages of the last epoch (3): layer3, layer4 and the head train
+    assert cost["params_trainable"] == sum(
+        p.numel() for p in [*model.stages[3:].parameters(), *model.classifier.parameters()])
+    assert cost["gflops"] > 0 and cost["cpu_latency_ms"] > 0 and cost["cpu_images_per_s"] > 0
+    assert cost["checkpoint_mb"] == pytest.approx((tmp_path / "model.pt").stat().st_size / 1e6,
+                                                  abs=0.01)
+    per_class = json.loads((tmp_path / "metrics" / "per_class.json").read_text())
+    assert set(per_class) == set(classes) and sum(c["support"] for c in per_class.values()) == 9
+    for name in ("confusion.png", "curves.png", "mistakes.png"):
+        assert _png_size(tmp_path / "metrics" / name)[0] > 0
