@@ -73,6 +73,17 @@ def test_repro_then_an_lr_experiment_reruns_only_finetune_and_evaluate(project):
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
     assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
 
+    out = sh(project, "dvc", "exp", "run", "-S", "freeze_depth=2")
+    assert ran_stages(out) == {"finetune", "evaluate"}
+
+
+def test_another_arch_with_the_same_input_size_skips_preprocess(project):
+    out = sh(project, "dvc", "exp", "run", "-S", "model.arch=resnet18")
+    assert ran_stages(out) == {"input_spec", "finetune", "evaluate"}
+    assert "Stage 'preprocess' didn't change, skipping" in out
+    out = sh(project, "dvc", "exp", "run", "-S", "preprocess.image_size=40")
+    assert {"input_spec", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+
 
 def test_adding_an_image_reruns_split_and_after(project):
     make_image_folder(project / "data" / "extra", {"a": 1}, size=24, seed=9)
