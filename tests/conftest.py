@@ -1,6 +1,7 @@
 """Shared fixtures: tiny image folders made on the fly (nothing stored in git)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,21 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 20, seed:
             pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
     return root
+
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]
+
+
+def copy_project(repo: Path) -> Path:
+    """The pipeline's files (not its data or outputs) copied into ``repo``."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    return repo
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ runs every case of ``CASES`` in the two processes and saves each rank's result u
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,15 +275,8 @@ def test_dvc_exp_run_with_nproc_per_node_2_runs_the_stage_under_torchrun(tmp_pat
     """Head-only resnet18 (no BatchNorm trains): `dvc exp run -S nproc_per_node=2` gives the
     checkpoint one process gives; rank 0 alone writes it and the history."""
     import yaml
-    from conftest import make_image_folder
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, repo / name)
+    from conftest import copy_project, make_image_folder
+    repo = copy_project(tmp_path / "project")
     make_image_folder(repo / "data" / "images", {"a": 10, "b": 10, "c": 10}, size=24)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["dir"] = "data/images"

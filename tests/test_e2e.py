@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make_image_folder
+from conftest import copy_project, make_image_folder
 
 pytestmark = pytest.mark.slow
-COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -32,13 +31,7 @@ def ran_stages(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("project")
-    for name in COPY:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("project"))
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["dir"] = "data/images"

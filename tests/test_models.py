@@ -5,7 +5,6 @@ from PIL import Image
 
 from finetuner.data.preprocess import eval_view
 from finetuner.models import WeightsError, build_model, get_arch
-from finetuner.models.registry import _torchvision_cache_path
 from finetuner.training.freeze import set_frozen_prefix, train_mode
 
 ARCHS = ["tf_efficientnet_lite0", "resnet18", "mobilenet_v3_small", "convnext_tiny",

@@ -20,12 +20,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, copy_project, make_image_folder
 from finetuner.io import atomic_path, remove_stale_temps, write_json
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]
 FINETUNE_OUTS = ["models/model.pt", "metrics/train_history.csv"]
 
 
@@ -56,13 +55,7 @@ def stage_env() -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("project")
-    for name in COPY:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("project"))
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
     set_params(repo)
     run_stage(repo, "split", "data/images", "data/split")
