@@ -31,16 +31,16 @@ CONFIGS = {
     "gradual": {**LITE0, "lr": 0.01, "freeze_depth": "all",
                 "train": {"epochs": 8, "unfreeze_every": 2, "unfreeze_floor": 5,
                           "backbone_lr_mult": 0.3}},
-    "recipe": {**LITE0, "lr": 0.01, "freeze_depth": 5, "train": {"epochs": 8}},
-    "lite1": {"model": {"arch": "tf_efficientnet_lite1", "weights": "DEFAULT"}, "lr": 0.01,
-              "freeze_depth": 5, "train": {"epochs": 8}},
-    "lite2": {"model": {"arch": "tf_efficientnet_lite2", "weights": "DEFAULT"}, "lr": 0.01,
-              "freeze_depth": 5, "train": {"epochs": 8}},
+    "partial": {**LITE0, "lr": 0.01, "freeze_depth": 5, "train": {"epochs": 8}},
     "lite0_none": {"model": {"arch": "tf_efficientnet_lite0", "weights": "none"}, "lr": 0.01,
-                   "freeze_depth": 5, "train": {"epochs": 8}},
+                   "freeze_depth": 0, "train": {"epochs": 8}},
     "resnet18_none": {"model": {"arch": "resnet18", "weights": "none"}, "lr": 0.01,
                       "freeze_depth": 0, "train": {"epochs": 8}},
 }
+for index in (0, 1, 2):  # backbone comparison at one cheap strategy: head only
+    CONFIGS[f"lite{index}_head"] = {
+        "model": {"arch": f"tf_efficientnet_lite{index}", "weights": "DEFAULT"}, "lr": 0.01,
+        "freeze_depth": "all", "train": {"epochs": 10}}
 
 
 def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict, work: Path):

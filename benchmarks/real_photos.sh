@@ -24,7 +24,7 @@ recipe=(-S "data.dir=$data" -S "seed=$seed"
         -S preprocess.image_size=auto -S preprocess.train_views=5 -S preprocess.hflip=true
         -S "preprocess.crop_scale=[0.5,1.0]" -S preprocess.rotation=15
         -S data.val_fraction=0.15 -S data.test_fraction=0.2
-        -S lr=0.01 -S freeze_depth=5 -S train.epochs=8)
+        -S lr=0.01 -S freeze_depth=0 -S train.epochs=8)
 start=$(date +%s.%N)
 dvc exp run "${recipe[@]}" "$@" >"$work/run.log" 2>&1 || { tail -40 "$work/run.log"; exit 1; }
 end=$(date +%s.%N)

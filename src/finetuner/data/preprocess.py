@@ -77,8 +77,9 @@ class ViewsDataset(torch.utils.data.Dataset):
         return out
 
 
-def _concatenate(batch: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(batch)
+def _concatenate(batch: list[np.ndarray]) -> torch.Tensor:
+    """One tensor per batch: workers hand tensors over in shared memory, not through a pipe."""
+    return torch.from_numpy(np.concatenate(batch))
 
 
 def _worker_init(_):
@@ -97,7 +98,7 @@ def write_views(paths: list[Path], out_file: Path, size: int, crop_pct: float, v
     start = 0
     for batch in tqdm(loader, desc=f"preprocess {desc}", unit="batch", leave=False,
                       mininterval=1.0):
-        array[start:start + len(batch)] = batch
+        array[start:start + len(batch)] = batch.numpy()
         start += len(batch)
     array.flush()
     del array
