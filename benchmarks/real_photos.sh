@@ -9,6 +9,9 @@
 # last line the path of the resulting checkpoint (usable by `python -m finetuner evaluate`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if ! command -v dvc >/dev/null && [ -x "$root/.venv/bin/dvc" ]; then
+  PATH="$root/.venv/bin:$PATH"  # the README's venv, when it is not active
+fi
 data=${1:-$root/../shared/datasets/hymenoptera/train}
 seed=${2:-0}
 shift $(( $# > 2 ? 2 : $# ))
