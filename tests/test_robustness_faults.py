@@ -84,7 +84,7 @@ def wait_until(condition, process: subprocess.Popen, what: str, timeout: float =
 def kill(process: subprocess.Popen, sig: int) -> int:
     assert process.poll() is None, "the stage finished before it could be interrupted"
     process.send_signal(sig)
-    return process.wait(timeout=120)
+    return process.wait(timeout=300)
 
 
 def ignored(name: str) -> bool:
