@@ -286,3 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError) as error:
         print(f"finetuner {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 0
