@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy and time of fine-tuning strategies and backbones on a real photo folder.
 
-    python benchmarks/hymenoptera.py [--data DIR] [--seeds 0 1 2] [--configs head_only full ...]
+    python benchmarks/strategies_and_backbones.py [--data DIR] [--seeds 0 1 2] [--configs head_only full ...]
 
 For every seed: the project's own split (val 0.15, test 0.2 of the folder, stratified) and
 preprocess (5 views per training image, flip, rotation, crop scale 0.5-1) at each
