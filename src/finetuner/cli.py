@@ -25,6 +25,7 @@ import torch
 
 from .data.images import ImageError, decode_image
 from .data.preprocess import eval_view
+from .data.split import is_hidden
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics, predict_arrays
 from .io import atomic_path, write_json
@@ -43,16 +44,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def find_files(path: Path) -> list[Path]:
     """``path`` itself if a file, else every non-hidden file below the folder, sorted."""
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
+        return sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p.relative_to(path)))
     raise UsageError(f"{path}: no such file or folder")
 
 

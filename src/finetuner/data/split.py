@@ -48,7 +48,8 @@ class SplitResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _is_hidden(relative: Path) -> bool:
+def is_hidden(relative: Path) -> bool:
+    """True for hidden files and anything inside a hidden folder (.DS_Store, .git/...)."""
     return any(part.startswith(".") for part in relative.parts)
 
 
@@ -74,7 +75,7 @@ def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], li
                      mininterval=1.0):
         relative = path.relative_to(root)
         name = _printable(relative.as_posix())
-        if _is_hidden(relative):
+        if is_hidden(relative):
             skipped.append((name, "hidden file"))
         elif path.is_symlink() and path.is_dir():
             skipped.append((name, "link to a folder (not followed; copy or move its files in)"))
