@@ -8,7 +8,8 @@ preprocess (5 views per training image, flip, rotation, crop scale 0.5-1) at eac
 architecture's native size, then fit() with each config and the test accuracy of the
 best-on-val epoch.  Nothing is chosen by looking at test results: the checkpoint is the best
 epoch on val; the test split only reports.  Prints one markdown row per config with mean ±
-standard deviation over the seeds.
+standard deviation over the seeds, the model's parameters and GFLOPs (2-class head, native size)
+and its CPU latency at batch 1 (median of timed forward passes after warm-up, all threads).
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict,
 
 
 def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
+    from finetuner.evaluation.cost import count_params, cpu_latency_ms, gflops
     from finetuner.evaluation.metrics import predict_arrays
     from finetuner.models import build_model, get_arch
     from finetuner.params import parse_params
@@ -86,7 +88,9 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     predicted = predict_arrays(model, prepared.images["test"], torch.device("cpu")).argmax(1)
     return {"test_acc": float((predicted == prepared.labels["test"]).mean()),
             "seconds": seconds, "prep_seconds": prep_seconds, "epochs": len(result.history),
-            "best_epoch": result.best_epoch}
+            "best_epoch": result.best_epoch, "params": count_params(model),
+            "gflops": gflops(model, params.image_size),
+            "latency_ms": cpu_latency_ms(model, params.image_size)}
 
 
 def main() -> None:
@@ -103,8 +107,9 @@ def main() -> None:
     from finetuner.runtime import set_threads
     set_threads(0)
     cache: dict = {}
-    print("| config | test accuracy (mean ± sd) | fine-tune wall time (s) | epochs | per seed |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| config | test accuracy (mean ± sd) | fine-tune wall time (s) | epochs | per seed "
+          "| params (M) | GFLOPs | CPU latency, batch 1 (ms, median over seeds) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
             rows = [run(CONFIGS[name], seed, data, cache, Path(tmp)) for seed in args.seeds]
@@ -113,7 +118,9 @@ def main() -> None:
             print(f"| {name} | {statistics.mean(accs):.3f} ± {spread:.3f} | "
                   f"{statistics.mean(r['seconds'] for r in rows):.0f} | "
                   f"{rows[0]['epochs']} (best {', '.join(str(r['best_epoch']) for r in rows)}) | "
-                  f"{', '.join(f'{a:.3f}' for a in accs)} |", flush=True)
+                  f"{', '.join(f'{a:.3f}' for a in accs)} | {rows[0]['params'] / 1e6:.2f} | "
+                  f"{rows[0]['gflops']:.2f} | "
+                  f"{statistics.median(r['latency_ms'] for r in rows):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ With ``nproc_per_node: N > 1`` in params.yaml (and not already under torchrun) t
 replaces itself by ``python -m torch.distributed.run --standalone --nproc-per-node N`` running
 this same command line: N data-parallel processes (NCCL on CUDA, Gloo on CPU).  Started by
 torchrun by hand (several nodes: README "Scaling out") it joins the process group torchrun
-describes.  Only rank 0 writes the checkpoint and the history.
+describes.  Only rank 0 writes the checkpoint and the history.  Errors in params, weights or
+inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
 import sys
 
@@ -14,9 +15,9 @@ import torch
 
 from finetuner.data.prepared import load_prepared
 from finetuner.io import write_csv
-from finetuner.models import build_model
+from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import save_checkpoint
-from finetuner.params import load_params, to_dict
+from finetuner.params import ParamsError, load_params, to_dict
 from finetuner.runtime import seed_everything, set_threads
 from finetuner.training import distributed
 from finetuner.training.loop import TrainData, fit
@@ -60,4 +61,13 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if len(sys.argv) != 4:
+        sys.exit("usage: python stages/finetune.py PREPARED_DIR MODEL_OUT HISTORY_CSV "
+                 f"(got {len(sys.argv) - 1} arguments)")
+    try:
+        main(*sys.argv[1:])
+    except (ParamsError, WeightsError, FileNotFoundError) as error:
+        sys.exit(f"finetune: error: {error}")
+    except KeyboardInterrupt:
+        print("finetune: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -123,6 +123,8 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     assert all(name.startswith(".") and ignored(name) for name in left), left
     if sig == signal.SIGINT:
         assert left == [], f"SIGINT should clean up its temp files: {left}"
+        assert "finetune: interrupted; nothing was written" in log.read_text()
+        assert "Traceback" not in log.read_text()
 
     set_params(project, epochs=2)
     run_stage(project, "finetune", "data/prepared", *FINETUNE_OUTS)
@@ -131,6 +133,40 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     with open(project / "metrics" / "train_history.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
     assert leftovers(project, FINETUNE_OUTS) == []
+
+
+ERROR_OUTS = ["models/error.pt", "metrics/error.csv"]
+
+
+@pytest.mark.parametrize("script, args, change, message", [
+    ("finetune", ["data/prepared", *ERROR_OUTS], {"device": "cuda:7"}, "'device' is 'cuda:7'"),
+    ("finetune", ["data/prepared", *ERROR_OUTS], {"nproc_per_node": 0}, "'nproc_per_node'"),
+    ("finetune", ["data/nothing", *ERROR_OUTS], {}, "data/nothing/meta.json is missing"),
+    ("finetune", ["data/prepared", *ERROR_OUTS], {"model": {"weights": "data/no.pt"}},
+     "data/no.pt"),
+    ("evaluate", ["models/error.pt", "data/prepared", "metrics/error"], {},
+     "models/error.pt: no such checkpoint file"),
+    ("evaluate", ["models/model.pt", "data/prepared", "metrics/error"], {"device": "cuda:7"},
+     "'device' is 'cuda:7'"),
+], ids=["device", "nproc", "no-prepared", "weights-file", "no-checkpoint", "eval-device"])
+def test_finetune_and_evaluate_report_errors_in_one_line_and_write_nothing(
+        project, script, args, change, message):
+    if not (project / "models" / "model.pt").is_file():
+        run_stage(project, "finetune", "data/prepared", *FINETUNE_OUTS)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key, value in change.items():
+        params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        done = run_stage(project, script, *args, check=False)
+    finally:
+        set_params(project)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error:") and message in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any((project / path).exists()
+                   for path in ERROR_OUTS + ["metrics/error"]), "an output was written"
 
 
 def test_same_params_and_seed_give_identical_training_on_cpu(project):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from .params import ParamsError
 
 
 def available_cores() -> int:
@@ -51,13 +52,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"params.yaml: 'device' is {name!r} but CUDA is not available here; "
-                         "use auto or cpu")
+        raise ParamsError(f"params.yaml: 'device' is {name!r} but CUDA is not available here; "
+                          "use auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"params.yaml: 'device' is {name!r} but there are only "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
+        raise ParamsError(f"params.yaml: 'device' is {name!r} but there are only "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("params.yaml: 'device' is 'mps' but MPS is not available here")
+        raise ParamsError("params.yaml: 'device' is 'mps' but MPS is not available here")
     return device
 
 
@@ -96,8 +97,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         else:
             name = "fp32"
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("params.yaml: 'precision' is 'bf16' but this GPU does not support it; "
-                         "use auto or fp16")
+        raise ParamsError("params.yaml: 'precision' is 'bf16' but this GPU does not support it; "
+                          "use auto or fp16")
     return Precision(name, device.type)
 
 

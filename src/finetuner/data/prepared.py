@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_csv, write_json
-from .preprocess import Augmentation, write_views
+from .preprocess import Augmentation, SplitViews, write_views
 from .split import SPLITS
 
 META = "meta.json"
@@ -31,15 +31,16 @@ def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, cro
     summary = json.loads((split_dir / "summary.json").read_text())
     class_names = summary["classes"]
     index_of = {name: i for i, name in enumerate(class_names)}
-    counts = {}
+    counts, jobs = {}, []
     for split in SPLITS:
         rows = read_csv(split_dir / f"{split}.csv")
-        views = train_views if split == "train" else 1
         np.save(out_dir / f"{split}_labels.npy",
                 np.array([index_of[r["label"]] for r in rows], dtype=np.int64))
-        write_views([data_dir / r["path"] for r in rows], out_dir / f"{split}_images.npy",
-                    image_size, crop_pct, views, augmentation, seed, workers, split)
+        jobs.append(SplitViews(split, [data_dir / r["path"] for r in rows],
+                               train_views if split == "train" else 1,
+                               out_dir / f"{split}_images.npy"))
         counts[split] = len(rows)
+    write_views(jobs, image_size, crop_pct, augmentation, seed, workers)
     meta = {"classes": class_names, "image_size": image_size, "crop_pct": crop_pct,
             "train_views": train_views, "counts": counts}
     write_json(out_dir / META, meta)

@@ -52,53 +52,84 @@ def train_transform(size: int, augmentation: Augmentation) -> T.Compose:
     return T.Compose(steps)
 
 
-class ViewsDataset(torch.utils.data.Dataset):
-    """Item i: the ``views`` uint8 arrays (views, H, W, 3) of image i."""
+@dataclass(frozen=True)
+class SplitViews:
+    """One split's images and where their views go: ``out_file`` (N * views, size, size, 3)."""
+    name: str
+    paths: list[Path]
+    views: int
+    out_file: Path
 
-    def __init__(self, paths: list[Path], size: int, crop_pct: float, views: int,
+
+class ViewsDataset(torch.utils.data.Dataset):
+    """Item i: (split number, index in that split, its views as uint8 (views, H, W, 3)).
+
+    The splits are numbered in order and their images follow one another.  A view's random
+    draw is seeded by (seed, index in its split, view), so the arrays do not depend on how the
+    images are batched or spread over workers.
+    """
+
+    def __init__(self, splits: list[SplitViews], size: int, crop_pct: float,
                  augmentation: Augmentation, seed: int):
-        self.paths, self.size, self.crop_pct, self.views = paths, size, crop_pct, views
+        self.splits, self.size, self.crop_pct, self.seed = splits, size, crop_pct, seed
+        self.items = [(s, i) for s, split in enumerate(splits) for i in range(len(split.paths))]
         self.transform = train_transform(size, augmentation)
-        self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, item: int) -> tuple[int, int, np.ndarray]:
+        split, index = self.items[item]
+        path, views = self.splits[split].paths[index], self.splits[split].views
         try:
-            image = decode_image(self.paths[index])
+            image = decode_image(path)
         except ImageError as error:
-            raise ImageError(f"{self.paths[index]}: {error} (did the data change after split?)") from None
-        out = np.empty((self.views, self.size, self.size, 3), dtype=np.uint8)
+            raise ImageError(f"{path}: {error} (did the data change after split?)") from None
+        out = np.empty((views, self.size, self.size, 3), dtype=np.uint8)
         out[0] = np.asarray(eval_view(image, self.size, self.crop_pct))
-        for view in range(1, self.views):
+        for view in range(1, views):
             torch.manual_seed(hash((self.seed, index, view)) & 0x7FFF_FFFF)
             out[view] = np.asarray(self.transform(image))
-        return out
+        return split, index, out
 
 
-def _concatenate(batch: list[np.ndarray]) -> torch.Tensor:
-    """One tensor per batch: workers hand tensors over in shared memory, not through a pipe."""
-    return torch.from_numpy(np.concatenate(batch))
+def split_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Dataset indices in batches of ``batch_size`` that never mix two splits."""
+    batches, offset = [], 0
+    for length in lengths:
+        batches += [list(range(offset + i, offset + min(i + batch_size, length)))
+                    for i in range(0, length, batch_size)]
+        offset += length
+    return batches
+
+
+def _concatenate(batch: list[tuple[int, int, np.ndarray]]) -> tuple[int, int, torch.Tensor]:
+    """(split, first index, all views as one tensor): workers hand a tensor over in shared
+    memory, not through a pipe."""
+    return batch[0][0], batch[0][1], torch.from_numpy(np.concatenate([b[2] for b in batch]))
 
 
 def _worker_init(_):
     torch.set_num_threads(1)  # one core per decoding process
 
 
-def write_views(paths: list[Path], out_file: Path, size: int, crop_pct: float, views: int,
-                augmentation: Augmentation, seed: int, workers: int, desc: str) -> None:
-    """Stream the views of ``paths`` into ``out_file`` (N * views, size, size, 3) uint8."""
-    dataset = ViewsDataset(paths, size, crop_pct, views, augmentation, seed)
-    array = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8,
-                                      shape=(len(paths) * views, size, size, 3))
+def write_views(splits: list[SplitViews], size: int, crop_pct: float,
+                augmentation: Augmentation, seed: int, workers: int) -> None:
+    """Stream the views of every split's images into its ``out_file``.
+
+    One DataLoader for all splits: its worker processes start once, not once per split.
+    """
+    dataset = ViewsDataset(splits, size, crop_pct, augmentation, seed)
+    arrays = [np.lib.format.open_memmap(split.out_file, mode="w+", dtype=np.uint8,
+                                        shape=(len(split.paths) * split.views, size, size, 3))
+              for split in splits]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=8, num_workers=workers, worker_init_fn=_worker_init,
-        collate_fn=_concatenate)
-    start = 0
-    for batch in tqdm(loader, desc=f"preprocess {desc}", unit="batch", leave=False,
-                      mininterval=1.0):
-        array[start:start + len(batch)] = batch.numpy()
-        start += len(batch)
-    array.flush()
-    del array
+        dataset, batch_sampler=split_batches([len(s.paths) for s in splits], 8),
+        num_workers=workers, worker_init_fn=_worker_init, collate_fn=_concatenate)
+    names = "+".join(split.name for split in splits)
+    for split, index, batch in tqdm(loader, desc=f"preprocess {names}", unit="batch",
+                                    leave=False, mininterval=1.0):
+        start = index * splits[split].views
+        arrays[split][start:start + len(batch)] = batch.numpy()
+    for array in arrays:
+        array.flush()

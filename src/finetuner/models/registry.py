@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..params import ParamsError
 from .classifier import StagedClassifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -262,10 +263,10 @@ def check_arch(name: str) -> None:
                  else difflib.get_close_matches(name, archs, n=3, cutoff=0.4))
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         families = ", ".join(f"{f}*" for f in sorted(TORCHVISION_FAMILIES))
-        raise ValueError(f"params.yaml: 'model.arch' is {name!r}, which is not a known "
-                         f"architecture.{hint} Known: tf_efficientnet_lite0/1/2 and the "
-                         f"torchvision models {families} ({len(archs)} names; "
-                         "`python -m finetuner models` lists them)")
+        raise ParamsError(f"params.yaml: 'model.arch' is {name!r}, which is not a known "
+                          f"architecture.{hint} Known: tf_efficientnet_lite0/1/2 and the "
+                          f"torchvision models {families} ({len(archs)} names; "
+                          "`python -m finetuner models` lists them)")
 
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors")

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..runtime import available_cores, resolve_device
+from ..params import ParamsError
 
 
 def under_torchrun() -> bool:
@@ -93,20 +94,20 @@ def setup(device_name: str) -> Dist:
     device = resolve_device(device_name)
     if device.type == "cuda":
         if device.index is not None:
-            raise ValueError(f"params.yaml: 'device' is {device_name!r}, but with several processes "
-                             "each takes cuda:LOCAL_RANK; use device: cuda (or auto) and choose "
-                             "GPUs with CUDA_VISIBLE_DEVICES")
+            raise ParamsError(f"params.yaml: 'device' is {device_name!r}, but with several processes "
+                              "each takes cuda:LOCAL_RANK; use device: cuda (or auto) and choose "
+                              "GPUs with CUDA_VISIBLE_DEVICES")
         if torch.cuda.device_count() < local_world:
-            raise ValueError(f"nproc_per_node is {local_world} but only "
-                             f"{torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ParamsError(f"nproc_per_node is {local_world} but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) are visible")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ValueError(f"nproc_per_node > 1 runs on CUDA (NCCL) or CPU (Gloo), not on "
-                         f"{device.type}; set nproc_per_node: 1")
+        raise ParamsError(f"nproc_per_node > 1 runs on CUDA (NCCL) or CPU (Gloo), not on "
+                          f"{device.type}; set nproc_per_node: 1")
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return Dist(device, rank, world, local_rank, local_world)

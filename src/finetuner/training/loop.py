@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..models import StagedClassifier
-from ..params import Params
+from ..params import Params, ParamsError
 from ..runtime import resolve_precision
 from . import distributed
 from .distributed import Dist
@@ -183,8 +183,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                                             t.unfreeze_every, t.unfreeze_floor)
     n_train = len(data.train_labels)
     if ctx.enabled and n_train < 2 * ctx.world_size:
-        raise ValueError(f"{n_train} training images cannot be shared by {ctx.world_size} processes "
-                         "(at least 2 each); use nproc_per_node: 1")
+        raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} processes "
+                          "(at least 2 each); use nproc_per_node: 1")
     steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
     total_steps = steps_per_epoch * t.epochs
     weight_cpu = (class_weights(data.train_labels, data.num_classes)
@@ -232,7 +232,10 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                             t.class_balance == "sampler")
         set_lr(optimizer, multiplier(step))
         lrs.append([g["lr"] for g in optimizer.param_groups])  # what the optimizer really holds
-        total_loss, correct, seen = 0.0, 0, 0
+        # summed on the device: no host synchronisation per step (it stalls a GPU)
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
         # BatchNorm cannot train on one sample: every process needs at least two
         if len(batches) > 1 and len(batches[-1]) < 2 * ctx.world_size:
@@ -255,10 +258,11 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            total_loss += loss_sum.item() / denom * len(index)
-            correct += (logits.argmax(1) == target).sum().item()
+            total_loss += loss_sum.detach() * (len(index) / denom)
+            correct += (logits.argmax(1) == target).sum()
             seen += len(local)
             bar.update()
+        total_loss, correct = total_loss.item(), correct.item()
         if ctx.enabled:
             _average_batchnorm_stats(model, ctx)
             total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
