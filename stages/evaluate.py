@@ -5,7 +5,6 @@
 Errors in params, the checkpoint or the inputs are one line naming the param or file; every
 output is written whole or not at all.
 """
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,9 @@ from finetuner.evaluation.metrics import classification_metrics, predict_arrays
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
 from finetuner.io import write_csv, write_json
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
-from finetuner.params import ParamsError, load_params
+from finetuner.params import load_params
 from finetuner.runtime import resolve_device, set_threads
+from finetuner.stage import run_stage
 
 
 def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
@@ -53,13 +53,5 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python stages/evaluate.py MODEL PREPARED_DIR METRICS_DIR "
-                 f"(got {len(sys.argv) - 1} arguments)")
-    try:
-        main(*sys.argv[1:])
-    except (ParamsError, CheckpointError, FileNotFoundError) as error:
-        sys.exit(f"evaluate: error: {error}")
-    except KeyboardInterrupt:
-        print("evaluate: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_stage("evaluate", main, "MODEL PREPARED_DIR METRICS_DIR", (CheckpointError,),
+              interrupted="interrupted")

@@ -17,8 +17,9 @@ from finetuner.data.prepared import load_prepared
 from finetuner.io import write_csv
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import save_checkpoint
-from finetuner.params import ParamsError, load_params, to_dict
+from finetuner.params import load_params, to_dict
 from finetuner.runtime import seed_everything, set_threads
+from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.training.loop import TrainData, fit
 
@@ -61,13 +62,4 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python stages/finetune.py PREPARED_DIR MODEL_OUT HISTORY_CSV "
-                 f"(got {len(sys.argv) - 1} arguments)")
-    try:
-        main(*sys.argv[1:])
-    except (ParamsError, WeightsError, FileNotFoundError) as error:
-        sys.exit(f"finetune: error: {error}")
-    except KeyboardInterrupt:
-        print("finetune: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    run_stage("finetune", main, "PREPARED_DIR MODEL_OUT HISTORY_CSV", (WeightsError,))

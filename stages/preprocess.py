@@ -5,14 +5,14 @@
 INPUT_SPEC is the input_spec stage's JSON (image size and crop of the architecture).  Inputs
 are checked before any image is decoded; errors are one line naming the file and what to do.
 """
-import sys
 from pathlib import Path
 
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, check_inputs, prepare, read_input_spec
 from finetuner.data.preprocess import Augmentation
 from finetuner.io import atomic_path
-from finetuner.params import ParamsError, load_params
+from finetuner.params import load_params
+from finetuner.stage import run_stage
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
@@ -29,13 +29,4 @@ def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
-        sys.exit(f"usage: python stages/preprocess.py DATA_DIR SPLIT_DIR INPUT_SPEC OUT_DIR "
-                 f"(got {len(sys.argv) - 1} arguments)")
-    try:
-        main(*sys.argv[1:])
-    except (ParamsError, InputError, ImageError) as error:
-        sys.exit(f"preprocess: error: {error}")
-    except KeyboardInterrupt:
-        print("preprocess: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    run_stage("preprocess", main, "DATA_DIR SPLIT_DIR INPUT_SPEC OUT_DIR", (InputError, ImageError))

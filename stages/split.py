@@ -6,7 +6,8 @@ import sys
 
 from finetuner.data.split import SPLITS, DatasetError, split_folder
 from finetuner.io import atomic_path, write_csv, write_json
-from finetuner.params import ParamsError, load_params
+from finetuner.params import load_params
+from finetuner.stage import run_stage
 
 
 def main(data_dir: str, out_dir: str) -> None:
@@ -30,13 +31,4 @@ def main(data_dir: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(f"usage: python stages/split.py DATA_DIR OUT_DIR (got {len(sys.argv) - 1} "
-                 "arguments)")
-    try:
-        main(*sys.argv[1:])
-    except (ParamsError, DatasetError) as error:
-        sys.exit(f"split: error: {error}")
-    except KeyboardInterrupt:
-        print("split: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    run_stage("split", main, "DATA_DIR OUT_DIR", (DatasetError,))

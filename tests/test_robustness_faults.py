@@ -24,6 +24,7 @@ from conftest import ROOT, copy_project, make_image_folder
 from finetuner.io import atomic_path, remove_stale_temps, write_json
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from finetuner.params import ParamsError
 
 FINETUNE_OUTS = ["models/model.pt", "metrics/train_history.csv"]
 
@@ -167,6 +168,28 @@ def test_finetune_and_evaluate_report_errors_in_one_line_and_write_nothing(
     assert "Traceback" not in done.stderr
     assert not any((project / path).exists()
                    for path in ERROR_OUTS + ["metrics/error"]), "an output was written"
+
+
+def test_run_stage_checks_arguments_and_turns_errors_and_ctrl_c_into_exit_codes(
+        monkeypatch, capsys):
+    from finetuner.stage import run_stage
+
+    def main(a, b):
+        raise {"params": ParamsError("params.yaml: 'lr' is -1"), "ctrl-c": KeyboardInterrupt(),
+               "bug": RuntimeError("a bug")}[a]
+    monkeypatch.setattr(sys, "argv", ["x.py", "only-one"])
+    with pytest.raises(SystemExit, match=r"usage: python stages/x.py A B \(got 1 arguments\)"):
+        run_stage("x", main, "A B")
+    monkeypatch.setattr(sys, "argv", ["x.py", "params", "b"])
+    with pytest.raises(SystemExit, match="^x: error: params.yaml: 'lr' is -1$"):
+        run_stage("x", main, "A B")
+    monkeypatch.setattr(sys, "argv", ["x.py", "ctrl-c", "b"])
+    with pytest.raises(SystemExit) as stop:
+        run_stage("x", main, "A B")
+    assert stop.value.code == 130 and "x: interrupted; nothing was written" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["x.py", "bug", "b"])
+    with pytest.raises(RuntimeError, match="a bug"):  # not an input error: keeps its traceback
+        run_stage("x", main, "A B")
 
 
 def test_same_params_and_seed_give_identical_training_on_cpu(project):
