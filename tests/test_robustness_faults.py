@@ -66,11 +66,18 @@ def project(tmp_path_factory) -> Path:
     return repo
 
 
+def default_sigint() -> None:
+    """A stage started from a background job (``nohup ... &``) inherits SIGINT ignored, and
+    Python then never raises KeyboardInterrupt; the Ctrl-C tests need the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_stage(repo: Path, script: str, *args: str) -> tuple[subprocess.Popen, Path]:
     log = repo / f"{script}.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, f"stages/{script}.py", *args], cwd=repo,
-                                   stdout=out, stderr=subprocess.STDOUT, env=stage_env())
+                                   stdout=out, stderr=subprocess.STDOUT, env=stage_env(),
+                                   preexec_fn=default_sigint)
     return process, log
 
 
