@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tuning speed on a CUDA GPU: fp32 against mixed precision, and against the same machine's CPU.
+"""Fine-tuning speed on a CUDA GPU: fp32 against mixed precision, and against its host's CPU.
 
     python benchmarks/gpu.py [--archs resnet18 tf_efficientnet_lite0 resnet50] [--images 2048]
                              [--size 224] [--batch-size 64] [--epochs 3] [--json OUT.json]
@@ -68,7 +68,7 @@ def main() -> None:
         print("gpu benchmark skipped: no CUDA device here")
         return
     torch.set_num_threads(available_cores())
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {platform.processor() or ''} "
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {platform.processor()} "
           f"{available_cores()} CPU cores; {args.images} images of {args.size} px, "
           f"batch {args.batch_size}, {args.epochs} epochs", flush=True)
     data = random_data(args.images, args.size)
@@ -77,8 +77,9 @@ def main() -> None:
         for precision in args.precisions:
             figures[f"{arch}_{precision}_images_per_s"] = train_speed(
                 arch, data, "cuda", precision, args.epochs, args.batch_size)
-        figures[f"{arch}_mixed_speedup"] = (figures[f"{arch}_bf16_images_per_s"]
-                                            / figures[f"{arch}_fp32_images_per_s"])
+        if {"fp32", "bf16"} <= set(args.precisions):
+            figures[f"{arch}_mixed_speedup"] = (figures[f"{arch}_bf16_images_per_s"]
+                                                / figures[f"{arch}_fp32_images_per_s"])
     head = train_speed(args.archs[0], data, "cuda", "bf16", args.epochs, args.batch_size, "all")
     figures[f"{args.archs[0]}_bf16_head_only_images_per_s"] = head
     torch.backends.cudnn.benchmark = True  # cuDNN times its algorithms per input shape
@@ -89,7 +90,8 @@ def main() -> None:
     start = time.perf_counter()
     cpu = train_speed(args.archs[0], cpu_data, "cpu", "fp32", 1, args.batch_size)
     figures[f"{args.archs[0]}_cpu_fp32_images_per_s"] = cpu
-    figures["gpu_over_cpu"] = figures[f"{args.archs[0]}_bf16_images_per_s"] / cpu
+    if f"{args.archs[0]}_bf16_images_per_s" in figures:
+        figures["gpu_over_cpu"] = figures[f"{args.archs[0]}_bf16_images_per_s"] / cpu
     print(f"  (cpu run took {time.perf_counter() - start:.0f} s)")
     for name, value in figures.items():
         print(f"{name}={value:.2f}")

@@ -2,9 +2,13 @@
 
     python stages/demo_data.py OUT_DIR
 """
-import sys
-
 from finetuner.data.demo import write_digits
+from finetuner.stage import run_stage
+
+
+def main(out_dir: str) -> None:
+    write_digits(out_dir)
+
 
 if __name__ == "__main__":
-    write_digits(sys.argv[1])
+    run_stage("demo_data", main, "OUT_DIR")

@@ -5,13 +5,17 @@
 preprocess depends on this file instead of on ``model.arch``: switching to an architecture
 with the same input size and crop leaves the file unchanged, so DVC skips preprocess.
 """
-import sys
-
 from finetuner.io import write_json
 from finetuner.models import get_arch
 from finetuner.params import load_params
+from finetuner.stage import run_stage
+
+
+def main(out_json: str) -> None:
+    params = load_params()
+    write_json(out_json, {"image_size": params.image_size,
+                          "crop_pct": get_arch(params.model.arch).crop_pct})
+
 
 if __name__ == "__main__":
-    params = load_params()
-    write_json(sys.argv[1], {"image_size": params.image_size,
-                             "crop_pct": get_arch(params.model.arch).crop_pct})
+    run_stage("input_spec", main, "OUT_JSON")

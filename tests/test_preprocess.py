@@ -4,7 +4,8 @@ import pytest
 
 from conftest import make_image_folder
 from finetuner.data.images import decode_image
-from finetuner.data.preprocess import Augmentation, SplitViews, eval_view, split_batches, write_views
+from finetuner.data.preprocess import (Augmentation, SplitViews, eval_view, split_batches,
+                                       write_views)
 
 AUGMENT = Augmentation((0.5, 1.0), True, 15.0, 0.2)
 

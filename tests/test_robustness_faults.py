@@ -193,7 +193,8 @@ def test_run_stage_checks_arguments_and_turns_errors_and_ctrl_c_into_exit_codes(
     monkeypatch.setattr(sys, "argv", ["x.py", "ctrl-c", "b"])
     with pytest.raises(SystemExit) as stop:
         run_stage("x", main, "A B")
-    assert stop.value.code == 130 and "x: interrupted; nothing was written" in capsys.readouterr().err
+    assert stop.value.code == 130
+    assert "x: interrupted; nothing was written" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["x.py", "bug", "b"])
     with pytest.raises(RuntimeError, match="a bug"):  # not an input error: keeps its traceback
         run_stage("x", main, "A B")

@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..runtime import available_cores, resolve_device
 from ..params import ParamsError
+from ..runtime import available_cores, resolve_device
 
 
 def under_torchrun() -> bool:
@@ -94,9 +94,9 @@ def setup(device_name: str) -> Dist:
     device = resolve_device(device_name)
     if device.type == "cuda":
         if device.index is not None:
-            raise ParamsError(f"params.yaml: 'device' is {device_name!r}, but with several processes "
-                              "each takes cuda:LOCAL_RANK; use device: cuda (or auto) and choose "
-                              "GPUs with CUDA_VISIBLE_DEVICES")
+            raise ParamsError(f"params.yaml: 'device' is {device_name!r}, but with several "
+                              "processes each takes cuda:LOCAL_RANK; use device: cuda (or auto) "
+                              "and choose GPUs with CUDA_VISIBLE_DEVICES")
         if torch.cuda.device_count() < local_world:
             raise ParamsError(f"nproc_per_node is {local_world} but only "
                               f"{torch.cuda.device_count()} CUDA device(s) are visible")

@@ -183,8 +183,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                                             t.unfreeze_every, t.unfreeze_floor)
     n_train = len(data.train_labels)
     if ctx.enabled and n_train < 2 * ctx.world_size:
-        raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} processes "
-                          "(at least 2 each); use nproc_per_node: 1")
+        raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} "
+                          "processes (at least 2 each); use nproc_per_node: 1")
     steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
     total_steps = steps_per_epoch * t.epochs
     weight_cpu = (class_weights(data.train_labels, data.num_classes)
