@@ -16,13 +16,14 @@ from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
 from finetuner.io import write_csv, write_json
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
 from finetuner.params import load_params
-from finetuner.runtime import resolve_device, set_threads
+from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads
 from finetuner.stage import run_stage
 
 
 def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     params = load_params()
     set_threads(params.threads)
+    reuse_freed_memory()
     device = resolve_device(params.device)
     out = Path(metrics_dir)
     checkpoint = load_checkpoint(model_path, device)

@@ -18,7 +18,7 @@ from finetuner.io import write_csv
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import save_checkpoint
 from finetuner.params import load_params, to_dict
-from finetuner.runtime import seed_everything, set_threads
+from finetuner.runtime import reuse_freed_memory, seed_everything, set_threads
 from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.training.loop import TrainData, fit
@@ -29,6 +29,7 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
     if params.nproc_per_node > 1 and not distributed.under_torchrun():
         distributed.relaunch_under_torchrun(params.nproc_per_node, sys.argv)  # does not return
     threads = set_threads(params.threads)
+    reuse_freed_memory()
     ctx = distributed.setup(params.device)
     try:
         seed_everything(params.seed)

@@ -117,7 +117,9 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
                 augmentation: Augmentation, seed: int, workers: int) -> None:
     """Stream the views of every split's images into its ``out_file``.
 
-    One DataLoader for all splits: its worker processes start once, not once per split.
+    One DataLoader for all splits: its worker processes start once, not once per split.  Batches
+    are written where they belong as soon as any worker finishes one (``in_order=False``), so a
+    slow batch does not leave the other workers idle.
     """
     dataset = ViewsDataset(splits, size, crop_pct, augmentation, seed)
     arrays = [np.lib.format.open_memmap(split.out_file, mode="w+", dtype=np.uint8,
@@ -125,7 +127,8 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
               for split in splits]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=split_batches([len(s.paths) for s in splits], 8),
-        num_workers=workers, worker_init_fn=_worker_init, collate_fn=_concatenate)
+        num_workers=workers, worker_init_fn=_worker_init, collate_fn=_concatenate,
+        in_order=False)
     names = "+".join(split.name for split in splits)
     for split, index, batch in tqdm(loader, desc=f"preprocess {names}", unit="batch",
                                     leave=False, mininterval=1.0):
