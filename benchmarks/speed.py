@@ -156,9 +156,7 @@ def main() -> None:
     from finetuner.models import get_arch
     from finetuner.runtime import reuse_freed_memory, set_threads
     threads = set_threads(0)
-    allocator = reuse_freed_memory()  # as the finetune stage does; pure compute gets it too
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
-          f"large freed blocks {'reused' if allocator else 'unmapped (not glibc)'}; "
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; "
           f"{args.arch} at {args.size} px, batch {args.batch_size}, data {data}")
 
     work = Path(tempfile.mkdtemp(prefix="finetuner-bench-"))
@@ -192,6 +190,9 @@ def main() -> None:
             print(f"  round {number}: 1 process {single:.1f} s, 2 workers {parallel:.1f} s")
             decoding.append({"preprocess_1_process_s": single, "preprocess_2_workers_s": parallel,
                              "preprocess_parallel_speedup": single / parallel})
+        # from here on as the finetune stage runs; pure compute gets the same allocator setting
+        reused = reuse_freed_memory()
+        print(f"large freed blocks {'reused' if reused else 'unmapped (setting not applied)'}")
         print("head only:")
         seed_head = seed_loop(data, args.arch, "head", args.head_epochs, args.size)
         ours_head = project_fit(prepared, args.arch, "all", args.head_epochs, args.batch_size)
@@ -214,15 +215,15 @@ def main() -> None:
                            "partial_speedup": ours_partial / seed_full,
                            "full_compute_fraction": ours_full / compute,
                            "full_bf16_speedup": ours_bf16 / seed_full})
-        rounds = [{**r, **d} for r, d in zip(rounds, decoding)]
         noop, skipped = repro_timings(data)
         print(f"dvc repro: no-op {noop:.2f} s; after a freeze_depth change split and preprocess "
               f"{'skipped (0 s)' if skipped else 'RAN'}")
         print(json.dumps({"seed_head_images_per_s": round(seed_head, 2),
                           "project_head_images_per_s": round(ours_head, 2)}))
-        for key in rounds[0]:
-            print(f"{key} per round: {' '.join(f'{r[key]:.2f}' for r in rounds)}")
-        median = lambda key: statistics.median(r[key] for r in rounds)
+        for measured in (decoding, rounds):
+            for key in measured[0]:
+                print(f"{key} per round: {' '.join(f'{r[key]:.2f}' for r in measured)}")
+        median = lambda key: statistics.median(r[key] for r in rounds + decoding if key in r)
         print(f"head_only_speedup={ours_head / seed_head:.2f}")
         print(f"partial_speedup={median('partial_speedup'):.2f}")
         print(f"full_speedup={median('full_speedup'):.2f}")

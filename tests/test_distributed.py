@@ -9,7 +9,6 @@ runs every case of ``CASES`` in the two processes and saves each rank's result u
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -319,28 +318,3 @@ def test_dvc_exp_run_with_nproc_per_node_2_runs_the_stage_under_torchrun(tmp_pat
 if __name__ == "__main__":
     torchrun_main(Path(sys.argv[1]))
 
-
-ALLOCATE_AND_FREE = """
-import resource, sys
-import torch
-from finetuner.runtime import reuse_freed_memory
-if sys.argv[1] == "reuse":
-    assert reuse_freed_memory()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB: over glibc's 32 MiB mmap limit
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="mallopt is glibc's")
-def test_large_freed_blocks_are_reused_not_faulted_in_again():
-    def page_faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", ALLOCATE_AND_FREE, mode], check=True,
-                             capture_output=True, text=True).stdout
-        return int(out.split()[-1])
-    default, reused = page_faults("default"), page_faults("reuse")
-    # default: each of the 20 blocks is a fresh mmap, faulted in again; reused: the heap keeps
-    # them (measured: 20 x 16,384 faults by default, 4 x 16,384 reused)
-    assert reused * 2 < default, (reused, default)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
 import random
 from dataclasses import dataclass
 
@@ -46,24 +45,38 @@ def set_threads(threads: int) -> int:
 
 # glibc's mallopt(3) parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# the environment's own malloc tuning, which reuse_freed_memory leaves alone
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def glibc_version() -> tuple[int, ...] | None:
+    """The running C library's version when it is glibc (``(2, 36)``), else None."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return tuple(int(part) for part in version.split(".")[:2]) if name == "glibc" else None
+    except (AttributeError, ValueError, OSError):  # not glibc, or no confstr at all
+        return None
 
 
 def reuse_freed_memory() -> bool:
-    """Let glibc's malloc keep large freed blocks for reuse instead of unmapping them.
+    """Keep large freed blocks in glibc's heap for reuse instead of unmapping them.
 
-    A training step allocates and frees activations of tens to hundreds of MB.  glibc serves
-    every block over 32 MiB with a fresh ``mmap`` and unmaps it on free, so each step page-faults
-    that memory in again, zeroed: about 100,000-150,000 page faults per ResNet-18 step (batch 32,
-    224 px).  With the mmap threshold at 1 GiB and trimming off those blocks stay in the heap:
-    measured here 5-9 % more images/s for a full fine-tune, peak memory +8 %.  This is what
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment would do, done from
-    inside the process.  Returns whether it applied (False where the C library is not glibc).
+    glibc serves blocks over 32 MiB (a training step's activations) with a fresh ``mmap`` and
+    unmaps them on free, so every step page-faults them in again.  An mmap threshold of 1 GiB
+    and no trimming keep them (README "Performance" has the measurements).  Left alone where
+    the environment tunes malloc itself (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``glibc.malloc`` in ``GLIBC_TUNABLES``) or the C library is not glibc.  Returns whether it
+    applied.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if (glibc_version() is None or any(name in os.environ for name in MALLOC_ENV)
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")):
         return False
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-                and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, 1 << 30) != 1:  # refused by glibcs that cap it at 32 MiB
+        return False
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    return True
 
 
 def resolve_device(name: str) -> torch.device:
