@@ -1,7 +1,9 @@
 """The preprocess module without DVC: arrays, views and parallel decoding."""
 import numpy as np
 import pytest
+from PIL import Image
 
+import finetuner.data.preprocess as preprocess
 from conftest import make_image_folder
 from finetuner.data.images import decode_image
 from finetuner.data.preprocess import (Augmentation, SplitViews, eval_view, split_batches,
@@ -47,3 +49,24 @@ def test_view_zero_is_the_eval_view_and_the_others_are_augmented(splits, tmp_pat
         assert not np.array_equal(train[3 * i + 1], expected)
     np.testing.assert_array_equal(val[1], np.asarray(eval_view(decode_image(splits[1][1]), 16,
                                                                0.875)))
+
+
+def test_batches_finished_out_of_order_land_in_their_place(splits, tmp_path, monkeypatch):
+    slow = [list(s) for s in splits]
+    big = tmp_path / "big.png"  # takes far longer to decode and resize than the 30 px images
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (2500, 2500, 3), dtype=np.uint8)).save(big)
+    slow[0][0] = big  # in the first batch: the second worker finishes its batches first
+    arrivals = []
+    def recording_tqdm(loader, **_):
+        for split, index, batch in loader:
+            arrivals.append((split, index))
+            yield split, index, batch
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = written(slow, tmp_path / "one", workers=0)
+    monkeypatch.setattr(preprocess, "tqdm", recording_tqdm)
+    two = written(slow, tmp_path / "two", workers=2)
+    assert arrivals[0] != (0, 0) and sorted(arrivals) == [(0, 0), (0, 8), (1, 0), (2, 0)]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
