@@ -317,4 +317,3 @@ def test_dvc_exp_run_with_nproc_per_node_2_runs_the_stage_under_torchrun(tmp_pat
 
 if __name__ == "__main__":
     torchrun_main(Path(sys.argv[1]))
-
