@@ -1,4 +1,5 @@
-"""Stage evaluate: the checkpoint on the test split -> metrics JSON, predictions, pictures.
+"""Stage evaluate: the checkpoint on the test split (or on the labelled folder
+``evaluate.test_dir``) -> metrics JSON, predictions, pictures.
 
     python stages/evaluate.py MODEL PREPARED_DIR METRICS_DIR
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finetuner.data.prepared import load_prepared
+from finetuner.data.images import ImageError
+from finetuner.data.prepared import InputError, load_prepared
+from finetuner.data.preprocess import labelled_views
 from finetuner.evaluation.cost import cost_report
 from finetuner.evaluation.metrics import classification_metrics, predict_arrays
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
@@ -27,19 +30,22 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     device = resolve_device(params.device)
     out = Path(metrics_dir)
     checkpoint = load_checkpoint(model_path, device)
-    data = load_prepared(prepared_dir)
-    images, labels = np.asarray(data.images["test"]), data.labels["test"]
+    images, labels, source = test_images(params.evaluate.test_dir, prepared_dir, checkpoint)
     probabilities = predict_arrays(checkpoint.model, images, device, params.evaluate.batch_size)
     predicted = probabilities.argmax(1)
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
     info = checkpoint.info
+    strategy = info.get("strategy", {})
     cost = cost_report(checkpoint.model, checkpoint.image_size,
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     write_json(out / "eval.json", {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "best_val_acc": info["best_val_acc"], "train_seconds": round(info["train_seconds"], 1),
         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
-        "test_images": int(len(labels)), "cost": cost})
+        "test_images": int(len(labels)), "evaluated_on": source,
+        "strategy": strategy.get("chosen", "finetune"), "refit": strategy.get("refit", False),
+        "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
+        "cost": cost})
     write_json(out / "per_class.json", metrics["per_class"])
     names = checkpoint.class_names
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
@@ -48,11 +54,33 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     curves_png(out / "curves.png", info["history"])
     mistakes_png(out / "mistakes.png", images, labels, probabilities, names,
                  params.evaluate.gallery_size)
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {len(labels)} images; {cost['gflops']:.3f} GFLOPs, {cost['cpu_latency_ms']:.1f} ms "
-          f"per image on CPU -> {out}")
+    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+          f"on {len(labels)} images of the {source}; {cost['gflops']:.3f} GFLOPs, "
+          f"{cost['cpu_latency_ms']:.1f} ms per image on CPU -> {out}")
+
+
+VAL_SOURCE = "val split (it chose the model: not an honest estimate)"
+
+
+def test_images(test_dir: str, prepared_dir: str, checkpoint) -> tuple[np.ndarray, np.ndarray, str]:
+    """(uint8 images, labels, where from): ``test_dir`` when set, else the test split, else
+    (``data.test_fraction: 0``) the val split, marked as no honest estimate."""
+    if test_dir:
+        images, labels, skipped = labelled_views(Path(test_dir), checkpoint.class_names,
+                                                 checkpoint.image_size, checkpoint.crop_pct)
+        for path, reason in skipped:
+            print(f"evaluate: skipped {path}: {reason}")
+        return images, labels, f"folder {test_dir}"
+    data = load_prepared(prepared_dir)
+    if len(data.labels["test"]) == 0:
+        print("evaluate: warning: the test split is empty (data.test_fraction: 0) and "
+              "evaluate.test_dir is not set; scoring the val split, which chose the model "
+              "(and trained it, with train.refit): NOT an honest estimate")
+        return np.asarray(data.images["val"]), data.labels["val"], VAL_SOURCE
+    return np.asarray(data.images["test"]), data.labels["test"], "test split"
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, "MODEL PREPARED_DIR METRICS_DIR", (CheckpointError,),
+    run_stage("evaluate", main, "MODEL PREPARED_DIR METRICS_DIR",
+              (CheckpointError, InputError, ImageError),
               interrupted="interrupted")

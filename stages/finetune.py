@@ -1,4 +1,6 @@
-"""Stage finetune: build the backbone, replace the head, freeze, train, keep the best epoch.
+"""Stage finetune: build the backbone, replace the head, freeze, train, keep the best epoch;
+with ``strategy: auto`` the linear probe or the fine-tune, whichever is better on val; with
+``train.refit`` the chosen setup once more on train + val (:mod:`finetuner.training.strategy`).
 
     python stages/finetune.py PREPARED_DIR MODEL_OUT HISTORY_CSV
 
@@ -21,7 +23,8 @@ from finetuner.params import load_params, to_dict
 from finetuner.runtime import reuse_freed_memory, seed_everything, set_threads
 from finetuner.stage import run_stage
 from finetuner.training import distributed
-from finetuner.training.loop import TrainData, fit
+from finetuner.training.loop import TrainData
+from finetuner.training.strategy import train_model
 
 
 def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
@@ -34,30 +37,34 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
     try:
         seed_everything(params.seed)
         data = load_prepared(prepared_dir)
-        model = build_model(params.model.arch, params.model.weights, len(data.class_names))
+        build = lambda: build_model(params.model.arch, params.model.weights,
+                                    len(data.class_names))
         tensors = TrainData(torch.from_numpy(data.images["train"].copy()),
                             torch.from_numpy(data.labels["train"]),
                             torch.from_numpy(data.images["val"].copy()),
                             torch.from_numpy(data.labels["val"]),
                             data.train_views, len(data.class_names))
-        result = fit(model, tensors, params, ctx.device, dist=ctx)
+        model, outcome = train_model(build, tensors, params, ctx)
         if ctx.is_main:
-            best = result.history[result.best_epoch - 1]
             save_checkpoint(model_out, model, params.model.arch, data.class_names,
                             data.image_size, data.crop_pct,
-                            {"params": to_dict(params), "history": result.history,
-                             "best_epoch": result.best_epoch, "best_val_acc": best["val_acc"],
-                             "train_seconds": result.seconds, "epochs_run": len(result.history),
-                             "stopped_early": result.stopped_early,
-                             "device": str(ctx.device), "precision": result.precision,
-                             "world_size": result.world_size, "threads_per_process": threads})
-            keys = list(result.history[0])
-            write_csv(history_csv, keys, [[row[k] for k in keys] for row in result.history])
+                            {"params": to_dict(params), "history": outcome.history,
+                             "best_epoch": outcome.best_epoch,
+                             "best_val_acc": outcome.best_val_acc, "strategy": outcome.info(),
+                             "train_seconds": outcome.seconds,
+                             "epochs_run": len(outcome.history),
+                             "stopped_early": outcome.stopped_early,
+                             "device": str(ctx.device), "precision": outcome.precision,
+                             "world_size": outcome.world_size, "threads_per_process": threads})
+            keys = list(outcome.history[0])
+            write_csv(history_csv, keys, [[row[k] for k in keys] for row in outcome.history])
             where = (f"{ctx.device}" if not ctx.enabled
                      else f"{ctx.world_size} processes on {ctx.device.type}")
-            print(f"finetune: best epoch {result.best_epoch} (val acc {best['val_acc']:.4f}), "
-                  f"{len(result.history)} epochs in {result.seconds:.1f} s on {where}, "
-                  f"{result.precision}, {threads} thread(s) per process -> {model_out}")
+            learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
+            print(f"finetune: {outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
+                  f"{', refit on train + val' if outcome.refit else ''}), learnt from {learnt} "
+                  f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
+                  f"{threads} thread(s) per process -> {model_out}")
     finally:
         distributed.cleanup(ctx)
 

@@ -177,3 +177,23 @@ def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
     assert all(rows[name]["accuracy"] is not None for name in swept.values()), rows
     log = sh(project, "dvc", "queue", "logs", swept[0.003])
     assert "1 thread(s) per process" in log, log
+
+
+def test_photos_preset_keeps_every_photo_for_training_and_scores_a_separate_folder(project):
+    """The real-photo recipe through DVC: test_fraction 0, an external labelled test folder,
+    the choice on val recorded, the final model refit on train + val."""
+    make_image_folder(project / "data" / "holdout", {"a": 3, "b": 3, "c": 2}, size=24, seed=5)
+    out = sh(project, "dvc", "exp", "run", "-S", "preset=photos", "-S", "data.test_fraction=0",
+             "-S", "evaluate.test_dir=data/holdout", "-S", "preprocess.image_size=32",
+             "-S", "train.epochs=2")
+    assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+    with open(project / "data" / "split" / "test.csv") as f:
+        assert list(csv.DictReader(f)) == []
+    split = {name: sum(1 for _ in open(project / "data" / "split" / f"{name}.csv")) - 1
+             for name in ("train", "val")}
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
+    assert metrics["strategy"] in ("probe", "finetune") and metrics["refit"] is True
+    assert metrics["trained_images"] == split["train"] + split["val"]
+    history = list(csv.DictReader(open(project / "metrics" / "train_history.csv")))
+    assert history, "the selection run's history is kept"

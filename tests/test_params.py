@@ -61,7 +61,7 @@ def test_unknown_keys_name_the_closest(raw, closest):
     # out of range
     ({"lr": 11}, ["'lr'", "<= 10"]),
     ({"data": {"val_fraction": 0}}, ["data.val_fraction", "> 0"]),
-    ({"data": {"test_fraction": -0.1}}, ["data.test_fraction", "> 0"]),
+    ({"data": {"test_fraction": -0.1}}, ["data.test_fraction", ">= 0"]),
     ({"data": {"val_fraction": 0.7, "test_fraction": 0.4}}, ["train fraction", "1.1"]),
     ({"data": {"dir": " "}}, ["data.dir", "empty"]),
     ({"freeze_depth": 6, "model": {"arch": "resnet18"}}, ["resnet18 has 5 freezable", "0..5"]),
@@ -176,3 +176,37 @@ def test_every_stage_checks_params_before_any_work(tmp_path):
         assert done.returncode != 0, name
         assert "unknown key 'learning_rate'; did you mean 'lr'?" in done.stderr, (name, done.stderr)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], name
+
+
+def test_the_demo_preset_gives_the_demo_its_values():
+    from conftest import ROOT
+    params = load_params(ROOT / "params.yaml")
+    assert params.preset == "demo" and params.lr == 0.02 and params.image_size == 64
+    assert params.strategy == "finetune" and not params.preprocess.hflip
+    assert params.data.val_fraction == 0.1 and params.data.test_fraction == 0.1
+
+
+def test_the_photos_preset_fills_auto_and_absent_keys_and_a_value_wins():
+    from finetuner.params import PRESETS
+    params = parse_params({"preset": "photos", "lr": "auto", "train": {"epochs": 3}})
+    recipe = PRESETS["photos"]
+    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"]
+    assert params.train.epochs == 3  # a value written in params.yaml beats the preset
+    assert params.train.refit is recipe["train.refit"]
+    assert params.preprocess.hflip is recipe["preprocess.hflip"]
+    assert params.image_size == 224  # photos: image_size auto = the native size of Lite0
+
+
+def test_auto_without_a_preset_says_where_its_value_comes_from():
+    with pytest.raises(ParamsError, match="'lr' is auto, which takes its value from 'preset'"):
+        parse_params({"lr": "auto"})
+    with pytest.raises(ParamsError, match="'preset' is 'photo'; allowed: none, demo, photos"):
+        parse_params({"preset": "photo"})
+
+
+def test_test_fraction_zero_is_allowed_and_strategy_is_checked():
+    assert parse_params({"data": {"test_fraction": 0}}).data.test_fraction == 0
+    with pytest.raises(ParamsError, match="'strategy' is 'lp'; allowed: finetune, probe, auto"):
+        parse_params({"strategy": "lp"})
+    with pytest.raises(ParamsError, match="'train.head_init'"):
+        parse_params({"train": {"head_init": "zeros"}})

@@ -1,4 +1,6 @@
 """The preprocess module without DVC: arrays, views and parallel decoding."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,3 +72,20 @@ def test_batches_finished_out_of_order_land_in_their_place(splits, tmp_path, mon
     assert arrivals[0] != (0, 0) and sorted(arrivals) == [(0, 0), (0, 8), (1, 0), (2, 0)]
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+def test_labelled_views_of_a_test_folder(tmp_path):
+    """evaluate.test_dir: the evaluation view of every image, labelled by its folder in the
+    model's class order; a file that is not an image is skipped with its reason."""
+    from finetuner.data.images import ImageError
+    from finetuner.data.preprocess import labelled_views
+    folder = make_image_folder(tmp_path / "test", {"b": 2, "a": 3}, size=20)
+    (folder / "a" / "notes.txt").write_text("not an image")
+    (folder / "a" / ".hidden.png").write_bytes(b"")
+    images, labels, skipped = labelled_views(folder, ["b", "a", "c"], 16, 0.875)
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 1]
+    assert [Path(p).name for p, _ in skipped] == ["notes.txt"]
+    (folder / "d").mkdir()
+    with pytest.raises(ImageError, match="'d' are not classes of the model.*b, a, c"):
+        labelled_views(folder, ["b", "a", "c"], 16, 0.875)

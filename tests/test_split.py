@@ -84,3 +84,11 @@ def test_the_documented_per_class_rule(tmp_path, n, val, test, expected):
     counts = {s: sum(i.label == "x" for i in result.splits[s]) for s in result.splits}
     assert counts == expected
     assert any("'x'" in w for w in result.warnings) == (n < 3)
+
+
+def test_test_fraction_zero_puts_nothing_in_test(image_folder):
+    result = split_folder(image_folder, 0.2, 0.0, seed=0, progress=False)
+    assert result.splits["test"] == []
+    for label in result.classes:
+        counts = {s: sum(i.label == label for i in result.splits[s]) for s in result.splits}
+        assert counts == {"train": 8, "val": 2, "test": 0}

@@ -5,6 +5,7 @@ wrong types and out-of-range values fail with what is allowed, before any heavy 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -50,7 +51,7 @@ class DataParams:
         if not self.dir.strip():
             _fail(f"{prefix}.dir", "is empty; set it to a folder with one sub-folder per class")
         _range(f"{prefix}.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
-        _range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
+        _range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 1.0)  # 0: evaluate.test_dir
         if self.val_fraction + self.test_fraction >= 1.0:
             _fail(f"{prefix}.val_fraction + test_fraction",
                   f"is {self.val_fraction + self.test_fraction:g}; the train fraction "
@@ -103,6 +104,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 MONITORS = ("val_acc", "val_loss")
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+HEAD_INITS = ("random", "probe")
+STRATEGIES = ("finetune", "probe", "auto")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class TrainParams:
     monitor: str = "val_acc"
     class_balance: str = "none"
     feature_cache_gb: float = 2.0
+    head_init: str = "random"  # probe: the head starts from the linear probe (LP-FT)
+    refit: bool = False        # retrain the chosen setup on train + val for the final model
+    freeze_bn: bool = False    # BatchNorm statistics stay fixed in the stages that train
 
     def validate(self, prefix: str) -> None:
         _range(f"{prefix}.epochs", self.epochs, 1, 10_000)
@@ -148,6 +154,7 @@ class TrainParams:
         _choice(f"{prefix}.monitor", self.monitor, MONITORS)
         _choice(f"{prefix}.class_balance", self.class_balance, CLASS_BALANCE)
         _range(f"{prefix}.feature_cache_gb", self.feature_cache_gb, 0)
+        _choice(f"{prefix}.head_init", self.head_init, HEAD_INITS)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ class EvaluateParams:
     """How the evaluate stage reports."""
     batch_size: int = 64
     gallery_size: int = 16
+    test_dir: str = ""  # a labelled folder scored instead of the test split ("": the split)
 
     def validate(self, prefix: str) -> None:
         _range(f"{prefix}.batch_size", self.batch_size, 1)
@@ -168,9 +176,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
+    preset: str = "none"  # demo, photos: what `auto` means for the keys in PRESETS
     seed: int = 0
     lr: float = 0.01
     freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
+    strategy: str = "finetune"  # finetune, probe (linear probe only), auto (chosen on val)
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0  # torch threads per process; 0: the cores this process may use
@@ -182,6 +192,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def validate(self, prefix: str = "") -> None:
+        _choice("preset", self.preset, ["none", *PRESETS])
         _range("seed", self.seed, 0, 2**31 - 1)
         _range("lr", self.lr, 0, 10, low_open=True)
         if isinstance(self.freeze_depth, str):
@@ -192,6 +203,7 @@ class Params:
                 or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             _fail("device", f"is {self.device!r}; allowed: {', '.join(DEVICES)}")
         _choice("precision", self.precision, PRECISIONS)
+        _choice("strategy", self.strategy, STRATEGIES)
         _range("threads", self.threads, 0, 1024)
         _range("nproc_per_node", self.nproc_per_node, 1, 1024)
         for f in dataclasses.fields(self):
@@ -247,6 +259,9 @@ def _convert(key: str, value, hint):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
         return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if value == "auto" and hint in (bool, int, float):
+        _fail(key, "is auto, which takes its value from 'preset'; set preset to "
+              f"{' or '.join(PRESETS)}, or give {key} a value")
     if hint is bool:
         if not isinstance(value, bool):
             _fail(key, f"is {value!r}; expected true or false")
@@ -342,13 +357,60 @@ def _build(cls, raw: dict, prefix: str = ""):
     return cls(**values)
 
 
+# What ``auto`` means under each ``preset``, for the keys whose good value depends on the data.
+# demo: scikit-learn's 8x8 digits (tiny, never mirrored); photos: the real-photo recipe, chosen
+# on two unlike photo sets (README "Bring your own data", docs/recipe.md).  A key set to a value
+# other than ``auto`` keeps it, whatever the preset.
+PRESETS: dict[str, dict[str, object]] = {
+    "demo": {
+        "lr": 0.02, "freeze_depth": 0, "strategy": "finetune",
+        "data.val_fraction": 0.1, "data.test_fraction": 0.1,
+        "preprocess.image_size": 64, "preprocess.train_views": 4,
+        "preprocess.crop_scale": [0.7, 1.0], "preprocess.hflip": False,
+        "preprocess.rotation": 10, "model.arch": "tf_efficientnet_lite0",
+        "train.epochs": 10, "train.head_init": "random", "train.refit": False,
+        "train.freeze_bn": False,
+    },
+    "photos": {
+        "lr": 0.003, "freeze_depth": 6, "strategy": "auto",
+        "data.val_fraction": 0.15, "data.test_fraction": 0.2,
+        "preprocess.image_size": "auto", "preprocess.train_views": 5,
+        "preprocess.crop_scale": [0.5, 1.0], "preprocess.hflip": True,
+        "preprocess.rotation": 15, "model.arch": "tf_efficientnet_lite2",
+        "train.epochs": 6, "train.head_init": "probe", "train.refit": True,
+        "train.freeze_bn": True,
+    },
+}
+
+
+def apply_preset(raw: dict) -> dict:
+    """A copy of ``raw`` with every preset key that is ``auto`` (or absent, under a named
+    preset) replaced by the preset's value.  ``preprocess.image_size: auto`` under the photos
+    preset stays ``auto``: the architecture's native size."""
+    preset = raw.get("preset", "none")
+    if preset != "none":
+        _choice("preset", preset, ["none", *PRESETS])
+    out = copy.deepcopy(raw)
+    for dotted, value in PRESETS.get(preset, {}).items():
+        *outer, leaf = dotted.split(".")
+        node = out
+        for part in outer:
+            if not isinstance(node.get(part, {}), dict):
+                break  # a section that is not a mapping: _build says what is wrong
+            node = node.setdefault(part, {})
+        else:
+            if node.get(leaf, "auto") == "auto":
+                node[leaf] = copy.deepcopy(value)
+    return out
+
+
 def parse_params(raw: dict | None) -> Params:
     """Build and validate :class:`Params` from the parsed YAML mapping."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
-    params = _build(Params, raw)
+    params = _build(Params, apply_preset(raw))
     params.validate()
     return params
 

@@ -11,8 +11,8 @@ Rules (also in the README):
   conflict: every copy is skipped and reported;
 * per class, groups are shuffled with the seed and dealt out: ``round(n * test_fraction)`` to
   test and ``round(n * val_fraction)`` to val, each at least one when the class has three
-  groups or more, the rest (at least one) to train; a class with fewer than three groups goes
-  wholly to train, with a warning (it cannot be validated or tested);
+  groups or more (none to test when ``test_fraction`` is 0), the rest (at least one) to train;
+  a class with fewer than three groups goes wholly to train, with a warning;
 * a class with no usable image, or fewer than two classes, is an error.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
             n_test = n_val = 0
         else:
             # at least one group each in test, val and train, whatever the fractions
-            n_test = min(max(1, round(n * test_fraction)), n - 2)
+            n_test = min(max(1, round(n * test_fraction)), n - 2) if test_fraction > 0 else 0
             n_val = min(max(1, round(n * val_fraction)), n - 1 - n_test)
         for index, group in enumerate(groups):
             split = "test" if index < n_test else "val" if index < n_test + n_val else "train"

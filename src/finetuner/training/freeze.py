@@ -1,6 +1,8 @@
 """Which stages train: freezing a prefix, frozen BatchNorm in eval mode, gradual unfreezing."""
 from __future__ import annotations
 
+from torch import nn
+
 from ..models import StagedClassifier
 
 
@@ -15,13 +17,20 @@ def set_frozen_prefix(model: StagedClassifier, depth: int) -> None:
         parameter.requires_grad_(depth < model.num_stages)
 
 
-def train_mode(model: StagedClassifier, depth: int) -> None:
-    """``model.train()``, except frozen stages stay in eval mode (BatchNorm statistics fixed)."""
+def train_mode(model: StagedClassifier, depth: int, freeze_bn: bool = False) -> None:
+    """``model.train()``, except frozen stages stay in eval mode (BatchNorm statistics fixed);
+    with ``freeze_bn`` every normalisation layer stays in eval mode (its affine weights still
+    train): the features the head was fitted on keep their statistics (Keras' advice for
+    fine-tuning on small sets)."""
     model.train()
     for stage in model.stages[:depth]:
         stage.eval()
     if depth >= model.num_stages:
         model.pool.eval()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.eval()
 
 
 def depth_at_epoch(epoch: int, freeze_depth: int, num_stages: int, head_epochs: int,

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -31,17 +32,30 @@ from . import distributed
 from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
+from .probe import C_GRID, Probe, fit_probe
 
 
 @dataclass
 class TrainData:
-    """Preprocessed arrays as tensors: images uint8 (N, H, W, 3); train has ``views`` per image."""
+    """Preprocessed arrays as tensors: images uint8 (N, H, W, 3); train has ``views`` per image.
+
+    Val may be empty (a refit on train + val): then nothing is validated and the last epoch's
+    weights are the result.
+    """
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
     views: int
     num_classes: int
+
+    def with_val_in_train(self) -> "TrainData":
+        """Train + val as one training set (each val image's one view stands for all its
+        views), and no val: what the final refit learns from."""
+        val_rows = self.val_images.repeat_interleave(self.views, 0)
+        return TrainData(torch.cat([self.train_images, val_rows]),
+                         torch.cat([self.train_labels, self.val_labels]),
+                         self.val_images[:0], self.val_labels[:0], self.views, self.num_classes)
 
 
 @dataclass
@@ -54,6 +68,7 @@ class FitResult:
     lrs: list[list[float]] = field(default_factory=list)  # per epoch, each group's starting lr
     precision: str = "fp32"  # what the forward passes ran in (fp32, bf16, fp16)
     world_size: int = 1      # data-parallel processes
+    probe: Probe | None = None  # the head's starting point with train.head_init: probe
 
 
 def to_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -81,11 +96,11 @@ class FrozenPrefix:
 
     def __init__(self, model: StagedClassifier, images: torch.Tensor, depth: int,
                  device: torch.device, budget_bytes: float, batch_size: int = 64,
-                 dist: Dist | None = None):
+                 dist: Dist | None = None, cache: torch.Tensor | None = None):
         self.model, self.images, self.depth, self.device = model, images, depth, device
         self.pin = device.type == "cuda"
-        self.cache = None
-        if depth == 0 or len(images) == 0:  # depth 0: only normalisation, cheaper to redo
+        self.cache = cache  # given: computed earlier from the same frozen weights
+        if cache is not None or depth == 0 or len(images) == 0:  # depth 0: cheaper to redo
             return
         with torch.no_grad():
             sample = model.forward_frozen(to_nchw(images[:1], device), depth)
@@ -106,6 +121,36 @@ class FrozenPrefix:
         if self.cache is not None:
             return self.cache[index.to(self.cache.device)]
         return self._compute(index)
+
+
+# (depth, "train" or "val") -> cached outputs of the frozen prefix.  Every prefix fit() computes
+# runs stages that have not trained yet (depth only ever decreases), so its outputs depend on
+# the starting weights alone: runs that start from the same weights can share them.
+PrefixStore = dict
+
+
+def prefix_for(store: PrefixStore | None, name: str, model: StagedClassifier,
+               images: torch.Tensor, depth: int, device: torch.device, budget: float,
+               dist: Dist | None = None) -> FrozenPrefix:
+    """The frozen prefix of ``images`` at ``depth``: from ``store`` when it has it, else
+    computed (and kept there when it was cached)."""
+    if store is not None and (depth, name) in store:
+        return FrozenPrefix(model, images, depth, device, budget, cache=store[depth, name])
+    prefix = FrozenPrefix(model, images, depth, device, budget, dist=dist)
+    if store is not None and prefix.cache is not None:
+        store[depth, name] = prefix.cache
+    return prefix
+
+
+def merged_store(store: PrefixStore, views: int) -> PrefixStore:
+    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train."""
+    merged = {}
+    for (depth, name), cache in store.items():
+        if name == "train" and (depth, "val") in store:
+            val = store[depth, "val"]
+            merged[depth, "train"] = torch.cat([cache, val.repeat_interleave(views, 0)])
+            merged[depth, "val"] = val[:0]
+    return merged
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -146,6 +191,54 @@ def evaluate_split(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.
     return total_loss / max(1, len(labels)), correct / max(1, len(labels))
 
 
+@torch.no_grad()
+def pooled_features(model: StagedClassifier, prefix: FrozenPrefix,
+                    batch_size: int = 256) -> np.ndarray:
+    """Pooled backbone features (float32 numpy) of every row of ``prefix``, the stages after
+    it run in eval mode."""
+    n, parts = len(prefix.images), []
+    for start in range(0, n, batch_size):
+        x = prefix(torch.arange(start, min(start + batch_size, n)))
+        if prefix.depth < model.num_stages:
+            x = model.pool(model.forward_stages(x, prefix.depth))
+        parts.append(x.float().cpu())
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.classifier.in_features),
+                                                            np.float32)
+
+
+def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, precision,
+               budget: float, ctx: Dist, grid: tuple[float, ...] = C_GRID, depth: int | None = None,
+               store: PrefixStore | None = None) -> Probe:
+    """Fit the linear probe on the pooled features of every stored train view (its L2
+    strength chosen on val from ``grid``) and load it into ``model.classifier``.
+
+    The features are computed through the frozen prefix at ``depth`` (default: every stage),
+    taken from or added to ``store``: fine-tuning from ``depth`` then reuses that cache.
+    """
+    depth = model.num_stages if depth is None else depth
+    model.eval()
+    with precision.autocast():
+        train = prefix_for(store, "train", model, data.train_images, depth, device, budget, ctx)
+        val = prefix_for(store, "val", model, data.val_images, depth, device, budget)
+        train_x, val_x = pooled_features(model, train), pooled_features(model, val)
+    labels = data.train_labels.repeat_interleave(data.views).numpy()
+    probe = fit_probe(train_x, labels, data.num_classes, val_x, data.val_labels.numpy(), grid)
+    probe.load_into(model.classifier)
+    return probe
+
+
+def validate(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.Tensor,
+             device: torch.device, precision, ctx: Dist) -> tuple[float, float]:
+    """(loss, accuracy) on val; with several processes each holds a slice: counts summed."""
+    with precision.autocast():
+        loss, accuracy = evaluate_split(model, prefix, labels, 256, device)
+    if ctx.enabled:
+        n = len(labels)
+        loss_sum, right, count = distributed.all_reduce_sum([loss * n, accuracy * n, n], ctx)
+        loss, accuracy = loss_sum / max(1, count), round(right) / max(1, count)
+    return loss, accuracy
+
+
 def _better(monitor: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -162,9 +255,14 @@ def _average_batchnorm_stats(model: StagedClassifier, ctx: Dist) -> None:
 
 
 def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.device,
-        progress: bool = True, use_cache: bool = True, dist: Dist | None = None) -> FitResult:
-    """Train ``model`` in place; return the history and the best epoch's weights.
+        progress: bool = True, use_cache: bool = True, dist: Dist | None = None,
+        probe_grid: tuple[float, ...] = C_GRID, store: PrefixStore | None = None) -> FitResult:
+    """Train ``model`` in place; return the history and the best epoch's weights (the last
+    epoch's when ``data`` has no val).
 
+    With ``train.head_init: probe`` the new head starts from the linear probe (its L2 strength
+    chosen on val from ``probe_grid``) before the first step: LP-FT.  ``store``: frozen-prefix
+    outputs shared with other runs from the same starting weights (see :data:`PrefixStore`).
     ``dist``: this process's place among data-parallel processes
     (:func:`finetuner.training.distributed.setup`); None is one process on ``device``.  Every
     rank returns the same result; the caller writes files on rank 0 only.
@@ -193,12 +291,21 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     budget = t.feature_cache_gb * 1e9 if use_cache else 0.0
     view_labels_cpu = data.train_labels.repeat_interleave(data.views)
     view_labels = view_labels_cpu.to(device)
+    validating = len(data.val_labels) > 0
     val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
     val_images, val_labels = (data.val_images[val_start:val_stop],
                               data.val_labels[val_start:val_stop])
     multiplier = lambda step: lr_multiplier(t.schedule, step, total_steps, steps_per_epoch,
                                             t.warmup_epochs * steps_per_epoch, t.step_size, t.gamma)
 
+    if ctx.enabled:
+        store = None  # each rank holds a slice of val: nothing to share between runs
+    elif store is None:
+        store = {}
+    probe = None
+    if t.head_init == "probe":
+        probe = probe_head(model, data, device, precision, budget, ctx, probe_grid,
+                           depth_of(0), store)
     depth = depth_of(0)
     set_frozen_prefix(model, depth)
     optimizer = make_optimizer(model, depth, t.optimizer, params.lr, t.momentum, t.weight_decay,
@@ -223,11 +330,11 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
             trainable = distributed.wrap(model, depth, ctx)  # DDP registers what trains now
             model.eval()
             with precision.autocast():
-                train_prefix = FrozenPrefix(model, data.train_images, depth, device, budget,
-                                            dist=ctx)
-                val_prefix = FrozenPrefix(model, val_images, depth, device, budget)
+                train_prefix = prefix_for(store, "train", model, data.train_images, depth,
+                                          device, budget, ctx)
+                val_prefix = prefix_for(store, "val", model, val_images, depth, device, budget)
         epoch_start = time.perf_counter()
-        train_mode(model, depth)
+        train_mode(model, depth, t.freeze_bn)
         order = epoch_order(data.train_labels, data.views, epoch, params.seed,
                             t.class_balance == "sampler")
         set_lr(optimizer, multiplier(step))
@@ -266,12 +373,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         if ctx.enabled:
             _average_batchnorm_stats(model, ctx)
             total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
-        with precision.autocast():
-            val_loss, val_acc = evaluate_split(model, val_prefix, val_labels, 256, device)
-        if ctx.enabled:  # each rank saw its slice of val: sum the counts
-            n = len(val_labels)
-            loss_sum, right, count = distributed.all_reduce_sum([val_loss * n, val_acc * n, n], ctx)
-            val_loss, val_acc = loss_sum / max(1, count), round(right) / max(1, count)
+        val_loss, val_acc = (validate(model, val_prefix, val_labels, device, precision, ctx)
+                             if validating else (math.nan, math.nan))
         record = {"epoch": epoch + 1, "frozen_stages": depth, "lr": lrs[-1][0],
                   "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
                   "val_loss": val_loss, "val_acc": val_acc,
@@ -279,7 +382,9 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         history.append(record)
         bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
         value = record[t.monitor]
-        if _better(t.monitor, value, best_value):
+        if not validating:
+            best_epoch = epoch + 1  # no val: the last epoch is the result
+        elif _better(t.monitor, value, best_value):
             best_value, best_epoch, stale = value, epoch + 1, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
@@ -289,6 +394,9 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                 break
     bar.close()
     trainable = None
-    model.load_state_dict(best_state)
+    if validating:
+        model.load_state_dict(best_state)
+    else:
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return FitResult(history, best_epoch, best_state, stopped_early,
-                     time.perf_counter() - start_time, lrs, precision.name, ctx.world_size)
+                     time.perf_counter() - start_time, lrs, precision.name, ctx.world_size, probe)

@@ -1,0 +1,184 @@
+"""What the finetune stage trains: the linear probe, a fine-tune, or the better of the two on val,
+and then, with ``train.refit``, the chosen setup once more on train + val.
+
+``strategy``:
+
+* ``finetune``: :func:`~finetuner.training.loop.fit` as configured (with
+  ``train.head_init: probe`` the head starts from the linear probe: LP-FT);
+* ``probe``: only the linear probe on the frozen backbone's pooled features, no gradient step;
+* ``auto``: one LP-FT run; its starting point *is* the probe, so both candidates are scored on
+  val for the price of one run, and the one with the higher val accuracy (ties: lower val
+  loss, then the probe) is kept.
+
+Invariants: nothing here looks at the test split; every choice (the probe's L2 strength, the
+best epoch, probe or fine-tune) is made on val.  The refit repeats the chosen setup exactly
+(same probe strength, same epochs and schedule) on train + val and keeps its last epoch, since
+no val is left to choose one; the numbers measured on val before the refit are then selection
+scores, not estimates of the final model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..models import StagedClassifier
+from ..params import Params
+from ..runtime import resolve_precision
+from .distributed import Dist
+from .loop import PrefixStore, TrainData, fit, merged_store, probe_head
+from .probe import C_GRID, Probe
+
+
+@dataclass
+class Outcome:
+    """What was trained, what was chosen, and on how many images the final weights learnt."""
+    chosen: str                      # "probe" or "finetune"
+    candidates: dict[str, dict]      # name -> {"val_acc", "val_loss"} on val
+    history: list[dict]              # the selection run's epochs (one row for a probe)
+    best_epoch: int
+    seconds: float
+    precision: str
+    world_size: int
+    probe_C: float | None
+    refit: bool
+    stopped_early: bool = False
+    trained_on: dict[str, int] = field(default_factory=dict)  # split -> images learnt from
+    refit_problem: str | None = None  # why a diverged refit was dropped
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.candidates[self.chosen]["val_acc"]
+
+    def info(self) -> dict:
+        """The checkpoint's and eval.json's record of the choice."""
+        return {"chosen": self.chosen, "candidates": self.candidates, "probe_C": self.probe_C,
+                "refit": self.refit, "refit_problem": self.refit_problem,
+                "trained_on": self.trained_on}
+
+
+def _probe_only(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
+                grid: tuple[float, ...], store: PrefixStore | None) -> Probe:
+    precision = resolve_precision(params.precision, ctx.device)
+    model.to(ctx.device)
+    budget = params.train.feature_cache_gb * 1e9
+    depth = min((d for d, _ in store), default=None) if store else None  # any cached depth
+    return probe_head(model, data, ctx.device, precision, budget, ctx, grid, depth, store)
+
+
+def _probe_history(probe: Probe, frozen: int, seconds: float) -> list[dict]:
+    """One history row for a probe, in the columns of a fine-tune's history."""
+    return [{"epoch": 1, "frozen_stages": frozen, "lr": 0.0, "train_loss": float("nan"),
+             "train_acc": float("nan"), "val_loss": probe.val_loss, "val_acc": probe.val_acc,
+             "seconds": seconds}]
+
+
+def _scores(history: list[dict], best_epoch: int) -> dict:
+    row = history[best_epoch - 1]
+    return {"val_acc": row["val_acc"], "val_loss": row["val_loss"]}
+
+
+def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, params: Params,
+                ctx: Dist, progress: bool = True,
+                observe: Callable[[str, StagedClassifier], None] | None = None
+                ) -> tuple[StagedClassifier, Outcome]:
+    """Build, train and choose as ``params.strategy`` says; returns the final model.
+
+    Every model after the first starts from the first one's initial weights (its random head
+    included), so the frozen-prefix outputs computed once hold for all of them.  ``observe``
+    (benchmarks) is called with each candidate's name and model before the choice and refit.
+    """
+    start = time.perf_counter()
+    unused = [build_fresh()]
+    initial = {k: v.detach().clone() for k, v in unused[0].state_dict().items()}
+
+    def build() -> StagedClassifier:
+        """The model built above on the first call, then fresh ones with its initial weights."""
+        if unused:
+            return unused.pop()
+        model = build_fresh()
+        model.load_state_dict(initial)
+        return model
+
+    refit = params.train.refit and len(data.val_labels) > 0
+    store = None if ctx.enabled else {}  # frozen-prefix outputs: computed once, reused
+    if params.strategy == "probe":
+        model = build()
+        probe = _probe_only(model, data, params, ctx, C_GRID, store)
+        outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc,
+                                              "val_loss": probe.val_loss}},
+                          _probe_history(probe, model.num_stages, time.perf_counter() - start),
+                          1, 0.0, resolve_precision(params.precision, ctx.device).name,
+                          ctx.world_size, probe.C, refit)
+    else:
+        if params.strategy == "auto":
+            params = dataclasses.replace(
+                params, train=dataclasses.replace(params.train, head_init="probe"))
+        model = build()
+        result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
+                     store=store)
+        candidates = {"finetune": _scores(result.history, result.best_epoch)}
+        chosen = "finetune"
+        if observe:
+            observe("finetune", model)
+        if params.strategy == "auto":
+            probe = result.probe
+            candidates["probe"] = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
+            prefer = _prefer_probe(candidates["probe"], candidates["finetune"])
+            if prefer or observe:
+                probe_model = build()
+                _probe_only(probe_model, data, params, ctx, (probe.C,), store)
+                if observe:
+                    observe("probe", probe_model)
+                if prefer:
+                    chosen, model = "probe", probe_model
+        outcome = Outcome(chosen, candidates, result.history, result.best_epoch, 0.0,
+                          result.precision, result.world_size,
+                          result.probe.C if result.probe else None, refit,
+                          result.stopped_early)
+    outcome.trained_on = {"train": len(data.train_labels)}
+    if refit:
+        merged = merged_store(store, data.views) if store is not None else None
+        refitted, problem = _refit(build, data.with_val_in_train(), params, outcome, ctx,
+                                   progress, merged)
+        if problem:  # a diverged refit: keep the model chosen on val
+            print(f"finetune: warning: {problem}; keeping the model chosen on val")
+            outcome.refit, outcome.refit_problem = False, problem
+        else:
+            model = refitted
+            outcome.trained_on["val"] = len(data.val_labels)
+    outcome.seconds = time.perf_counter() - start
+    return model, outcome
+
+
+def _prefer_probe(probe: dict, finetune: dict) -> bool:
+    """The probe wins on higher val accuracy, or equal accuracy and no higher val loss."""
+    return (probe["val_acc"], -probe["val_loss"]) >= (finetune["val_acc"], -finetune["val_loss"])
+
+
+# how far the refit's last-epoch train accuracy may fall below the chosen run's: further
+# means it diverged (no val is left to notice), and the chosen run's model is kept
+REFIT_TOLERANCE = 0.1
+
+
+def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Params,
+           outcome: Outcome, ctx: Dist, progress: bool,
+           store: PrefixStore | None) -> tuple[StagedClassifier, str | None]:
+    """The chosen setup again, from the pretrained weights, on ``data`` (train + val); the
+    frozen-prefix outputs of the selection run are reused (same starting weights).  Returns
+    the model and, when the refit diverged, why."""
+    grid = (outcome.probe_C,) if outcome.probe_C is not None else C_GRID
+    model = build()
+    if outcome.chosen == "probe":
+        _probe_only(model, data, params, ctx, grid, store)
+        return model, None
+    result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, probe_grid=grid,
+                 store=store)
+    chosen_run = outcome.history[-1]["train_acc"]
+    if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
+        return model, (f"the refit on train + val ended at train accuracy "
+                       f"{result.history[-1]['train_acc']:.3f}, the run chosen on val at "
+                       f"{chosen_run:.3f}")
+    return model, None
+

@@ -1,0 +1,142 @@
+"""The linear probe, LP-FT, the choice on val and the refit on train + val."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from finetuner.evaluation.metrics import predict_arrays
+from finetuner.models import build_model
+from finetuner.params import parse_params
+from finetuner.training import loop
+from finetuner.training.distributed import Dist
+from finetuner.training.probe import fit_probe
+from finetuner.training.strategy import train_model
+from test_training import tiny_data
+
+
+def blobs(n=60, classes=3, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 2, (classes, dim))
+    labels = np.arange(n) % classes
+    return centres[labels] + rng.normal(0, 1.5, (n, dim)) * rng.uniform(0.5, 3, dim), labels
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probe_predicts_as_scikit_learns_logistic_regression(classes):
+    x, y = blobs(classes=classes)
+    probe = fit_probe(x, y, classes, grid=(0.3,))
+    scaled = (x - x.mean(0)) / x.std(0)
+    reference = LogisticRegression(C=0.3, max_iter=2000, tol=1e-5).fit(scaled, y)
+    np.testing.assert_array_equal(probe.logits(x).argmax(1), reference.predict(scaled))
+    ours = torch.from_numpy(probe.logits(x)).softmax(1).numpy()
+    np.testing.assert_allclose(ours, reference.predict_proba(scaled), atol=1e-4)
+
+
+def test_probe_chooses_its_l2_strength_on_val():
+    x, y = blobs(n=150, seed=1)
+    grid = (1e-4, 0.01, 1.0, 100.0)
+    alone = [fit_probe(x[:90], y[:90], 3, x[90:], y[90:], grid=(c,)) for c in grid]
+    chosen = fit_probe(x[:90], y[:90], 3, x[90:], y[90:], grid=grid)
+    best = max(alone, key=lambda p: (p.val_acc, -p.val_loss))
+    assert chosen.C == best.C and len({(p.val_acc, p.val_loss) for p in alone}) == len(grid)
+    assert chosen.val_acc == pytest.approx((chosen.logits(x[90:]).argmax(1) == y[90:]).mean())
+
+
+def test_a_class_missing_from_the_training_features_is_never_predicted():
+    x, y = blobs(classes=2)
+    probe = fit_probe(x, y, 3, grid=(1.0,))
+    assert probe.weight.shape == (3, x.shape[1])
+    assert (probe.logits(x).argmax(1) != 2).all()
+
+
+def params_for(strategy="finetune", **train):
+    return parse_params({"model": {"arch": "resnet18", "weights": "none"},
+                         "preprocess": {"image_size": 32}, "strategy": strategy, "lr": 0.001,
+                         "train": {"epochs": 2, "batch_size": 8, **train}})
+
+
+def test_lp_ft_first_step_starts_from_the_probe_head(monkeypatch):
+    seen = {}
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        if "head" not in seen:  # the classifier as the first optimizer step finds it
+            seen["head"] = model.classifier.weight.detach().clone()
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", 3)
+    data = tiny_data()
+    result = loop.fit(model, data, params_for(head_init="probe"), torch.device("cpu"),
+                      progress=False)
+    assert result.probe is not None
+    np.testing.assert_allclose(seen["head"].numpy(), result.probe.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_refit_learns_from_train_and_val_and_keeps_the_last_epoch():
+    data = tiny_data()
+    params = params_for(refit=True, head_init="probe")
+    model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data, params,
+                                 Dist(torch.device("cpu")), progress=False)
+    assert outcome.trained_on == {"train": len(data.train_labels), "val": len(data.val_labels)}
+    assert outcome.refit and outcome.info()["trained_on"]["val"] == 18
+
+
+def test_without_val_fit_keeps_the_last_epoch():
+    data = tiny_data().with_val_in_train()
+    assert len(data.val_labels) == 0 and len(data.train_labels) == 36
+    assert len(data.train_images) == 36 * data.views
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", 3)
+    result = loop.fit(model, data, params_for(), torch.device("cpu"), progress=False)
+    assert result.best_epoch == 2 and math.isnan(result.history[-1]["val_acc"])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, result.best_state[name])
+
+
+@pytest.mark.parametrize("strategy", ["probe", "auto"])
+def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
+    data = tiny_data()
+    model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data,
+                                 params_for(strategy), Dist(torch.device("cpu")), progress=False)
+    assert set(outcome.candidates) == ({"probe"} if strategy == "probe"
+                                       else {"probe", "finetune"})
+    assert outcome.chosen in outcome.candidates
+    assert outcome.probe_C is not None
+    if outcome.chosen == "probe":  # the model is the probe: its val accuracy is reproduced
+        predicted = predict_arrays(model, data.val_images.numpy(), torch.device("cpu")).argmax(1)
+        acc = (predicted == data.val_labels.numpy()).mean()
+        assert acc == pytest.approx(outcome.best_val_acc)
+
+
+def test_auto_prefers_the_probe_on_a_tie_and_the_finetune_when_it_is_better():
+    from finetuner.training.strategy import _prefer_probe
+    assert _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.9, "val_loss": 0.3})
+    assert not _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.95, "val_loss": 1})
+    assert not _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.9, "val_loss": 0.2})
+
+
+def test_reused_prefix_outputs_change_nothing_in_the_refit(monkeypatch):
+    """The refit reuses the selection run's frozen-prefix cache: same result as computing it
+    again (random weights: every build starts from the first model's initial weights)."""
+    from finetuner.training import strategy
+    data = tiny_data()
+    params = parse_params({"model": {"arch": "resnet18", "weights": "none"},
+                           "preprocess": {"image_size": 32}, "lr": 0.001, "freeze_depth": 3,
+                           "train": {"epochs": 2, "batch_size": 8, "refit": True,
+                                     "head_init": "probe"}})
+
+    def trained():
+        torch.manual_seed(0)
+        model, _ = train_model(lambda: build_model("resnet18", "none", 3), data, params,
+                               Dist(torch.device("cpu")), progress=False)
+        return model.state_dict()
+
+    shared = trained()
+    monkeypatch.setattr(strategy, "merged_store", lambda store, views: {})  # recompute all
+    fresh = trained()
+    for name, value in shared.items():
+        torch.testing.assert_close(value, fresh[name], rtol=1e-4, atol=1e-5)
