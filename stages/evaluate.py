@@ -44,6 +44,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
         "test_images": int(len(labels)), "evaluated_on": source,
         "strategy": strategy.get("chosen", "finetune"), "refit": strategy.get("refit", False),
+        "refit_problem": strategy.get("refit_problem"),
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
         "cost": cost})
     write_json(out / "per_class.json", metrics["per_class"])

@@ -1,5 +1,5 @@
 """Stage finetune: build the backbone, replace the head, freeze, train, keep the best epoch;
-with ``strategy: auto`` the linear probe or the fine-tune, whichever is better on val; with
+with ``strategy: auto`` the linear probe, or the fine-tune if clearly better on val; with
 ``train.refit`` the chosen setup once more on train + val (:mod:`finetuner.training.strategy`).
 
     python stages/finetune.py PREPARED_DIR MODEL_OUT HISTORY_CSV

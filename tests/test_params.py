@@ -186,20 +186,28 @@ def test_the_demo_preset_gives_the_demo_its_values():
     assert params.data.val_fraction == 0.1 and params.data.test_fraction == 0.1
 
 
-def test_the_photos_preset_fills_auto_and_absent_keys_and_a_value_wins():
+def test_the_photos_preset_fills_preset_and_absent_keys_and_a_value_wins():
+    from finetuner.models import get_arch
     from finetuner.params import PRESETS
-    params = parse_params({"preset": "photos", "lr": "auto", "train": {"epochs": 3}})
+    params = parse_params({"preset": "photos", "lr": "preset", "train": {"epochs": 3}})
     recipe = PRESETS["photos"]
-    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"]
+    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"] == "auto"
     assert params.train.epochs == 3  # a value written in params.yaml beats the preset
     assert params.train.refit is recipe["train.refit"]
     assert params.preprocess.hflip is recipe["preprocess.hflip"]
-    assert params.image_size == 224  # photos: image_size auto = the native size of Lite0
+    # photos: image_size auto = the native size of the preset's architecture
+    assert params.image_size == get_arch(recipe["model.arch"]).input_size
 
 
-def test_auto_without_a_preset_says_where_its_value_comes_from():
-    with pytest.raises(ParamsError, match="'lr' is auto, which takes its value from 'preset'"):
-        parse_params({"lr": "auto"})
+def test_auto_keeps_its_own_meaning_under_a_preset():
+    params = parse_params({"preset": "demo", "strategy": "auto",
+                           "preprocess": {"image_size": "auto"}})
+    assert params.strategy == "auto" and params.image_size == 224  # demo's Lite0, native
+
+
+def test_preset_without_a_preset_says_where_its_value_comes_from():
+    with pytest.raises(ParamsError, match="'train.epochs' is 'preset', but 'preset' is none"):
+        parse_params({"train": {"epochs": "preset"}})
     with pytest.raises(ParamsError, match="'preset' is 'photo'; allowed: none, demo, photos"):
         parse_params({"preset": "photo"})
 

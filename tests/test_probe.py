@@ -12,6 +12,7 @@ from finetuner.params import parse_params
 from finetuner.training import loop
 from finetuner.training.distributed import Dist
 from finetuner.training.probe import fit_probe
+from finetuner.training import strategy as strategy_module
 from finetuner.training.strategy import train_model
 from test_training import tiny_data
 
@@ -104,19 +105,32 @@ def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
                                  params_for(strategy), Dist(torch.device("cpu")), progress=False)
     assert set(outcome.candidates) == ({"probe"} if strategy == "probe"
                                        else {"probe", "finetune"})
-    assert outcome.chosen in outcome.candidates
     assert outcome.probe_C is not None
+    if strategy == "auto":
+        expected = ("probe" if strategy_module._prefer_probe(outcome.candidates["probe"],
+                                                            outcome.candidates["finetune"],
+                                                            len(data.val_labels))
+                    else "finetune")
+        assert outcome.chosen == expected
+    else:
+        assert outcome.chosen == "probe"
     if outcome.chosen == "probe":  # the model is the probe: its val accuracy is reproduced
         predicted = predict_arrays(model, data.val_images.numpy(), torch.device("cpu")).argmax(1)
         acc = (predicted == data.val_labels.numpy()).mean()
         assert acc == pytest.approx(outcome.best_val_acc)
 
 
-def test_auto_prefers_the_probe_on_a_tie_and_the_finetune_when_it_is_better():
+def test_auto_keeps_the_probe_unless_the_finetune_is_better_by_one_standard_error():
     from finetuner.training.strategy import _prefer_probe
-    assert _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.9, "val_loss": 0.3})
-    assert not _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.95, "val_loss": 1})
-    assert not _prefer_probe({"val_acc": 0.9, "val_loss": 0.3}, {"val_acc": 0.9, "val_loss": 0.2})
+    probe = {"val_acc": 0.80, "val_loss": 0.5}
+    # 100 val photos at 0.85: standard error 0.036, so 0.80 is more than one error behind
+    assert not _prefer_probe(probe, {"val_acc": 0.85, "val_loss": 0.4}, 100)
+    assert _prefer_probe(probe, {"val_acc": 0.83, "val_loss": 0.4}, 100)  # within one error
+    assert _prefer_probe(probe, {"val_acc": 0.80, "val_loss": 0.1}, 100)  # a tie: the probe
+    # a perfect fine-tune still has to win by one photo's worth
+    assert _prefer_probe({"val_acc": 0.99, "val_loss": 0.1}, {"val_acc": 1.0, "val_loss": 0}, 100)
+    assert not _prefer_probe({"val_acc": 0.98, "val_loss": 0.1}, {"val_acc": 1.0, "val_loss": 0},
+                             100)
 
 
 def test_reused_prefix_outputs_change_nothing_in_the_refit(monkeypatch):
@@ -131,8 +145,9 @@ def test_reused_prefix_outputs_change_nothing_in_the_refit(monkeypatch):
 
     def trained():
         torch.manual_seed(0)
-        model, _ = train_model(lambda: build_model("resnet18", "none", 3), data, params,
-                               Dist(torch.device("cpu")), progress=False)
+        model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data, params,
+                                     Dist(torch.device("cpu")), progress=False)
+        assert outcome.refit and "val" in outcome.trained_on  # the refit's model was kept
         return model.state_dict()
 
     shared = trained()
@@ -140,3 +155,27 @@ def test_reused_prefix_outputs_change_nothing_in_the_refit(monkeypatch):
     fresh = trained()
     for name, value in shared.items():
         torch.testing.assert_close(value, fresh[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_diverged_refit_is_dropped_and_the_model_chosen_on_val_kept(monkeypatch):
+    from finetuner.training import strategy
+    data = tiny_data()
+    params = params_for(refit=True, head_init="probe")
+    real_fit = strategy.fit
+    calls = []
+
+    def fit(model, data, *args, **kwargs):
+        result = real_fit(model, data, *args, **kwargs)
+        calls.append(model)
+        if len(data.val_labels) == 0:  # the refit: pretend it collapsed
+            for row in result.history:
+                row["train_acc"] = 0.0
+        return result
+
+    monkeypatch.setattr(strategy, "fit", fit)
+    model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data, params,
+                                 Dist(torch.device("cpu")), progress=False)
+    assert len(calls) == 2 and model is calls[0]  # the selection run's model
+    assert not outcome.refit and "train accuracy 0.000" in outcome.refit_problem
+    assert outcome.trained_on == {"train": len(data.train_labels)}
+    assert outcome.info()["refit_problem"] == outcome.refit_problem

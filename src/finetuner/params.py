@@ -176,7 +176,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
-    preset: str = "none"  # demo, photos: what `auto` means for the keys in PRESETS
+    preset: str = "none"  # demo, photos: the values of the keys set to `preset` (PRESETS)
     seed: int = 0
     lr: float = 0.01
     freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
@@ -259,9 +259,6 @@ def _convert(key: str, value, hint):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
         return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if value == "auto" and hint in (bool, int, float):
-        _fail(key, "is auto, which takes its value from 'preset'; set preset to "
-              f"{' or '.join(PRESETS)}, or give {key} a value")
     if hint is bool:
         if not isinstance(value, bool):
             _fail(key, f"is {value!r}; expected true or false")
@@ -357,10 +354,11 @@ def _build(cls, raw: dict, prefix: str = ""):
     return cls(**values)
 
 
-# What ``auto`` means under each ``preset``, for the keys whose good value depends on the data.
-# demo: scikit-learn's 8x8 digits (tiny, never mirrored); photos: the real-photo recipe, chosen
-# on two unlike photo sets (README "Bring your own data", docs/recipe.md).  A key set to a value
-# other than ``auto`` keeps it, whatever the preset.
+# The values a key set to ``preset`` takes under each ``preset``: the keys whose good value
+# depends on the data.  demo: scikit-learn's 8x8 digits (tiny, never mirrored); photos: the
+# real-photo recipe, chosen on two unlike photo sets (README "Bring your own data",
+# docs/recipe.md).  A key with a value of its own keeps it, whatever the preset.
+PRESET = "preset"  # the value that means "the preset's value"
 PRESETS: dict[str, dict[str, object]] = {
     "demo": {
         "lr": 0.02, "freeze_depth": 0, "strategy": "finetune",
@@ -384,12 +382,15 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def apply_preset(raw: dict) -> dict:
-    """A copy of ``raw`` with every preset key that is ``auto`` (or absent, under a named
-    preset) replaced by the preset's value.  ``preprocess.image_size: auto`` under the photos
-    preset stays ``auto``: the architecture's native size."""
+    """A copy of ``raw`` with every preset key whose value is ``preset`` (or that is absent,
+    under a named preset) given the preset's value."""
     preset = raw.get("preset", "none")
     if preset != "none":
         _choice("preset", preset, ["none", *PRESETS])
+    else:
+        for key in _keys_set_to_preset(raw):
+            _fail(key, f"is 'preset', but 'preset' is none; set preset to "
+                  f"{' or '.join(PRESETS)}, or give {key} a value")
     out = copy.deepcopy(raw)
     for dotted, value in PRESETS.get(preset, {}).items():
         *outer, leaf = dotted.split(".")
@@ -399,9 +400,19 @@ def apply_preset(raw: dict) -> dict:
                 break  # a section that is not a mapping: _build says what is wrong
             node = node.setdefault(part, {})
         else:
-            if node.get(leaf, "auto") == "auto":
+            if node.get(leaf, PRESET) == PRESET:
                 node[leaf] = copy.deepcopy(value)
     return out
+
+
+def _keys_set_to_preset(raw: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            keys += _keys_set_to_preset(value, f"{prefix}{key}.")
+        elif value == PRESET and key != "preset":
+            keys.append(prefix + str(key))
+    return keys
 
 
 def parse_params(raw: dict | None) -> Params:

@@ -143,13 +143,16 @@ def prefix_for(store: PrefixStore | None, name: str, model: StagedClassifier,
 
 
 def merged_store(store: PrefixStore, views: int) -> PrefixStore:
-    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train."""
+    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train.  Empties
+    ``store`` as it goes, so the old and the merged caches are not held both at once."""
     merged = {}
-    for (depth, name), cache in store.items():
+    for depth, name in list(store):
         if name == "train" and (depth, "val") in store:
-            val = store[depth, "val"]
-            merged[depth, "train"] = torch.cat([cache, val.repeat_interleave(views, 0)])
+            train, val = store.pop((depth, "train")), store.pop((depth, "val"))
+            merged[depth, "train"] = torch.cat([train, val.repeat_interleave(views, 0)])
+            del train
             merged[depth, "val"] = val[:0]
+    store.clear()
     return merged
 
 
@@ -329,10 +332,12 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                 gc.collect()  # the old DDP wrapper's gradient hooks must be gone
             trainable = distributed.wrap(model, depth, ctx)  # DDP registers what trains now
             model.eval()
+            # only the first depth's outputs are kept for other runs: one cache at a time
+            shared = store if depth == depth_of(0) else None
             with precision.autocast():
-                train_prefix = prefix_for(store, "train", model, data.train_images, depth,
+                train_prefix = prefix_for(shared, "train", model, data.train_images, depth,
                                           device, budget, ctx)
-                val_prefix = prefix_for(store, "val", model, val_images, depth, device, budget)
+                val_prefix = prefix_for(shared, "val", model, val_images, depth, device, budget)
         epoch_start = time.perf_counter()
         train_mode(model, depth, t.freeze_bn)
         order = epoch_order(data.train_labels, data.views, epoch, params.seed,

@@ -7,8 +7,8 @@ and then, with ``train.refit``, the chosen setup once more on train + val.
   ``train.head_init: probe`` the head starts from the linear probe: LP-FT);
 * ``probe``: only the linear probe on the frozen backbone's pooled features, no gradient step;
 * ``auto``: one LP-FT run; its starting point *is* the probe, so both candidates are scored on
-  val for the price of one run, and the one with the higher val accuracy (ties: lower val
-  loss, then the probe) is kept.
+  val for the price of one run; the probe is kept unless the fine-tune beats it on val by more
+  than one standard error (:func:`_prefer_probe`).
 
 Invariants: nothing here looks at the test split; every choice (the probe's L2 strength, the
 best epoch, probe or fine-tune) is made on val.  The refit repeats the chosen setup exactly
@@ -19,6 +19,7 @@ scores, not estimates of the final model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,6 +27,7 @@ from typing import Callable
 from ..models import StagedClassifier
 from ..params import Params
 from ..runtime import resolve_precision
+from . import distributed
 from .distributed import Dist
 from .loop import PrefixStore, TrainData, fit, merged_store, probe_head
 from .probe import C_GRID, Probe
@@ -125,7 +127,11 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
         if params.strategy == "auto":
             probe = result.probe
             candidates["probe"] = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
-            prefer = _prefer_probe(candidates["probe"], candidates["finetune"])
+            # one decision for every rank, even if their float arithmetic differed in a tie
+            votes = distributed.all_reduce_sum(
+                [float(_prefer_probe(candidates["probe"], candidates["finetune"],
+                                     len(data.val_labels)))], ctx)[0]
+            prefer = votes * 2 > ctx.world_size
             if prefer or observe:
                 probe_model = build()
                 _probe_only(probe_model, data, params, ctx, (probe.C,), store)
@@ -133,9 +139,12 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                     observe("probe", probe_model)
                 if prefer:
                     chosen, model = "probe", probe_model
-        outcome = Outcome(chosen, candidates, result.history, result.best_epoch, 0.0,
-                          result.precision, result.world_size,
-                          result.probe.C if result.probe else None, refit,
+        history, best_epoch = result.history, result.best_epoch
+        if chosen == "probe":  # the record describes the model kept, not the one dropped
+            history = _probe_history(probe, model.num_stages, time.perf_counter() - start)
+            best_epoch = 1
+        outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
+                          result.world_size, result.probe.C if result.probe else None, refit,
                           result.stopped_early)
     outcome.trained_on = {"train": len(data.train_labels)}
     if refit:
@@ -152,13 +161,17 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     return model, outcome
 
 
-def _prefer_probe(probe: dict, finetune: dict) -> bool:
-    """The probe wins on higher val accuracy, or equal accuracy and no higher val loss."""
-    return (probe["val_acc"], -probe["val_loss"]) >= (finetune["val_acc"], -finetune["val_loss"])
+def _prefer_probe(probe: dict, finetune: dict, n_val: int) -> bool:
+    """The one-standard-error rule (Breiman et al., as in choosing a tree's size by CV): the
+    simpler model, the probe, is kept unless the fine-tune's val accuracy is higher by more
+    than that accuracy's standard error on ``n_val`` photos (at least one photo's worth)."""
+    accuracy = finetune["val_acc"]
+    error = max(math.sqrt(accuracy * (1 - accuracy) / max(1, n_val)), 1 / max(1, n_val))
+    return probe["val_acc"] >= accuracy - error
 
 
-# how far the refit's last-epoch train accuracy may fall below the chosen run's: further
-# means it diverged (no val is left to notice), and the chosen run's model is kept
+# how far the refit's last-epoch train accuracy may fall below the chosen epoch's: further
+# means it diverged (no val is left to notice), and the model chosen on val is kept
 REFIT_TOLERANCE = 0.1
 
 
@@ -175,7 +188,7 @@ def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Param
         return model, None
     result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, probe_grid=grid,
                  store=store)
-    chosen_run = outcome.history[-1]["train_acc"]
+    chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "
                        f"{result.history[-1]['train_acc']:.3f}, the run chosen on val at "
