@@ -61,7 +61,8 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
             where = (f"{ctx.device}" if not ctx.enabled
                      else f"{ctx.world_size} processes on {ctx.device.type}")
             learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
-            print(f"finetune: {outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
+            print(f"finetune: best epoch {outcome.best_epoch}, {outcome.chosen} chosen on val "
+                  f"(val acc {outcome.best_val_acc:.4f}"
                   f"{', refit on train + val' if outcome.refit else ''}), learnt from {learnt} "
                   f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
                   f"{threads} thread(s) per process -> {model_out}")
