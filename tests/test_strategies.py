@@ -46,8 +46,8 @@ def _record_trainable(monkeypatch):
     seen = []
     real = loop.train_mode
 
-    def recording(model, depth):
-        real(model, depth)
+    def recording(model, depth, freeze_bn=False):
+        real(model, depth, freeze_bn)
         seen.append([all(p.requires_grad for p in stage.parameters()) for stage in model.stages])
         seen[-1].append([m.training for m in model.stages[0].modules()
                          if isinstance(m, torch.nn.BatchNorm2d)][0])
@@ -131,3 +131,15 @@ def _imbalanced():
     data = tiny_data()
     data.train_labels = torch.tensor([0] * 12 + [1] * 3 + [2] * 3)
     return data
+
+
+def test_freeze_bn_keeps_every_batchnorm_in_eval_mode_while_the_rest_trains():
+    from finetuner.models import build_model
+    from finetuner.training.freeze import train_mode
+    model = build_model("resnet18", "none", 3)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    train_mode(model, 0, freeze_bn=True)
+    assert norms and not any(m.training for m in norms)
+    assert model.stages[-1].training and model.classifier.training
+    train_mode(model, 0)
+    assert all(m.training for m in norms)
