@@ -153,11 +153,7 @@ def run(name: str, config: dict, data: Path, seed: int, work: Path, cache: dict)
     start = time.perf_counter()
     if name == "floor":
         return {"acc": floor(prepared), "seconds": time.perf_counter() - start}
-    tensors = TrainData(torch.from_numpy(prepared.images["train"].copy()),
-                        torch.from_numpy(prepared.labels["train"]),
-                        torch.from_numpy(prepared.images["val"].copy()),
-                        torch.from_numpy(prepared.labels["val"]), prepared.train_views,
-                        len(prepared.class_names))
+    tensors = TrainData.from_prepared(prepared)
     torch.manual_seed(seed)
     build = lambda: build_model(params.model.arch, params.model.weights,
                                 len(prepared.class_names))

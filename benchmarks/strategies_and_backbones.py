@@ -77,11 +77,7 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"}})
     spec = get_arch(params.model.arch)
     prepared, prep_seconds = prepared_for(data, seed, params.image_size, spec.crop_pct, cache, work)
-    tensors = TrainData(torch.from_numpy(prepared.images["train"].copy()),
-                        torch.from_numpy(prepared.labels["train"]),
-                        torch.from_numpy(prepared.images["val"].copy()),
-                        torch.from_numpy(prepared.labels["val"]), prepared.train_views,
-                        len(prepared.class_names))
+    tensors = TrainData.from_prepared(prepared)
     torch.manual_seed(seed)
     start = time.perf_counter()
     model = build_model(params.model.arch, params.model.weights, len(prepared.class_names))

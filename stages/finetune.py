@@ -13,8 +13,6 @@ inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
 import sys
 
-import torch
-
 from finetuner.data.prepared import load_prepared
 from finetuner.io import write_csv
 from finetuner.models import WeightsError, build_model
@@ -39,11 +37,7 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
         data = load_prepared(prepared_dir)
         build = lambda: build_model(params.model.arch, params.model.weights,
                                     len(data.class_names))
-        tensors = TrainData(torch.from_numpy(data.images["train"].copy()),
-                            torch.from_numpy(data.labels["train"]),
-                            torch.from_numpy(data.images["val"].copy()),
-                            torch.from_numpy(data.labels["val"]),
-                            data.train_views, len(data.class_names))
+        tensors = TrainData.from_prepared(data)
         model, outcome = train_model(build, tensors, params, ctx)
         if ctx.is_main:
             save_checkpoint(model_out, model, params.model.arch, data.class_names,

@@ -49,6 +49,15 @@ class TrainData:
     views: int
     num_classes: int
 
+    @classmethod
+    def from_prepared(cls, prepared) -> "TrainData":
+        """Train and val of a :class:`finetuner.data.prepared.Prepared` folder, read into RAM."""
+        return cls(torch.from_numpy(prepared.images["train"].copy()),
+                   torch.from_numpy(prepared.labels["train"]),
+                   torch.from_numpy(prepared.images["val"].copy()),
+                   torch.from_numpy(prepared.labels["val"]), prepared.train_views,
+                   len(prepared.class_names))
+
     def with_val_in_train(self) -> "TrainData":
         """Train + val as one training set (each val image's one view stands for all its
         views), and no val: what the final refit learns from."""
