@@ -12,6 +12,7 @@ describes.  Only rank 0 writes the checkpoint and the history.  Errors in params
 inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
 import sys
+import tempfile
 
 from finetuner.data.prepared import load_prepared
 from finetuner.io import write_csv
@@ -37,8 +38,9 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
         data = load_prepared(prepared_dir)
         build = lambda: build_model(params.model.arch, params.model.weights,
                                     len(data.class_names))
-        tensors = TrainData.from_prepared(data)
-        model, outcome = train_model(build, tensors, params, ctx)
+        rows = TrainData.from_prepared(data, params.seed)
+        with tempfile.TemporaryDirectory(prefix="finetuner-spill-") as spill:
+            model, outcome = train_model(build, rows, params, ctx, spill_dir=spill)
         if ctx.is_main:
             save_checkpoint(model_out, model, params.model.arch, data.class_names,
                             data.image_size, data.crop_pct,

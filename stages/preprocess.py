@@ -9,7 +9,7 @@ from pathlib import Path
 
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, check_inputs, prepare, read_input_spec
-from finetuner.data.preprocess import Augmentation
+from finetuner.data.augment import Augmentation
 from finetuner.io import atomic_path
 from finetuner.params import load_params
 from finetuner.stage import run_stage
@@ -20,12 +20,13 @@ def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
     check_inputs(Path(data_dir), Path(split_dir))
     image_size, crop_pct = read_input_spec(Path(input_spec))
     p = params.preprocess
-    augmentation = Augmentation(p.crop_scale, p.hflip, p.rotation, p.color_jitter)
+    augmentation = Augmentation.from_params(p)
     with atomic_path(out_dir, directory=True) as tmp:
         meta = prepare(Path(split_dir), Path(data_dir), tmp, image_size, crop_pct,
                        p.train_views, augmentation, params.seed, p.workers)
-    print(f"preprocess: {meta['counts']} images at {meta['image_size']} px, "
-          f"{meta['train_views']} view(s) per training image -> {out_dir}")
+    kept = (f"{meta['train_views']} view(s) per training image" if meta["train_views"] else
+            f"one {meta['canvas_side']} px canvas per training image (online augmentation)")
+    print(f"preprocess: {meta['counts']} images at {meta['image_size']} px, {kept} -> {out_dir}")
 
 
 if __name__ == "__main__":

@@ -60,13 +60,17 @@ class DataParams:
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    """Decoding, resizing and the augmented views kept for each training image."""
+    """Decoding, resizing and the augmented views kept for each training image (``train_views``
+    0: one canvas per image, and training draws fresh views every epoch: online augmentation)."""
     image_size: int | str = "auto"  # "auto": the architecture's native input size
     train_views: int = 4
     crop_scale: tuple[float, float] = (0.8, 1.0)
     hflip: bool = False
     rotation: float = 10.0
     color_jitter: float = 0.1
+    auto_augment: str = "none"  # none, trivial (TrivialAugmentWide), randaugment
+    mixup: float = 0.0          # MixUp's Beta alpha; 0: off (online mode only)
+    cutmix: float = 0.0         # CutMix's Beta alpha; 0: off (online mode only)
     workers: int = 2
 
     def validate(self, prefix: str) -> None:
@@ -74,12 +78,18 @@ class PreprocessParams:
             _choice(f"{prefix}.image_size", self.image_size, ["auto", "an integer >= 16"])
         else:
             _range(f"{prefix}.image_size", self.image_size, 16, 1024)
-        _range(f"{prefix}.train_views", self.train_views, 1, 64)
+        _range(f"{prefix}.train_views", self.train_views, 0, 64)
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             _fail(f"{prefix}.crop_scale", f"is {list(self.crop_scale)}; need 0 < min <= max <= 1")
         _range(f"{prefix}.rotation", self.rotation, 0, 180)
         _range(f"{prefix}.color_jitter", self.color_jitter, 0, 1)
+        _choice(f"{prefix}.auto_augment", self.auto_augment, AUTO_AUGMENT)
+        for key in ("mixup", "cutmix"):
+            _range(f"{prefix}.{key}", getattr(self, key), 0, 10)
+            if getattr(self, key) and self.train_views:
+                _fail(f"{prefix}.{key}", f"is {getattr(self, key)}; MixUp and CutMix mix whole "
+                      "batches, which needs online augmentation: set preprocess.train_views: 0")
         _range(f"{prefix}.workers", self.workers, 0, 64)
 
 
@@ -106,6 +116,7 @@ MONITORS = ("val_acc", "val_loss")
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
 HEAD_INITS = ("random", "probe")
 STRATEGIES = ("finetune", "probe", "auto")
+AUTO_AUGMENT = ("none", "trivial", "randaugment")
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class TrainParams:
     monitor: str = "val_acc"
     class_balance: str = "none"
     feature_cache_gb: float = 2.0
+    loader_workers: int | str = "auto"  # processes reading batches; auto: 0 on CPU, <= 4 on CUDA
     head_init: str = "random"  # probe: the head starts from the linear probe (LP-FT)
     refit: bool = False        # retrain the chosen setup on train + val for the final model
     freeze_bn: bool = False    # BatchNorm statistics stay fixed in the stages that train
@@ -154,6 +166,10 @@ class TrainParams:
         _choice(f"{prefix}.monitor", self.monitor, MONITORS)
         _choice(f"{prefix}.class_balance", self.class_balance, CLASS_BALANCE)
         _range(f"{prefix}.feature_cache_gb", self.feature_cache_gb, 0)
+        if isinstance(self.loader_workers, str):
+            _choice(f"{prefix}.loader_workers", self.loader_workers, ["auto", "an integer >= 0"])
+        else:
+            _range(f"{prefix}.loader_workers", self.loader_workers, 0, 64)
         _choice(f"{prefix}.head_init", self.head_init, HEAD_INITS)
 
 

@@ -8,6 +8,7 @@ the file's absolute path (skip reports must not depend on where the data folder 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import warnings
 from pathlib import Path
@@ -77,8 +78,13 @@ def _bomb(width: int | None, height: int | None, message: str = "") -> ImageErro
                       "refused without decoding")
 
 
-def decode_image(path: str | Path) -> Image.Image:
+def decode_image(path: str | Path, min_side: int | None = None) -> Image.Image:
     """Decode ``path`` fully into an RGB image, EXIF orientation applied.
+
+    ``min_side``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's draft
+    mode) whose short side is still >= ``min_side``, several times faster for large photos; the
+    whole file is still read and entropy-decoded, so truncated and corrupt files fail as in a
+    full decode.  Other formats, and JPEGs too small to shrink, decode at full size.
 
     Raises :class:`ImageError` with the reason for missing, unreadable, empty, truncated,
     corrupt, non-image, refused-format and oversized files.
@@ -102,6 +108,10 @@ def decode_image(path: str | Path) -> Image.Image:
                     raise _bomb(width, height)
                 if width < 1 or height < 1:
                     raise ImageError(f"{width}x{height} pixels: an image needs at least 1x1")
+                if min_side and image.format in ("JPEG", "MPO"):
+                    scale = min_side / min(width, height)
+                    if scale < 1:
+                        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
                 image.load()  # full decode: truncated and corrupt files fail here
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)

@@ -1,5 +1,6 @@
 """The preprocess stage's inputs checked, and its output folder: uint8 arrays per split and a
-small JSON about them."""
+small JSON about them (classes, sizes, counts, and the augmentation recipe, which training
+applies itself in online mode: ``train_views: 0``)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_csv, write_json
-from .preprocess import Augmentation, SplitViews, write_views
+from .augment import Augmentation
+from .preprocess import SplitViews, canvas_side, write_views
+from .rows import FileRows
 from .split import SPLITS
 
 META = "meta.json"
@@ -20,9 +23,19 @@ class Prepared:
     class_names: list[str]
     image_size: int
     crop_pct: float
-    train_views: int
+    train_views: int               # 0: one canvas per training image (online augmentation)
     images: dict[str, np.ndarray]  # split -> (N [* views], H, W, 3) uint8, memory-mapped
     labels: dict[str, np.ndarray]  # split -> (N,) int64
+    augmentation: Augmentation
+    directory: Path
+
+    @property
+    def online(self) -> bool:
+        return self.train_views == 0
+
+    def rows(self, split: str) -> FileRows:
+        """``split``'s images read batch by batch from disk (:mod:`finetuner.data.rows`)."""
+        return FileRows(self.directory / f"{split}_images.npy")
 
 
 def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, crop_pct: float,
@@ -42,7 +55,9 @@ def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, cro
         counts[split] = len(rows)
     write_views(jobs, image_size, crop_pct, augmentation, seed, workers)
     meta = {"classes": class_names, "image_size": image_size, "crop_pct": crop_pct,
-            "train_views": train_views, "counts": counts}
+            "train_views": train_views, "counts": counts,
+            "canvas_side": canvas_side(image_size, crop_pct) if train_views == 0 else None,
+            "augmentation": augmentation.to_dict()}
     write_json(out_dir / META, meta)
     return meta
 
@@ -55,8 +70,10 @@ def load_prepared(directory: str | Path) -> Prepared:
     meta = json.loads(meta_path.read_text())
     images = {s: np.load(directory / f"{s}_images.npy", mmap_mode="r") for s in SPLITS}
     labels = {s: np.load(directory / f"{s}_labels.npy") for s in SPLITS}
+    augmentation = (Augmentation.from_params(meta["augmentation"]) if "augmentation" in meta
+                    else Augmentation())
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
-                    images, labels)
+                    images, labels, augmentation, directory)
 
 
 class InputError(ValueError):

@@ -4,8 +4,12 @@ Val and test images get the evaluation view: short side resized to ``size / crop
 centre crop of ``size``.  Each training image gets ``train_views`` views: view 0 is that same
 evaluation view, views 1.. are random augmentations (random resized crop, flip, rotation,
 colour jitter) drawn from a generator seeded by (seed, image, view), so the arrays are the same
-whatever the number of workers.  Decoding runs in ``workers`` DataLoader processes and streams
-into memory-mapped ``.npy`` files, so memory stays bounded by a few batches.
+whatever the number of workers.  With ``train_views: 0`` (online augmentation) each training
+image gets one *canvas* instead: short side resized to ``size / crop_pct``, the centre square
+kept, from which training draws a fresh view every epoch (:mod:`finetuner.data.augment`).
+Decoding runs in ``workers`` DataLoader processes and streams into memory-mapped ``.npy``
+files, so memory stays bounded by a few batches.  JPEGs are decoded at the smallest DCT scale
+still large enough (:func:`decode_side`).
 """
 from __future__ import annotations
 
@@ -19,16 +23,8 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from .augment import Augmentation, draw_seed, train_transform
 from .images import ImageError, decode_image
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """The random changes applied to training views 1.. (view 0 is never augmented)."""
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    hflip: bool = False
-    rotation: float = 0.0
-    color_jitter: float = 0.0
 
 
 def eval_view(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
@@ -38,23 +34,30 @@ def eval_view(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
     return T.CenterCrop(size)(resize(image))
 
 
-def train_transform(size: int, augmentation: Augmentation) -> T.Compose:
-    steps = [T.RandomResizedCrop(size, scale=augmentation.crop_scale,
-                                 interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
-    if augmentation.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    if augmentation.rotation:
-        steps.append(T.RandomRotation(augmentation.rotation,
-                                      interpolation=T.InterpolationMode.BILINEAR))
-    if augmentation.color_jitter:
-        c = augmentation.color_jitter
-        steps.append(T.ColorJitter(brightness=c, contrast=c, saturation=c))
-    return T.Compose(steps)
+def canvas_side(size: int, crop_pct: float) -> int:
+    """The side of a stored canvas: what the evaluation view resizes the short side to."""
+    return max(size, int(math.floor(size / crop_pct)))
+
+
+def decode_side(size: int, crop_pct: float, views: int, augmentation: Augmentation) -> int:
+    """The short side an image must keep after a JPEG draft decode: the canvas's side, and for
+    stored augmented views enough that the smallest random crop is not upsampled."""
+    side = canvas_side(size, crop_pct)
+    if views > 1:
+        side = max(side, math.ceil(size / math.sqrt(augmentation.crop_scale[0])))
+    return side
+
+
+def canvas(image: Image.Image, side: int) -> Image.Image:
+    """Short side resized to ``side``, centre square of ``side`` x ``side`` kept."""
+    resize = T.Resize(side, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    return T.CenterCrop(side)(resize(image))
 
 
 @dataclass(frozen=True)
 class SplitViews:
-    """One split's images and where their views go: ``out_file`` (N * views, size, size, 3)."""
+    """One split's images and where their views go: ``out_file`` (N * views, size, size, 3);
+    ``views`` 0: one canvas per image (N, canvas_side, canvas_side, 3)."""
     name: str
     paths: list[Path]
     views: int
@@ -73,6 +76,7 @@ class ViewsDataset(torch.utils.data.Dataset):
                  augmentation: Augmentation, seed: int):
         self.splits, self.size, self.crop_pct, self.seed = splits, size, crop_pct, seed
         self.items = [(s, i) for s, split in enumerate(splits) for i in range(len(split.paths))]
+        self.augmentation = augmentation
         self.transform = train_transform(size, augmentation)
 
     def __len__(self) -> int:
@@ -82,13 +86,17 @@ class ViewsDataset(torch.utils.data.Dataset):
         split, index = self.items[item]
         path, views = self.splits[split].paths[index], self.splits[split].views
         try:
-            image = decode_image(path)
+            image = decode_image(path, decode_side(self.size, self.crop_pct, views,
+                                                   self.augmentation))
         except ImageError as error:
             raise ImageError(f"{path}: {error} (did the data change after split?)") from None
+        if views == 0:
+            side = canvas_side(self.size, self.crop_pct)
+            return split, index, np.asarray(canvas(image, side))[None]
         out = np.empty((views, self.size, self.size, 3), dtype=np.uint8)
         out[0] = np.asarray(eval_view(image, self.size, self.crop_pct))
         for view in range(1, views):
-            torch.manual_seed(hash((self.seed, index, view)) & 0x7FFF_FFFF)
+            torch.manual_seed(draw_seed(self.seed, index, view))
             out[view] = np.asarray(self.transform(image))
         return split, index, out
 
@@ -122,8 +130,10 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
     slow batch does not leave the other workers idle.
     """
     dataset = ViewsDataset(splits, size, crop_pct, augmentation, seed)
+    side = lambda split: canvas_side(size, crop_pct) if split.views == 0 else size
     arrays = [np.lib.format.open_memmap(split.out_file, mode="w+", dtype=np.uint8,
-                                        shape=(len(split.paths) * split.views, size, size, 3))
+                                        shape=(len(split.paths) * max(1, split.views),)
+                                        + (side(split),) * 2 + (3,))
               for split in splits]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=split_batches([len(s.paths) for s in splits], 8),
@@ -132,7 +142,7 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
     names = "+".join(split.name for split in splits)
     for split, index, batch in tqdm(loader, desc=f"preprocess {names}", unit="batch",
                                     leave=False, mininterval=1.0):
-        start = index * splits[split].views
+        start = index * max(1, splits[split].views)
         arrays[split][start:start + len(batch)] = batch.numpy()
     for array in arrays:
         array.flush()

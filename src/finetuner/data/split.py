@@ -87,7 +87,7 @@ def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], li
             skipped.append((name, "broken link"))
         else:
             try:
-                decode_image(path)
+                decode_image(path, min_side=1)  # smallest DCT scale: validity only
             except ImageError as error:
                 skipped.append((name, str(error)))
                 continue

@@ -1,10 +1,15 @@
 """The training loop: frozen-prefix feature cache, validation each epoch, best-epoch weights.
 
-Everything a frozen prefix computes is constant across epochs (frozen stages run in eval mode,
-and all augmentation happened in preprocess), so it is computed once per stored view, without
-autograd, and the trainable rest trains on those outputs.  When the cache would not fit in
-``train.feature_cache_gb`` the prefix runs per batch, still without autograd.  Either way the
-same batches meet the same weights: caching changes the speed, not what is learned.
+Images are read from disk batch by batch (:mod:`finetuner.data.rows`): memory does not grow
+with the dataset.  With stored views everything a frozen prefix computes is constant across
+epochs (frozen stages run in eval mode, and all augmentation happened in preprocess), so it is
+computed once per stored view, without autograd, and the trainable rest trains on those
+outputs.  When the cache would not fit in ``train.feature_cache_gb`` it spills to a file in the
+store's temporary folder (the finetune stage's), else the prefix runs per batch, still without
+autograd.  Either way the same batches meet the same weights: caching changes the speed, not
+what is learned.  With online augmentation (canvases) every epoch's views are new, so the
+prefix runs per batch.  Batches that are not cached come through a DataLoader
+(``train.loader_workers`` processes; pinned memory on CUDA).
 
 Devices and precision: the model and the per-batch data go to ``device``; on CUDA the uint8
 batches are gathered into pinned memory and copied asynchronously.  ``precision`` (see
@@ -17,14 +22,19 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.augment import AugmentedRows, BatchMix, draw_seed
+from ..data.rows import ArrayRows, CentreRows, ConcatRows, FileRows, RangeRows, Rows
 from ..models import StagedClassifier
 from ..params import Params, ParamsError
 from ..runtime import resolve_precision
@@ -37,34 +47,65 @@ from .probe import C_GRID, Probe, fit_probe
 
 @dataclass
 class TrainData:
-    """Preprocessed arrays as tensors: images uint8 (N, H, W, 3); train has ``views`` per image.
+    """Train and val rows (:mod:`finetuner.data.rows`: read batch by batch, never a whole split
+    in memory; tensors or arrays given here are wrapped): images uint8 (N, H, W, 3); train has
+    ``views`` rows per image.
 
-    Val may be empty (a refit on train + val): then nothing is validated and the last epoch's
-    weights are the result.
+    Online augmentation: ``train_images`` draws fresh views each epoch (``views`` 1), ``mix``
+    mixes batches, and ``train_plain`` holds each training image's evaluation view, which the
+    probe learns from.  Val may be empty (a refit on train + val): then nothing is validated
+    and the last epoch's weights are the result.
     """
-    train_images: torch.Tensor
+    train_images: Rows
     train_labels: torch.Tensor
-    val_images: torch.Tensor
+    val_images: Rows
     val_labels: torch.Tensor
     views: int
     num_classes: int
+    mix: BatchMix | None = None
+    train_plain: Rows | None = None
+
+    def __post_init__(self):
+        for name in ("train_images", "val_images", "train_plain"):
+            rows = getattr(self, name)
+            if rows is not None and not isinstance(rows, Rows):
+                setattr(self, name, ArrayRows(rows))
+        self.train_labels, self.val_labels = (torch.as_tensor(self.train_labels),
+                                              torch.as_tensor(self.val_labels))
 
     @classmethod
-    def from_prepared(cls, prepared) -> "TrainData":
-        """Train and val of a :class:`finetuner.data.prepared.Prepared` folder, read into RAM."""
-        return cls(torch.from_numpy(prepared.images["train"].copy()),
-                   torch.from_numpy(prepared.labels["train"]),
-                   torch.from_numpy(prepared.images["val"].copy()),
-                   torch.from_numpy(prepared.labels["val"]), prepared.train_views,
-                   len(prepared.class_names))
+    def from_prepared(cls, prepared, seed: int) -> "TrainData":
+        """Train and val of a :class:`finetuner.data.prepared.Prepared` folder, read from
+        disk; canvases (online mode) get fresh views drawn with ``seed``."""
+        labels = [torch.from_numpy(prepared.labels[s]) for s in ("train", "val")]
+        train, val = prepared.rows("train"), prepared.rows("val")
+        if not prepared.online:
+            return cls(train, labels[0], val, labels[1], prepared.train_views,
+                       len(prepared.class_names))
+        augmentation = prepared.augmentation
+        mix = (BatchMix(augmentation, len(prepared.class_names))
+               if BatchMix.wanted(augmentation) else None)
+        return cls(AugmentedRows(train, prepared.image_size, augmentation, seed), labels[0],
+                   val, labels[1], 1, len(prepared.class_names), mix,
+                   CentreRows(train, prepared.image_size))
+
+    @property
+    def probe_rows(self) -> Rows:
+        """Fixed train rows the probe learns from (``views`` per image)."""
+        return self.train_images if self.train_plain is None else self.train_plain
 
     def with_val_in_train(self) -> "TrainData":
         """Train + val as one training set (each val image's one view stands for all its
-        views), and no val: what the final refit learns from."""
-        val_rows = self.val_images.repeat_interleave(self.views, 0)
-        return TrainData(torch.cat([self.train_images, val_rows]),
+        views; online, it gets fresh views too), and no val: what the final refit learns from."""
+        val, plain = self.val_images, None
+        if isinstance(self.train_images, AugmentedRows):
+            val = self.train_images.over(self.val_images, salt=1)
+            plain = ConcatRows([self.train_plain, self.val_images], [1, 1])
+        return TrainData(ConcatRows([self.train_images, val], [1, self.views]),
                          torch.cat([self.train_labels, self.val_labels]),
-                         self.val_images[:0], self.val_labels[:0], self.views, self.num_classes)
+                         ArrayRows(torch.zeros((0,) + tuple(self.val_images.row_shape),
+                                               dtype=torch.uint8)),
+                         self.val_labels[:0], self.views, self.num_classes, self.mix, plain)
 
 
 @dataclass
@@ -85,82 +126,165 @@ def to_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).permute(0, 3, 1, 2)
 
 
-def host_rows(images: torch.Tensor, rows: torch.Tensor | slice, pin: bool) -> torch.Tensor:
-    """``images[rows]``; with ``pin`` gathered into pinned (page-locked) memory, so that the
-    copy to the GPU with ``non_blocking=True`` really is asynchronous."""
-    if not pin:
-        return images[rows]
-    if isinstance(rows, slice):
-        rows = torch.arange(len(images))[rows]
-    out = torch.empty((len(rows),) + tuple(images.shape[1:]), dtype=images.dtype, pin_memory=True)
-    return torch.index_select(images, 0, rows, out=out)
+class EpochBatches(torch.utils.data.Dataset):
+    """Item i: batch i of an epoch, (uint8 or mixed float images (B, H, W, 3), targets): class
+    indices, or soft targets (B, classes) when ``mix`` mixed the batch."""
+
+    def __init__(self, rows: Rows, labels: torch.Tensor, batches: list[torch.Tensor],
+                 mix: BatchMix | None, seed: int):
+        self.rows, self.labels, self.batches, self.mix, self.seed = (rows, labels, batches, mix,
+                                                                     seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.batches[i]
+        images, targets = self.rows.take(index), self.labels[index]
+        if self.mix is not None:
+            images, targets = self.mix(images, targets, draw_seed(self.seed, i))
+        return images, targets
+
+
+def _loader_worker(_):
+    torch.set_num_threads(1)
+
+
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """``train.loader_workers``: a number, or auto (none on CPU, where training takes every
+    core; up to 4 on CUDA, so the GPU never waits for a batch)."""
+    if setting != "auto":
+        return int(setting)
+    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
 
 
 class FrozenPrefix:
-    """Outputs of the frozen part for a set of stored images: cached, or computed per batch.
+    """Outputs of the frozen part for a set of stored rows: cached (in memory, or spilled to a
+    file when over the budget), or computed per batch.
 
     With ``dist`` (several processes) each rank computes its share of the cache and the shares
     are all-gathered, so every rank holds the whole cache for the price of 1/world of it.
+    Rows that change every epoch (online augmentation) are never cached.
     """
 
-    def __init__(self, model: StagedClassifier, images: torch.Tensor, depth: int,
+    def __init__(self, model: StagedClassifier, images: Rows, depth: int,
                  device: torch.device, budget_bytes: float, batch_size: int = 64,
-                 dist: Dist | None = None, cache: torch.Tensor | None = None):
+                 dist: Dist | None = None, cache=None, spill_dir: Path | None = None):
         self.model, self.images, self.depth, self.device = model, images, depth, device
         self.pin = device.type == "cuda"
         self.cache = cache  # given: computed earlier from the same frozen weights
-        if cache is not None or depth == 0 or len(images) == 0:  # depth 0: cheaper to redo
-            return
+        if cache is not None or depth == 0 or len(images) == 0 or not images.fixed:
+            return  # depth 0: cheaper to redo
         with torch.no_grad():
-            sample = model.forward_frozen(to_nchw(images[:1], device), depth)
-        if sample.numel() * sample.element_size() * len(images) <= budget_bytes:
-            shared = dist is not None and dist.enabled
+            sample = model.forward_frozen(to_nchw(images.take([0]), device), depth)
+        size = sample.numel() * sample.element_size() * len(images)
+        shared = dist is not None and dist.enabled
+        if size <= budget_bytes:
             start, stop = distributed.chunk(len(images), dist) if shared else (0, len(images))
             parts = [self._compute(slice(i, min(i + batch_size, stop)))
                      for i in range(start, stop, batch_size)]
             local = torch.cat(parts) if parts else sample[:0]
             self.cache = distributed.all_gather_rows(local, len(images), dist) if shared else local
+        elif spill_dir is not None and not shared and budget_bytes > 0:
+            self.cache = SpilledCache.compute(self._compute, len(images), sample, batch_size,
+                                              spill_dir)
 
     @torch.no_grad()
-    def _compute(self, rows: torch.Tensor | slice) -> torch.Tensor:
-        images = host_rows(self.images, rows, self.pin)
+    def _compute(self, rows) -> torch.Tensor:
+        return self.features(self.images.take(rows, self.pin))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix of a batch of images (uint8 or [0, 1] float NHWC)."""
         return self.model.forward_frozen(to_nchw(images, self.device), self.depth)
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         if self.cache is not None:
-            return self.cache[index.to(self.cache.device)]
+            return self.cache[index.to(self.cache.device)].to(self.device, non_blocking=True)
         return self._compute(index)
 
+    def epoch(self, batches: list[torch.Tensor], labels: torch.Tensor, epoch: int, seed: int,
+              mix: BatchMix | None, workers: int):
+        """(frozen-prefix outputs, targets) of each batch of rows, on the device, in order:
+        from the cache, else read (and augmented, and mixed) by a DataLoader."""
+        if self.cache is not None and mix is None:
+            for index in batches:
+                yield self(index), labels[index].to(self.device, non_blocking=True)
+            return
+        self.images.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            EpochBatches(self.images, labels, batches, mix, draw_seed(seed, epoch)),
+            batch_size=None, shuffle=False, num_workers=workers, pin_memory=self.pin,
+            worker_init_fn=_loader_worker)
+        for images, targets in loader:
+            yield self.features(images), targets.to(self.device, non_blocking=True)
 
-# (depth, "train" or "val") -> cached outputs of the frozen prefix.  Every prefix fit() computes
-# runs stages that have not trained yet (depth only ever decreases), so its outputs depend on
-# the starting weights alone: runs that start from the same weights can share them.
-PrefixStore = dict
+
+class SpilledCache:
+    """Frozen-prefix outputs in a file (raw bytes per row, read back with ``preadv``): for a
+    cache over ``train.feature_cache_gb``, reading is still far cheaper than recomputing."""
+
+    def __init__(self, rows: FileRows, shape: tuple[int, ...], dtype: torch.dtype):
+        self.rows, self.shape, self.dtype, self.device = rows, shape, dtype, torch.device("cpu")
+
+    @classmethod
+    def compute(cls, compute, n: int, sample: torch.Tensor, batch_size: int,
+                directory: Path) -> "SpilledCache":
+        row_bytes = sample[0].numel() * sample.element_size()
+        fd, name = tempfile.mkstemp(suffix=".npy", prefix="prefix-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|u1", "fortran_order": False, "shape": (n, row_bytes)})
+            for start in range(0, n, batch_size):
+                part = compute(slice(start, min(start + batch_size, n))).cpu().contiguous()
+                f.write(part.view(torch.uint8).numpy().tobytes())
+        return cls(FileRows(name), tuple(sample.shape[1:]), sample.dtype)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        raw = self.rows.take(index)
+        return raw.view(self.dtype).reshape((len(raw),) + self.shape)
+
+
+class PrefixStore(dict):
+    """(depth, "train" or "val") -> cached outputs of the frozen prefix.  Every prefix fit()
+    computes runs stages that have not trained yet (depth only ever decreases), so its outputs
+    depend on the starting weights alone: runs that start from the same weights can share them.
+    ``spill_dir``: where a cache over the budget may spill (None: computed per batch instead)."""
+
+    def __init__(self, spill_dir: str | Path | None = None):
+        super().__init__()
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
 
 
 def prefix_for(store: PrefixStore | None, name: str, model: StagedClassifier,
-               images: torch.Tensor, depth: int, device: torch.device, budget: float,
+               images: Rows, depth: int, device: torch.device, budget: float,
                dist: Dist | None = None) -> FrozenPrefix:
     """The frozen prefix of ``images`` at ``depth``: from ``store`` when it has it, else
-    computed (and kept there when it was cached)."""
-    if store is not None and (depth, name) in store:
+    computed (and kept there when it was cached).  Rows that change per epoch skip the store."""
+    if store is not None and images.fixed and (depth, name) in store:
         return FrozenPrefix(model, images, depth, device, budget, cache=store[depth, name])
-    prefix = FrozenPrefix(model, images, depth, device, budget, dist=dist)
+    spill = getattr(store, "spill_dir", None)
+    prefix = FrozenPrefix(model, images, depth, device, budget, dist=dist, spill_dir=spill)
     if store is not None and prefix.cache is not None:
         store[depth, name] = prefix.cache
     return prefix
 
 
 def merged_store(store: PrefixStore, views: int) -> PrefixStore:
-    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train.  Empties
-    ``store`` as it goes, so the old and the merged caches are not held both at once."""
-    merged = {}
+    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train (caches in
+    memory only; spilled ones are computed again).  Empties ``store`` as it goes, so the old
+    and the merged caches are not held both at once."""
+    merged = PrefixStore(getattr(store, "spill_dir", None))
     for depth, name in list(store):
         if name == "train" and (depth, "val") in store:
             train, val = store.pop((depth, "train")), store.pop((depth, "val"))
-            merged[depth, "train"] = torch.cat([train, val.repeat_interleave(views, 0)])
+            if isinstance(train, torch.Tensor) and isinstance(val, torch.Tensor):
+                merged[depth, "train"] = torch.cat([train, val.repeat_interleave(views, 0)])
+                merged[depth, "val"] = val[:0]
             del train
-            merged[depth, "val"] = val[:0]
     store.clear()
     return merged
 
@@ -230,7 +354,7 @@ def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, p
     depth = model.num_stages if depth is None else depth
     model.eval()
     with precision.autocast():
-        train = prefix_for(store, "train", model, data.train_images, depth, device, budget, ctx)
+        train = prefix_for(store, "train", model, data.probe_rows, depth, device, budget, ctx)
         val = prefix_for(store, "val", model, data.val_images, depth, device, budget)
         train_x, val_x = pooled_features(model, train), pooled_features(model, val)
     labels = data.train_labels.repeat_interleave(data.views).numpy()
@@ -302,18 +426,18 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     weight = weight_cpu.to(device) if weight_cpu is not None else None
     budget = t.feature_cache_gb * 1e9 if use_cache else 0.0
     view_labels_cpu = data.train_labels.repeat_interleave(data.views)
-    view_labels = view_labels_cpu.to(device)
     validating = len(data.val_labels) > 0
     val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
-    val_images, val_labels = (data.val_images[val_start:val_stop],
+    val_images, val_labels = (RangeRows(data.val_images, val_start, val_stop),
                               data.val_labels[val_start:val_stop])
+    workers = loader_workers(t.loader_workers, device)
     multiplier = lambda step: lr_multiplier(t.schedule, step, total_steps, steps_per_epoch,
                                             t.warmup_epochs * steps_per_epoch, t.step_size, t.gamma)
 
     if ctx.enabled:
         store = None  # each rank holds a slice of val: nothing to share between runs
     elif store is None:
-        store = {}
+        store = PrefixStore()
     probe = None
     if t.head_init == "probe":
         probe = probe_head(model, data, device, precision, budget, ctx, probe_grid,
@@ -361,16 +485,17 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         # BatchNorm cannot train on one sample: every process needs at least two
         if len(batches) > 1 and len(batches[-1]) < 2 * ctx.world_size:
             batches.pop()
-        for index in batches:
+        local_batches = [distributed.shard(index, ctx) for index in batches]
+        feed = train_prefix.epoch(local_batches, view_labels_cpu, epoch, params.seed, data.mix,
+                                  workers)
+        for index, local, (x, target) in zip(batches, local_batches, feed):
             set_lr(optimizer, multiplier(step))
-            local = distributed.shard(index, ctx)  # this rank's slice of the global batch
-            target = view_labels[local.to(device)]
             # the global batch's mean loss: summed here, divided by the whole batch's size (or
             # weight); DDP averages gradients over ranks, hence * world_size
             denom = (float(weight_cpu[view_labels_cpu[index]].sum()) if weight_cpu is not None
                      else float(len(index)))
             with precision.autocast():
-                logits = trainable(train_prefix(local))
+                logits = trainable(x)
             loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
                                        label_smoothing=t.label_smoothing, reduction="sum")
             loss = loss_sum * (ctx.world_size / denom)
@@ -380,7 +505,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
             scaler.update()
             step += 1
             total_loss += loss_sum.detach() * (len(index) / denom)
-            correct += (logits.argmax(1) == target).sum()
+            hard = target.argmax(1) if target.dim() == 2 else target  # mixed: the larger part
+            correct += (logits.argmax(1) == hard).sum()
             seen += len(local)
             bar.update()
         total_loss, correct = total_loss.item(), correct.item()

@@ -83,13 +83,14 @@ def _scores(history: list[dict], best_epoch: int) -> dict:
 
 def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, params: Params,
                 ctx: Dist, progress: bool = True,
-                observe: Callable[[str, StagedClassifier], None] | None = None
-                ) -> tuple[StagedClassifier, Outcome]:
+                observe: Callable[[str, StagedClassifier], None] | None = None,
+                spill_dir: str | None = None) -> tuple[StagedClassifier, Outcome]:
     """Build, train and choose as ``params.strategy`` says; returns the final model.
 
     Every model after the first starts from the first one's initial weights (its random head
     included), so the frozen-prefix outputs computed once hold for all of them.  ``observe``
     (benchmarks) is called with each candidate's name and model before the choice and refit.
+    ``spill_dir``: a temporary folder for frozen-prefix caches over ``train.feature_cache_gb``.
     """
     start = time.perf_counter()
     unused = [build_fresh()]
@@ -104,7 +105,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
         return model
 
     refit = params.train.refit and len(data.val_labels) > 0
-    store = None if ctx.enabled else {}  # frozen-prefix outputs: computed once, reused
+    store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
     if params.strategy == "probe":
         model = build()
         probe = _probe_only(model, data, params, ctx, C_GRID, store)
