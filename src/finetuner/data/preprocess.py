@@ -7,8 +7,9 @@ colour jitter) drawn from a generator seeded by (seed, image, view), so the arra
 whatever the number of workers.  With ``train_views: 0`` (online augmentation) each training
 image gets one *canvas* instead: short side resized to ``size / crop_pct``, the centre square
 kept, from which training draws a fresh view every epoch (:mod:`finetuner.data.augment`).
-Decoding runs in ``workers`` DataLoader processes and streams into memory-mapped ``.npy``
-files, so memory stays bounded by a few batches.  JPEGs are decoded at the smallest DCT scale
+Decoding runs in ``workers`` DataLoader processes and streams into ``.npy`` files written with
+``pwrite`` (not mapped: a map's dirty pages would count in the stage's memory), so memory stays
+bounded by a few batches.  JPEGs are decoded at the smallest DCT scale
 still large enough (:func:`decode_side`).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from .augment import Augmentation, draw_seed, train_transform
 from .images import ImageError, decode_image
+from .rows import RowWriter
 
 
 def eval_view(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
@@ -131,10 +133,8 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
     """
     dataset = ViewsDataset(splits, size, crop_pct, augmentation, seed)
     side = lambda split: canvas_side(size, crop_pct) if split.views == 0 else size
-    arrays = [np.lib.format.open_memmap(split.out_file, mode="w+", dtype=np.uint8,
-                                        shape=(len(split.paths) * max(1, split.views),)
-                                        + (side(split),) * 2 + (3,))
-              for split in splits]
+    arrays = [RowWriter(split.out_file, (len(split.paths) * max(1, split.views),)
+                        + (side(split),) * 2 + (3,)) for split in splits]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=split_batches([len(s.paths) for s in splits], 8),
         num_workers=workers, worker_init_fn=_worker_init, collate_fn=_concatenate,
@@ -143,9 +143,9 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
     for split, index, batch in tqdm(loader, desc=f"preprocess {names}", unit="batch",
                                     leave=False, mininterval=1.0):
         start = index * max(1, splits[split].views)
-        arrays[split][start:start + len(batch)] = batch.numpy()
+        arrays[split].write(start, batch.numpy())
     for array in arrays:
-        array.flush()
+        array.close()
 
 
 def labelled_views(folder: Path, class_names: list[str], size: int, crop_pct: float

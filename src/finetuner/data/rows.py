@@ -190,3 +190,25 @@ class RangeRows(Rows):
 
     def take(self, index, pin: bool = False) -> torch.Tensor:
         return self.source.take(as_index(index, len(self)) + self.start, pin)
+
+
+class RowWriter:
+    """A new C-ordered uint8 ``.npy`` file of ``shape`` whose rows are written with ``pwrite``:
+    like :class:`FileRows`, nothing is mapped, so the writer's memory does not grow with it."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...]):
+        self.path = Path(path)
+        header = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=shape)
+        self.offset, self.row_bytes = header.offset, int(np.prod(shape[1:], dtype=np.int64))
+        del header
+        self.fd = os.open(self.path, os.O_WRONLY)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows, dtype=np.uint8)).cast("B")
+        offset = self.offset + start * self.row_bytes
+        while len(data):
+            written = os.pwrite(self.fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -364,10 +364,13 @@ def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, p
 
 
 def validate(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.Tensor,
-             device: torch.device, precision, ctx: Dist) -> tuple[float, float]:
-    """(loss, accuracy) on val; with several processes each holds a slice: counts summed."""
+             device: torch.device, precision, ctx: Dist, batch_size: int) -> tuple[float, float]:
+    """(loss, accuracy) on val; with several processes each holds a slice: counts summed.
+    Batches of the training batch size: an eval pass of that size needs less memory than the
+    training step it follows, so memory does not grow with val (Lite0 at 96 px peaked at
+    1,495 MB evaluating 256 images, 1,322 MB training on 32, 849 MB evaluating 32)."""
     with precision.autocast():
-        loss, accuracy = evaluate_split(model, prefix, labels, 256, device)
+        loss, accuracy = evaluate_split(model, prefix, labels, batch_size, device)
     if ctx.enabled:
         n = len(labels)
         loss_sum, right, count = distributed.all_reduce_sum([loss * n, accuracy * n, n], ctx)
@@ -513,7 +516,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         if ctx.enabled:
             _average_batchnorm_stats(model, ctx)
             total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
-        val_loss, val_acc = (validate(model, val_prefix, val_labels, device, precision, ctx)
+        val_loss, val_acc = (validate(model, val_prefix, val_labels, device, precision, ctx,
+                                      t.batch_size)
                              if validating else (math.nan, math.nan))
         record = {"epoch": epoch + 1, "frozen_stages": depth, "lr": lrs[-1][0],
                   "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
