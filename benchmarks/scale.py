@@ -160,11 +160,13 @@ def train_in_ram(workspace: Path) -> float:
     from finetuner.data.rows import ArrayRows, CentreRows
     from finetuner.models import build_model
     from finetuner.params import load_params
-    from finetuner.runtime import resolve_device, seed_everything, set_threads
+    from finetuner.runtime import (resolve_device, reuse_freed_memory, seed_everything,
+                                   set_threads)
     from finetuner.training.loop import TrainData, fit
 
     params = load_params(workspace / "params.yaml")
     set_threads(params.threads)
+    reuse_freed_memory()  # as the finetune stage does
     prepared = load_prepared(workspace / "data" / "prepared")
     streamed = TrainData.from_prepared(prepared, params.seed)
     canvases = ArrayRows(np.array(prepared.images["train"]))

@@ -141,3 +141,71 @@ def test_draft_decoding_keeps_the_size_asked_and_still_catches_truncation(tmp_pa
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ImageError, match="truncated"):
         decode_image(cut, min_side=1)
+
+
+def test_the_stages_run_in_online_mode_and_train_from_the_canvases_on_disk(tmp_path):
+    """split -> input_spec -> preprocess (train_views 0, MixUp + CutMix, TrivialAugment) ->
+    finetune -> evaluate, as the stage scripts; the prepared train split is one canvas per
+    photo, and finetune reads it from disk."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, copy_project
+    from finetuner.data.prepared import load_prepared
+
+    repo = copy_project(tmp_path / "project")
+    make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=40)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(threads=1, device="cpu")
+    params["data"]["dir"] = "data/images"
+    params["preprocess"].update(image_size=32, train_views=0, workers=0, auto_augment="trivial",
+                                mixup=0.2, cutmix=1.0)
+    params["model"]["weights"] = "none"
+    params["train"].update(epochs=2, batch_size=8)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for stage, *args in [("split", "data/images", "data/split"),
+                         ("input_spec", "data/input_spec.json"),
+                         ("preprocess", "data/images", "data/split", "data/input_spec.json",
+                          "data/prepared"),
+                         ("finetune", "data/prepared", "models/model.pt", "metrics/h.csv"),
+                         ("evaluate", "models/model.pt", "data/prepared", "metrics")]:
+        done = subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{stage}:\n{done.stdout}\n{done.stderr}"
+    prepared = load_prepared(repo / "data" / "prepared")
+    meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
+    side = meta["canvas_side"]
+    assert prepared.online and side > 32
+    assert prepared.images["train"].shape[1:] == (side, side, 3)
+    assert prepared.images["train"].shape[0] == len(prepared.labels["train"])  # one per photo
+    assert prepared.images["val"].shape[1:] == (32, 32, 3)
+    assert meta["augmentation"]["mixup"] == 0.2 and meta["augmentation"]["auto_augment"] == "trivial"
+    data = TrainData.from_prepared(prepared, 0)
+    assert isinstance(data.train_images, AugmentedRows) and data.mix is not None
+    assert isinstance(data.train_images.source, FileRows)  # read from disk, not held in RAM
+    assert isinstance(data.val_images, FileRows)
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["test_images"] > 0
+
+
+def test_loader_workers_param():
+    assert parse_params({"train": {"loader_workers": 3}}).train.loader_workers == 3
+    with pytest.raises(ParamsError, match="loader_workers"):
+        parse_params({"train": {"loader_workers": "many"}})
+    from finetuner.training.loop import loader_workers
+    assert loader_workers("auto", torch.device("cpu")) == 0
+    assert 1 <= loader_workers("auto", torch.device("cuda")) <= 4
+
+
+def test_dvc_links_its_cache_instead_of_copying():
+    """docs/scale.md: hard links first, so large outputs are not stored twice on ext4."""
+    import configparser
+
+    from conftest import ROOT
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    assert config.get("cache", "type").split(",")[0].strip() == "hardlink"
