@@ -1,6 +1,7 @@
 """End to end through DVC: the project copied into a temp git repo with tiny data."""
 from __future__ import annotations
 
+import configparser
 import csv
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_project, make_image_folder
+from conftest import ROOT, copy_project, make_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,12 @@ def sh(cwd: Path, *args: str) -> str:
 
 def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def cache_type() -> str:
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    return config.get("cache", "type")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +51,7 @@ def project(tmp_path_factory) -> Path:
     sh(repo, "git", "config", "user.name", "test")
     sh(repo, "dvc", "init", "-q")
     sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "dvc", "config", "cache.type", cache_type())  # the project's link type
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
     return repo
@@ -55,6 +63,9 @@ def test_repro_then_an_lr_experiment_reruns_only_finetune_and_evaluate(project):
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
     assert (project / "models" / "model.pt").stat().st_size > 0
+    # outputs are hard links into DVC's cache, not second copies (docs/scale.md)
+    assert (project / "models" / "model.pt").stat().st_nlink == 2
+    assert (project / "data" / "prepared" / "train_images.npy").stat().st_nlink == 2
     assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "baseline")
