@@ -16,7 +16,7 @@ from finetuner.stage import run_stage
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
-    params = load_params()
+    params = load_params(models=False)  # no model code in this stage
     check_inputs(Path(data_dir), Path(split_dir))
     image_size, crop_pct = read_input_spec(Path(input_spec))
     p = params.preprocess

@@ -11,7 +11,7 @@ from finetuner.stage import run_stage
 
 
 def main(data_dir: str, out_dir: str) -> None:
-    params = load_params()
+    params = load_params(models=False)  # no model code in this stage
     result = split_folder(data_dir, params.data.val_fraction, params.data.test_fraction,
                           params.seed)
     with atomic_path(out_dir, directory=True) as tmp:

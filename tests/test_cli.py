@@ -184,7 +184,7 @@ def test_models_shows_stages_size_and_where_the_weights_are(capsys, tmp_path, mo
 
 def test_models_refuses_an_unknown_name_with_suggestions(capsys):
     code, _, err = _run(capsys, "models", "resnet19")
-    assert code == 2 and "'resnet19' is not an architecture" in err and "resnet18" in err
+    assert code == 2 and "'resnet19' is not a known architecture" in err and "resnet18" in err
 
 
 @pytest.mark.slow

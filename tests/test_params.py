@@ -218,3 +218,31 @@ def test_test_fraction_zero_is_allowed_and_strategy_is_checked():
         parse_params({"strategy": "lp"})
     with pytest.raises(ParamsError, match="'train.head_init'"):
         parse_params({"train": {"head_init": "zeros"}})
+
+
+def test_split_and_preprocess_params_import_no_model_code():
+    """load_params(models=False), as the split and preprocess stages call it, with those stages'
+    imports: neither the registry nor torch is loaded (they peaked at ~835 MB when it was)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import sys\n"
+            "import finetuner.data.split, finetuner.data.images, finetuner.io, finetuner.stage\n"
+            "from finetuner.params import load_params\n"
+            "load_params(models=False)\n"
+            "bad = [m for m in sys.modules if m.startswith('finetuner.models') or m in "
+            "('torch', 'timm', 'torchvision')]\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_registry_error_becomes_a_params_error_naming_the_key():
+    from finetuner.models import ArchError, check_arch
+    with pytest.raises(ArchError) as raised:
+        check_arch("resnet19")
+    assert "params.yaml" not in str(raised.value) and "resnet18" in raised.value.close
+    with pytest.raises(ParamsError, match=r"params.yaml: 'model.arch': 'resnet19' is not a known"):
+        parse_params({"model": {"arch": "resnet19"}})
+    assert parse_params({"model": {"arch": "resnet19"}}, models=False).model.arch == "resnet19"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import json
 import re
 import sys
@@ -29,7 +28,7 @@ from .data.split import is_hidden
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics, predict_arrays
 from .io import atomic_path, write_json
-from .models import get_arch, list_archs
+from .models import ArchError, check_arch, get_arch, list_archs
 from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 
@@ -213,11 +212,10 @@ def arch_info(name: str) -> dict:
 
 def _models(args) -> int:
     for name in args.archs:
-        if name not in list_archs():
-            close = difflib.get_close_matches(name, list_archs(), n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UsageError(f"{name!r} is not an architecture{hint} "
-                             "(`finetuner models` without names lists them all)")
+        try:
+            check_arch(name)
+        except ArchError as error:
+            raise UsageError(str(error)) from None
     rows = [arch_info(name) for name in args.archs or list_archs()]
     if args.json:
         print(json.dumps(rows, indent=2))

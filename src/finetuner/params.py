@@ -100,14 +100,9 @@ class ModelParams:
     weights: str = "DEFAULT"  # DEFAULT, a torchvision weights name, none, or a file path
 
     def validate(self, prefix: str) -> None:
-        from .models.registry import check_arch, weights_problem  # registry knows the names
-        try:
-            check_arch(self.arch)
-        except ValueError as error:
-            raise ParamsError(str(error)) from None
-        problem = weights_problem(self.arch, self.weights)
-        if problem:
-            _fail(f"{prefix}.weights", problem)
+        if not self.arch:
+            _fail(f"{prefix}.arch", "is empty; `python -m finetuner models` lists the names")
+        # that the names are known is checked by Params.check_model (it needs the registry)
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -226,7 +221,21 @@ class Params:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
-        from .models.registry import get_arch
+
+    def check_model(self) -> None:
+        """The checks that need the architecture registry (and so torch and timm): model.arch
+        and model.weights known (else the closest names), freeze_depth within its stages,
+        image_size at least its minimum.  The registry's own errors become params errors here;
+        :func:`load_params` runs this unless ``models=False`` (split and preprocess, which must
+        not import model code)."""
+        from .models.registry import ArchError, check_arch, get_arch, weights_problem
+        try:
+            check_arch(self.model.arch)
+        except ArchError as error:
+            raise ParamsError(f"params.yaml: 'model.arch': {error}") from None
+        problem = weights_problem(self.model.arch, self.model.weights)
+        if problem:
+            _fail("model.weights", problem)
         spec = get_arch(self.model.arch)
         if not isinstance(self.freeze_depth, str) and self.freeze_depth > spec.num_stages:
             _fail("freeze_depth", f"is {self.freeze_depth}; {self.model.arch} has "
@@ -431,14 +440,17 @@ def _keys_set_to_preset(raw: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def parse_params(raw: dict | None) -> Params:
-    """Build and validate :class:`Params` from the parsed YAML mapping."""
+def parse_params(raw: dict | None, models: bool = True) -> Params:
+    """Build and validate :class:`Params` from the parsed YAML mapping (``models``: also
+    against the architecture registry, :meth:`Params.check_model`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
     params = _build(Params, apply_preset(raw))
     params.validate()
+    if models:
+        params.check_model()
     return params
 
 
@@ -466,8 +478,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                               _mapping_without_duplicates)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read ``path`` (safe YAML: no tags, no duplicate keys) and return the validated params."""
+def load_params(path: str | Path = "params.yaml", models: bool = True) -> Params:
+    """Read ``path`` (safe YAML: no tags, no duplicate keys) and return the validated params;
+    ``models=False`` leaves out the checks against the architecture registry
+    (:meth:`Params.check_model`), so no model code is imported."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
@@ -478,7 +492,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte "
                           f"{error.start})") from None
-    return parse_params(raw)
+    return parse_params(raw, models)
 
 
 def to_dict(params: Params) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from ..io import atomic_path
 from .classifier import StagedClassifier
-from .registry import build_model, check_arch
+from .registry import ArchError, build_model, check_arch
 
 FORMAT = "finetuner-checkpoint/1"
 
@@ -90,8 +90,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{path}: 'state_dict' holds something other than tensors")
     try:
         check_arch(payload["arch"])
-    except ValueError as error:
-        raise CheckpointError(f"{path}: {str(error).replace('params.yaml: ', '')}") from None
+    except ArchError as error:
+        raise CheckpointError(f"{path}: architecture {error}") from None
     try:
         model = build_model(payload["arch"], "none", len(payload["class_names"]))
         model.load_state_dict(payload["state_dict"])

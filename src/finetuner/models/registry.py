@@ -27,7 +27,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..params import ParamsError
 from .classifier import StagedClassifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,6 +35,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class WeightsError(RuntimeError):
     """Pretrained weights cannot be had, or do not fit the architecture."""
+
+
+class ArchError(ValueError):
+    """``name`` is not an architecture of the registry; ``close``: the nearest names.  Worded
+    for any caller (params, a checkpoint, the CLI), which adds where the name came from."""
+
+    def __init__(self, name: str, close: list[str], message: str):
+        super().__init__(message)
+        self.name, self.close = name, close
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,7 @@ def list_archs() -> tuple[str, ...]:
 
 
 def check_arch(name: str) -> None:
-    """Raise ``ValueError`` naming the closest known architectures if ``name`` is not one."""
+    """Raise :class:`ArchError` naming the closest known architectures if ``name`` is not one."""
     archs = list_archs()
     if name not in archs:
         lowered = {a.lower(): a for a in archs}
@@ -263,10 +271,9 @@ def check_arch(name: str) -> None:
                  else difflib.get_close_matches(name, archs, n=3, cutoff=0.4))
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         families = ", ".join(f"{f}*" for f in sorted(TORCHVISION_FAMILIES))
-        raise ParamsError(f"params.yaml: 'model.arch' is {name!r}, which is not a known "
-                          f"architecture.{hint} Known: tf_efficientnet_lite0/1/2 and the "
-                          f"torchvision models {families} ({len(archs)} names; "
-                          "`python -m finetuner models` lists them)")
+        raise ArchError(name, close, f"{name!r} is not a known architecture.{hint} Known: "
+                        f"tf_efficientnet_lite0/1/2 and the torchvision models {families} "
+                        f"({len(archs)} names; `python -m finetuner models` lists them)")
 
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors")
@@ -315,7 +322,7 @@ def _load_weights(spec: ArchSpec, base: nn.Module, weights: str) -> None:
         return
     problem = weights_problem(spec.name, weights)
     if problem:
-        raise WeightsError(f"params.yaml: 'model.weights' {problem}")
+        raise WeightsError(f"weights for {spec.name}: {problem}")
     path = Path(weights).expanduser()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

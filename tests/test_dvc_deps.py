@@ -1,0 +1,110 @@
+"""dvc.yaml's code deps against what each stage really imports: DVC trusts the deps blindly, so
+a project file a stage imports (directly or through other project files) and its deps do not
+cover would let `dvc repro` reuse stale outputs after that file changed."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SRC = ROOT / "src"
+PACKAGE = "finetuner"
+# Imports inside a function body that the walk leaves out, each with the reason.  params.py
+# imports the registry only in Params.check_model and the architecture-dependent properties;
+# stages that do not depend on the registry must load their params with models=False
+# (checked below; test_params checks that this imports no model code).
+LAZY_EXEMPT = {("finetuner/params.py", "finetuner.models.registry")}
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module ``name`` under src/ (a package's __init__.py), None if not ours."""
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        return None
+    path = SRC.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports (packages above it included), absolute names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    relative_to = path.relative_to(SRC).as_posix() if path.is_relative_to(SRC) else None
+    package = (".".join(path.relative_to(SRC).parent.parts) if relative_to else "")
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in parts + base.split(".") if p)
+            found = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            if (relative_to, base) in LAZY_EXEMPT:
+                continue
+        else:
+            continue
+        for name in found:
+            if (relative_to, name) in LAZY_EXEMPT:
+                continue
+            parts = name.split(".")
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def project_imports(script: Path) -> set[str]:
+    """Project files ``script`` imports, transitively, as paths relative to the root."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        for name in imported_modules(path):
+            file = module_file(name)
+            if file is not None and file not in seen:
+                seen.add(file)
+                todo.append(file)
+    return {p.relative_to(ROOT).as_posix() for p in seen}
+
+
+def stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_each_stage_depends_on_every_project_file_it_imports(name):
+    stage = stages()[name]
+    script = stage["cmd"].split()[1]
+    deps = [d for d in stage["deps"] if isinstance(d, str)]
+    assert script in deps, f"{name}: its own script {script} is not a dep"
+    missing = sorted(p for p in project_imports(ROOT / script) if not covered(p, deps))
+    assert not missing, f"dvc.yaml stage {name!r} imports {missing} but does not depend on them"
+    calls = [node for node in ast.walk(ast.parse((ROOT / script).read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_params"]
+    if calls and not covered("src/finetuner/models/registry.py", deps):
+        assert all(any(k.arg == "models" and getattr(k.value, "value", True) is False
+                       for k in call.keywords) for call in calls), (
+            f"{name} checks params against the model registry it does not depend on: "
+            "call load_params(models=False)")
+
+
+def test_split_and_preprocess_do_not_rerun_for_training_or_model_code():
+    for name in ("split", "preprocess"):
+        deps = stages()[name]["deps"]
+        for code in ("src/finetuner/training/loop.py", "src/finetuner/models/registry.py",
+                     "src/finetuner/evaluation/metrics.py"):
+            assert not covered(code, deps), f"{name} would rerun when {code} changes"
+
+
+def test_the_walk_sees_relative_and_package_imports():
+    files = project_imports(ROOT / "stages" / "finetune.py")
+    assert "src/finetuner/training/loop.py" in files  # from finetuner.training.loop import ...
+    assert "src/finetuner/data/rows.py" in files       # relative, two levels down
+    assert "src/finetuner/models/__init__.py" in files  # a package's __init__ runs on import
