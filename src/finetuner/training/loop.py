@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -393,6 +394,176 @@ def _average_batchnorm_stats(model: StagedClassifier, ctx: Dist) -> None:
         distributed.average_buffers(norm, ctx)
 
 
+@dataclass
+class _Run:
+    """What one fit() carries from epoch to epoch: fixed setup, then the state that moves (the
+    frozen depth, its DDP wrapper and frozen-prefix outputs, the step count)."""
+    model: StagedClassifier
+    data: TrainData
+    params: Params
+    ctx: Dist
+    precision: object
+    budget: float
+    store: PrefixStore | None
+    val_images: Rows          # this rank's share of val
+    val_labels: torch.Tensor
+    workers: int
+    depth_of: Callable[[int], int]
+    multiplier: Callable[[int], float]
+    weight_cpu: torch.Tensor | None
+    bar: tqdm
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: object = None
+    depth: int = 0
+    trainable: torch.nn.Module | None = None
+    train_prefix: FrozenPrefix | None = None
+    val_prefix: FrozenPrefix | None = None
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def validating(self) -> bool:
+        return len(self.data.val_labels) > 0
+
+
+@dataclass
+class _Best:
+    """The best epoch so far by ``monitor`` and its weights; counts epochs without progress."""
+    monitor: str
+    patience: int
+    value: float | None = None
+    epoch: int = 0
+    state: dict | None = None
+    stale: int = 0
+
+    def update(self, record: dict, model: StagedClassifier, validating: bool) -> bool:
+        """Keep ``record``'s epoch if it is the best; True when early stopping says stop."""
+        if not validating:
+            self.epoch = record["epoch"]  # no val: the last epoch is the result
+            return False
+        if _better(self.monitor, record[self.monitor], self.value):
+            self.value, self.epoch, self.stale = record[self.monitor], record["epoch"], 0
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            return False
+        self.stale += 1
+        return bool(self.patience) and self.stale >= self.patience
+
+
+def _start(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
+           use_cache: bool, store: PrefixStore | None, progress: bool) -> _Run:
+    """Model on the device, the schedule, class weights, this rank's val share: the setup."""
+    t, device = params.train, ctx.device
+    model.to(device).to(memory_format=torch.channels_last)
+    distributed.sync_batchnorm(model, ctx)  # SyncBatchNorm on several CUDA processes
+    n_train = len(data.train_labels)
+    if ctx.enabled and n_train < 2 * ctx.world_size:
+        raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} "
+                          "processes (at least 2 each); use nproc_per_node: 1")
+    steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
+    total_steps = steps_per_epoch * t.epochs
+    freeze_depth, num_stages = params.resolved_freeze_depth, model.num_stages
+    val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
+    if ctx.enabled:
+        store = None  # each rank holds a slice of val: nothing to share between runs
+    elif store is None:
+        store = PrefixStore()
+    precision = resolve_precision(params.precision, device)
+    return _Run(
+        model, data, params, ctx, precision, t.feature_cache_gb * 1e9 if use_cache else 0.0,
+        store, RangeRows(data.val_images, val_start, val_stop), data.val_labels[val_start:val_stop],
+        loader_workers(t.loader_workers, device),
+        lambda epoch: depth_at_epoch(epoch, freeze_depth, num_stages, t.head_epochs,
+                                     t.unfreeze_every, t.unfreeze_floor),
+        lambda step: lr_multiplier(t.schedule, step, total_steps, steps_per_epoch,
+                                   t.warmup_epochs * steps_per_epoch, t.step_size, t.gamma),
+        class_weights(data.train_labels, data.num_classes)
+        if t.class_balance == "weighted_loss" else None,
+        tqdm(total=total_steps, desc="finetune", unit="batch",
+             disable=not (progress and ctx.is_main), mininterval=1.0, leave=False),
+        scaler=precision.grad_scaler())
+
+
+def _enter_depth(run: _Run, depth: int) -> None:
+    """Train from ``depth`` on: unfreeze what thaws (new optimizer groups), wrap for DDP what
+    trains now, and get the frozen prefix's outputs (computed, or from the store)."""
+    t, model = run.params.train, run.model
+    if depth == run.depth and run.train_prefix is not None:
+        return
+    if depth < run.depth:
+        unfreeze(run.optimizer, model, run.depth, depth, run.params.lr, t.weight_decay,
+                 t.backbone_lr_mult, t.stage_lr_decay)
+    run.depth = depth
+    set_frozen_prefix(model, depth)
+    if run.trainable is not None and run.ctx.enabled:
+        run.trainable = None
+        gc.collect()  # the old DDP wrapper's gradient hooks must be gone
+    run.trainable = distributed.wrap(model, depth, run.ctx)  # DDP registers what trains now
+    model.eval()
+    # only the first depth's outputs are kept for other runs: one cache at a time
+    shared = run.store if depth == run.depth_of(0) else None
+    with run.precision.autocast():
+        run.train_prefix = prefix_for(shared, "train", model, run.data.train_images, depth,
+                                      run.device, run.budget, run.ctx)
+        run.val_prefix = prefix_for(shared, "val", model, run.val_images, depth, run.device,
+                                    run.budget)
+
+
+def _epoch_batches(run: _Run, epoch: int) -> list[torch.Tensor]:
+    """The epoch's global batches of row indices (a last batch too small for BatchNorm on
+    every process, fewer than two rows each, is dropped)."""
+    t = run.params.train
+    order = epoch_order(run.data.train_labels, run.data.views, epoch, run.params.seed,
+                        t.class_balance == "sampler")
+    batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2 * run.ctx.world_size:
+        batches.pop()
+    return batches
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """One pass over the training rows; (mean loss, accuracy) over every process's share."""
+    t, ctx, device, data = run.params.train, run.ctx, run.device, run.data
+    train_mode(run.model, run.depth, t.freeze_bn)
+    view_labels = data.train_labels.repeat_interleave(data.views)
+    weight = run.weight_cpu.to(device) if run.weight_cpu is not None else None
+    # summed on the device: no host synchronisation per step (it stalls a GPU)
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    batches = _epoch_batches(run, epoch)
+    local_batches = [distributed.shard(index, ctx) for index in batches]
+    feed = run.train_prefix.epoch(local_batches, view_labels, epoch, run.params.seed, data.mix,
+                                  run.workers)
+    for index, local, (x, target) in zip(batches, local_batches, feed):
+        set_lr(run.optimizer, run.multiplier(run.step))
+        # the global batch's mean loss: summed here, divided by the whole batch's size (or
+        # weight); DDP averages gradients over ranks, hence * world_size
+        denom = (float(run.weight_cpu[view_labels[index]].sum()) if weight is not None
+                 else float(len(index)))
+        with run.precision.autocast():
+            logits = run.trainable(x)
+        loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
+                                   label_smoothing=t.label_smoothing, reduction="sum")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss_sum * (ctx.world_size / denom)).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.step += 1
+        total_loss += loss_sum.detach() * (len(index) / denom)
+        hard = target.argmax(1) if target.dim() == 2 else target  # mixed: the larger part
+        correct += (logits.argmax(1) == hard).sum()
+        seen += len(local)
+        run.bar.update()
+    total_loss, correct = total_loss.item(), correct.item()
+    if ctx.enabled:
+        _average_batchnorm_stats(run.model, ctx)
+        total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
 def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.device,
         progress: bool = True, use_cache: bool = True, dist: Dist | None = None,
         probe_grid: tuple[float, ...] = C_GRID, store: PrefixStore | None = None) -> FitResult:
@@ -401,146 +572,48 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
 
     With ``train.head_init: probe`` the new head starts from the linear probe (its L2 strength
     chosen on val from ``probe_grid``) before the first step: LP-FT.  ``store``: frozen-prefix
-    outputs shared with other runs from the same starting weights (see :data:`PrefixStore`).
+    outputs shared with other runs from the same starting weights (see :class:`PrefixStore`).
     ``dist``: this process's place among data-parallel processes
     (:func:`finetuner.training.distributed.setup`); None is one process on ``device``.  Every
     rank returns the same result; the caller writes files on rank 0 only.
     """
     t = params.train
     ctx = dist if dist is not None else Dist(device)
-    device = ctx.device
     start_time = time.perf_counter()
-    precision = resolve_precision(params.precision, device)
-    scaler = precision.grad_scaler()
-    model.to(device).to(memory_format=torch.channels_last)
-    distributed.sync_batchnorm(model, ctx)  # SyncBatchNorm on several CUDA processes
-    num_stages = model.num_stages
-    freeze_depth = params.resolved_freeze_depth
-    depth_of = lambda epoch: depth_at_epoch(epoch, freeze_depth, num_stages, t.head_epochs,
-                                            t.unfreeze_every, t.unfreeze_floor)
-    n_train = len(data.train_labels)
-    if ctx.enabled and n_train < 2 * ctx.world_size:
-        raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} "
-                          "processes (at least 2 each); use nproc_per_node: 1")
-    steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
-    total_steps = steps_per_epoch * t.epochs
-    weight_cpu = (class_weights(data.train_labels, data.num_classes)
-                  if t.class_balance == "weighted_loss" else None)
-    weight = weight_cpu.to(device) if weight_cpu is not None else None
-    budget = t.feature_cache_gb * 1e9 if use_cache else 0.0
-    view_labels_cpu = data.train_labels.repeat_interleave(data.views)
-    validating = len(data.val_labels) > 0
-    val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
-    val_images, val_labels = (RangeRows(data.val_images, val_start, val_stop),
-                              data.val_labels[val_start:val_stop])
-    workers = loader_workers(t.loader_workers, device)
-    multiplier = lambda step: lr_multiplier(t.schedule, step, total_steps, steps_per_epoch,
-                                            t.warmup_epochs * steps_per_epoch, t.step_size, t.gamma)
-
-    if ctx.enabled:
-        store = None  # each rank holds a slice of val: nothing to share between runs
-    elif store is None:
-        store = PrefixStore()
+    run = _start(model, data, params, ctx, use_cache, store, progress)
     probe = None
     if t.head_init == "probe":
-        probe = probe_head(model, data, device, precision, budget, ctx, probe_grid,
-                           depth_of(0), store)
-    depth = depth_of(0)
-    set_frozen_prefix(model, depth)
-    optimizer = make_optimizer(model, depth, t.optimizer, params.lr, t.momentum, t.weight_decay,
-                               t.backbone_lr_mult, t.stage_lr_decay)
-    train_prefix = val_prefix = trainable = None
-    history, lrs, best_value, best_epoch, best_state, stale = [], [], None, 0, None, 0
-    stopped_early = False
-    step = 0
-    bar = tqdm(total=total_steps, desc="finetune", unit="batch",
-               disable=not (progress and ctx.is_main), mininterval=1.0, leave=False)
+        probe = probe_head(model, data, run.device, run.precision, run.budget, ctx, probe_grid,
+                           run.depth_of(0), run.store)
+    run.depth = run.depth_of(0)
+    set_frozen_prefix(model, run.depth)
+    run.optimizer = make_optimizer(model, run.depth, t.optimizer, params.lr, t.momentum,
+                                   t.weight_decay, t.backbone_lr_mult, t.stage_lr_decay)
+    history, lrs, best, stopped_early = [], [], _Best(t.monitor, t.early_stopping_patience), False
     for epoch in range(t.epochs):
-        new_depth = depth_of(epoch)
-        if new_depth != depth or train_prefix is None:
-            if new_depth < depth:
-                unfreeze(optimizer, model, depth, new_depth, params.lr, t.weight_decay,
-                         t.backbone_lr_mult, t.stage_lr_decay)
-            depth = new_depth
-            set_frozen_prefix(model, depth)
-            if trainable is not None and ctx.enabled:
-                trainable = None
-                gc.collect()  # the old DDP wrapper's gradient hooks must be gone
-            trainable = distributed.wrap(model, depth, ctx)  # DDP registers what trains now
-            model.eval()
-            # only the first depth's outputs are kept for other runs: one cache at a time
-            shared = store if depth == depth_of(0) else None
-            with precision.autocast():
-                train_prefix = prefix_for(shared, "train", model, data.train_images, depth,
-                                          device, budget, ctx)
-                val_prefix = prefix_for(shared, "val", model, val_images, depth, device, budget)
+        _enter_depth(run, run.depth_of(epoch))
         epoch_start = time.perf_counter()
-        train_mode(model, depth, t.freeze_bn)
-        order = epoch_order(data.train_labels, data.views, epoch, params.seed,
-                            t.class_balance == "sampler")
-        set_lr(optimizer, multiplier(step))
-        lrs.append([g["lr"] for g in optimizer.param_groups])  # what the optimizer really holds
-        # summed on the device: no host synchronisation per step (it stalls a GPU)
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-        # BatchNorm cannot train on one sample: every process needs at least two
-        if len(batches) > 1 and len(batches[-1]) < 2 * ctx.world_size:
-            batches.pop()
-        local_batches = [distributed.shard(index, ctx) for index in batches]
-        feed = train_prefix.epoch(local_batches, view_labels_cpu, epoch, params.seed, data.mix,
-                                  workers)
-        for index, local, (x, target) in zip(batches, local_batches, feed):
-            set_lr(optimizer, multiplier(step))
-            # the global batch's mean loss: summed here, divided by the whole batch's size (or
-            # weight); DDP averages gradients over ranks, hence * world_size
-            denom = (float(weight_cpu[view_labels_cpu[index]].sum()) if weight_cpu is not None
-                     else float(len(index)))
-            with precision.autocast():
-                logits = trainable(x)
-            loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
-                                       label_smoothing=t.label_smoothing, reduction="sum")
-            loss = loss_sum * (ctx.world_size / denom)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            total_loss += loss_sum.detach() * (len(index) / denom)
-            hard = target.argmax(1) if target.dim() == 2 else target  # mixed: the larger part
-            correct += (logits.argmax(1) == hard).sum()
-            seen += len(local)
-            bar.update()
-        total_loss, correct = total_loss.item(), correct.item()
-        if ctx.enabled:
-            _average_batchnorm_stats(model, ctx)
-            total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
-        val_loss, val_acc = (validate(model, val_prefix, val_labels, device, precision, ctx,
-                                      t.batch_size)
-                             if validating else (math.nan, math.nan))
-        record = {"epoch": epoch + 1, "frozen_stages": depth, "lr": lrs[-1][0],
-                  "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
+        set_lr(run.optimizer, run.multiplier(run.step))
+        lrs.append([g["lr"] for g in run.optimizer.param_groups])  # what it really holds
+        train_loss, train_acc = _train_epoch(run, epoch)
+        val_loss, val_acc = (validate(model, run.val_prefix, run.val_labels, run.device,
+                                      run.precision, ctx, t.batch_size)
+                             if run.validating else (math.nan, math.nan))
+        record = {"epoch": epoch + 1, "frozen_stages": run.depth, "lr": lrs[-1][0],
+                  "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": val_loss, "val_acc": val_acc,
                   "seconds": time.perf_counter() - epoch_start}
         history.append(record)
-        bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
-        value = record[t.monitor]
-        if not validating:
-            best_epoch = epoch + 1  # no val: the last epoch is the result
-        elif _better(t.monitor, value, best_value):
-            best_value, best_epoch, stale = value, epoch + 1, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
-            stale += 1
-            if t.early_stopping_patience and stale >= t.early_stopping_patience:
-                stopped_early = True
-                break
-    bar.close()
-    trainable = None
-    if validating:
-        model.load_state_dict(best_state)
+        run.bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
+        if best.update(record, model, run.validating):
+            stopped_early = True
+            break
+    run.bar.close()
+    run.trainable = None
+    if run.validating:
+        model.load_state_dict(best.state)
     else:
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return FitResult(history, best_epoch, best_state, stopped_early,
-                     time.perf_counter() - start_time, lrs, precision.name, ctx.world_size, probe)
+        best.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return FitResult(history, best.epoch, best.state, stopped_early,
+                     time.perf_counter() - start_time, lrs, run.precision.name, ctx.world_size,
+                     probe)
