@@ -209,3 +209,12 @@ def test_dvc_links_its_cache_instead_of_copying():
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc" / "config")
     assert config.get("cache", "type").split(",")[0].strip() == "hardlink"
+
+
+def test_the_refit_set_draws_fresh_views_of_val_too():
+    data = tiny(online=True)
+    both = data.with_val_in_train()
+    assert len(both.train_images) == 36 and len(both.val_labels) == 0
+    assert isinstance(both.train_images.parts[1], AugmentedRows)  # val rows augmented as well
+    assert both.train_images.take([20]).shape == (1, 32, 32, 3)
+    assert torch.equal(both.probe_rows.take([20]), data.val_images.take([2]))  # plain view

@@ -1,5 +1,7 @@
 """Reading prepared arrays batch by batch (finetuner.data.rows) and the frozen-prefix cache that
 spills to a file: the same bytes as an array in memory, in the asked order."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -31,8 +33,8 @@ def test_file_rows_do_not_map_the_file(stored, tmp_path):
     """Nothing of the file stays mapped in the process (a map's pages count in its RSS)."""
     _, rows = stored
     rows.take(torch.arange(23))
-    maps = open("/proc/self/maps").read() if __import__("os").path.exists("/proc/self/maps") else ""
-    assert str(tmp_path / "rows.npy") not in maps
+    maps = Path("/proc/self/maps")
+    assert str(tmp_path / "rows.npy") not in (maps.read_text() if maps.exists() else "")
 
 
 def test_a_truncated_file_is_an_error_naming_it(stored, tmp_path):

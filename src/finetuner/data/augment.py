@@ -82,6 +82,7 @@ class AugmentedRows(Rows):
     def __init__(self, source: Rows, size: int, augmentation: Augmentation, seed: int,
                  salt: int = 0):
         self.source, self.seed, self.salt, self.epoch = source, seed, salt, 0
+        self.size, self.augmentation = size, augmentation
         self.row_shape = (size, size, source.row_shape[-1])
         self.transform = train_transform(size, augmentation)
 
@@ -90,9 +91,8 @@ class AugmentedRows(Rows):
 
     def over(self, source: Rows, salt: int) -> "AugmentedRows":
         """The same recipe and seed over other rows (``salt`` keeps their draws apart)."""
-        rows = AugmentedRows.__new__(AugmentedRows)
-        rows.__dict__.update(self.__dict__, source=source, salt=salt)
-        rows.row_shape = (self.row_shape[0], self.row_shape[1], source.row_shape[-1])
+        rows = AugmentedRows(source, self.size, self.augmentation, self.seed, salt)
+        rows.epoch = self.epoch
         return rows
 
     def set_epoch(self, epoch: int) -> None:
