@@ -25,11 +25,13 @@ def test_staged_model_computes_what_the_original_computes(arch):
     torch.manual_seed(0)
     base = spec.build_base().eval()
     model = build_model(arch, "none", 1000).eval()
-    model.stages.load_state_dict(torch.nn.ModuleList(spec.cut(base).stages).state_dict())
-    model.classifier.load_state_dict(_base_head(base).state_dict())
+    model.classifier.load_state_dict(_base_head(base).state_dict())  # before cut() resets it
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model(x), base((x - model.mean) / model.std), atol=1e-4)
+        expected = base((x - model.mean) / model.std)
+    model.stages.load_state_dict(torch.nn.ModuleList(spec.cut(base).stages).state_dict())
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch, classes", [("resnet18", 3), ("tf_efficientnet_lite0", 7)])
@@ -129,13 +131,113 @@ def test_each_offline_lite_model_sees_a_palace_in_china_jpg(index, size):
 
 
 def test_lite_weights_with_a_wrong_shape_are_refused(tmp_path, monkeypatch):
-    from finetuner.models import registry
+    from finetuner.models import timm_archs
     spec = get_arch("tf_efficientnet_lite0")
-    state = torch.load(registry._lite_file(0), weights_only=True)
+    state = torch.load(timm_archs._packaged_file("tf_efficientnet_lite0"), weights_only=True)
     first = next(iter(state))
     state[first] = torch.zeros(1, 2, 3)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    monkeypatch.setattr(registry, "_lite_file", lambda index: bad)
+    monkeypatch.setattr(timm_archs, "_packaged_file", lambda name: bad)
     with pytest.raises(WeightsError, match="shape"):
         spec.load_named_weights(spec.build_base(), "DEFAULT")
+
+
+# --- timm families: stages from timm's feature_info ---------------------------------------------
+
+TIMM_FAMILIES = {  # one architecture per family the issue names, by timm's own names
+    "resnet50d": ("resnet", ("act1", "layer1", "layer2", "layer3", "layer4")),
+    "mobilenetv4_conv_small": ("mobilenet", ("bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4")),
+    "mobilenetv3_small_100": ("mobilenet", ("bn1", "blocks.0", "blocks.1", "blocks.3", "blocks.5")),
+    "convnextv2_atto": ("convnext", ("stages.0", "stages.1", "stages.2", "stages.3")),
+    "efficientnetv2_rw_s": ("efficientnet", ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.5")),
+    "regnety_002": ("regnet", ("stem", "s1", "s2", "s3", "s4")),
+    "tf_efficientnet_lite0": ("efficientnet", ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6")),
+}
+
+
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_timm_family_is_cut_at_its_feature_info(arch):
+    import timm
+    family, stages = TIMM_FAMILIES[arch]
+    spec = get_arch(arch)
+    assert (spec.source, spec.family, spec.stage_names) == ("timm", family, stages)
+    with torch.device("meta"):
+        reference = timm.create_model(arch)
+    assert spec.stage_names == tuple(info["module"] for info in reference.feature_info)
+
+    torch.manual_seed(0)
+    base = spec.build_base().eval()
+    model = build_model(arch, "none", 3).eval()
+    parts = spec.cut(base)  # shares base's modules: copy them into the model
+    model.stages.load_state_dict(torch.nn.ModuleList(parts.stages).state_dict())
+    model.pool.load_state_dict(parts.pool.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = model(x)
+        features = model.pool(model.forward_stages(model.normalize(x)))
+        # timm's own pre-logits features of the same input
+        expected = base.forward_head(base.forward_features(model.normalize(x)), pre_logits=True)
+        assert torch.allclose(features, expected, atol=1e-5)
+        for depth in range(model.num_stages + 1):
+            assert torch.allclose(model.forward_trainable(model.forward_frozen(x, depth), depth),
+                                  whole, atol=1e-5), depth
+
+
+def test_timm_names_and_families_are_listed_and_torchvision_wins_a_shared_name():
+    from finetuner.models import archs_by_family, list_archs
+    grouped = archs_by_family()
+    for arch, (family, _) in TIMM_FAMILIES.items():
+        assert arch in grouped[("timm", family)]
+    assert get_arch("resnet50").source == "torchvision"  # timm has a resnet50 too
+    assert len(set(list_archs())) == len(list_archs())
+
+
+def test_timm_weights_names_are_its_pretrained_tags():
+    spec = get_arch("resnet50d")
+    assert spec.weight_names[0] == "DEFAULT" and "ra2_in1k" in spec.weight_names
+    assert (spec.input_size, spec.crop_pct, spec.mean) == (224, 0.875, (0.485, 0.456, 0.406))
+    with pytest.raises(WeightsError, match="Did you mean: ra2_in1k"):
+        build_model("resnet50d", "ra2_in1", 2)
+
+
+def _hub_cache_with(root, repo, state):
+    """A Hugging Face cache holding ``repo``'s model.safetensors (the layout huggingface_hub
+    writes: refs/main names the snapshot)."""
+    from safetensors.torch import save_file
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "model.safetensors")
+    return snapshot / "model.safetensors"
+
+
+def test_timm_tag_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = get_arch("regnety_002")
+    torch.manual_seed(3)
+    state = spec.build_base().state_dict()
+    path = _hub_cache_with(tmp_path, "timm/regnety_002.pycls_in1k", state)
+    assert spec.local_weights("DEFAULT") == path
+    model = build_model("regnety_002", "pycls_in1k", 2)
+    assert torch.equal(model.stages[0][0].conv.weight, state["stem.conv.weight"])
+    assert torch.equal(model.stages[4][0].b1.conv1.conv.weight, state["s4.b1.conv1.conv.weight"])
+
+
+def test_timm_weights_not_cached_offline_say_which_file_to_put_where(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsError) as error:
+        build_model("resnet50d", "ra2_in1k", 2)
+    message = str(error.value)
+    assert str(tmp_path / "models--timm--resnet50d.ra2_in1k") in message
+    assert "model.safetensors" in message and "huggingface-cli download timm/resnet50d.ra2_in1k" in message

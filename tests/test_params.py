@@ -45,7 +45,7 @@ def test_unknown_keys_name_the_closest(raw, closest):
     ({"train": {"epochs": 2.5}}, ["train.epochs", "integer"]),
     ({"train": {"optimizer": "adam"}}, ["train.optimizer", "sgd, adamw"]),
     ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, ["train fraction"]),
-    ({"freeze_depth": 10}, ["freeze_depth", "9 freezable stages", "'all'"]),
+    ({"freeze_depth": 10}, ["freeze_depth", "5 freezable stages", "'all'"]),
     ({"freeze_depth": "most"}, ["freeze_depth", "all"]),
     ({"preprocess": {"image_size": 8}}, ["preprocess.image_size"]),
     ({"model": {"arch": "resnet19"}}, ["resnet18"]),
@@ -74,7 +74,7 @@ def test_unknown_keys_name_the_closest(raw, closest):
     ({"train": {"unfreeze_floor": 2}}, ["train.unfreeze_floor", "freeze_depth (0)"]),
     ({"seed": -1}, ["seed", ">= 0"]),
     # names: close matches listed
-    ({"model": {"arch": "efficientnet_lite0"}}, ["tf_efficientnet_lite0"]),
+    ({"model": {"arch": "tf_efficientnet_lite9"}}, ["Did you mean: tf_efficientnet_lite"]),
     ({"model": {"arch": "ResNet18"}}, ["Did you mean: resnet18"]),
     ({"model": {"arch": "transformer"}}, ["not a known architecture", "finetuner models"]),
 ])
@@ -107,7 +107,7 @@ def test_yaml_is_read_safely(tmp_path):
     ("resnet18", "imagenet1k_v1", ["Did you mean: IMAGENET1K_V1"]),
     ("resnet50", "IMAGENET1K_V3", ["IMAGENET1K_V1, IMAGENET1K_V2", "Did you mean:"]),
     ("tf_efficientnet_lite0", "default", ["Did you mean: DEFAULT"]),
-    ("tf_efficientnet_lite0", "pretrained", ["DEFAULT, or none", "nor an existing file"]),
+    ("tf_efficientnet_lite0", "pretrained", ["DEFAULT, in1k, or none", "nor an existing file"]),
     ("tf_efficientnet_lite0", "weights/r18.pt", ["no file at", "r18.pt"]),
 ])
 def test_weights_are_checked_at_params_time_with_close_matches(arch, weights, words):

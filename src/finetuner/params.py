@@ -395,7 +395,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "train.freeze_bn": False,
     },
     "photos": {
-        "lr": 0.003, "freeze_depth": 6, "strategy": "auto",
+        "lr": 0.003, "freeze_depth": 4, "strategy": "auto",
         "data.val_fraction": 0.15, "data.test_fraction": 0.2,
         "preprocess.image_size": "auto", "preprocess.train_views": 5,
         "preprocess.crop_scale": [0.5, 1.0], "preprocess.hflip": True,
