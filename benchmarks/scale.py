@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import csv
 import os
 import random
 import shutil
@@ -186,10 +185,9 @@ def measure(workspace: Path, n: int, size: int, link: str, compare: bool) -> dic
     run_stage(workspace, "input_spec", "data/input_spec.json")
     seconds, _ = run_stage(workspace, "preprocess", "images", "data/split",
                            "data/input_spec.json", "data/prepared")
-    _, rss = run_stage(workspace, "finetune", "data/prepared", "models/model.pt",
-                       "metrics/train_history.csv")
-    with open(workspace / "metrics" / "train_history.csv") as f:
-        epoch = next(csv.DictReader(f))
+    _, rss = run_stage(workspace, "finetune", "data/prepared", "models/model.pt", "dvclive")
+    from finetuner.models.checkpoint import load_checkpoint
+    epoch = load_checkpoint(workspace / "models" / "model.pt").info["history"][0]
     prepared = workspace / "data" / "prepared"
     train = np.load(prepared / "train_images.npy", mmap_mode="r")
     result = {"images": n, "preprocess_images_per_s": round(n / seconds, 1),

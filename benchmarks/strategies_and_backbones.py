@@ -74,7 +74,9 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     from finetuner.models import build_model, get_arch
     from finetuner.params import parse_params
     from finetuner.training.loop import TrainData, fit
-    params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"}})
+    # constant schedule: the one these figures were measured with (then the default)
+    params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"},
+                           "train": {"schedule": "constant", **config.get("train", {})}})
     spec = get_arch(params.model.arch)
     prepared, prep_seconds = prepared_for(data, seed, params.image_size, spec.crop_pct, cache, work)
     tensors = TrainData.from_prepared(prepared)

@@ -1,5 +1,7 @@
 """Stage evaluate: the checkpoint on the test split (or on the labelled folder
-``evaluate.test_dir``) -> metrics JSON, predictions, pictures.
+``evaluate.test_dir``) -> metrics JSON, predictions, pictures; a temperature fitted on the val
+split (``metrics/calibration.json``, read by ``finetuner predict/export --calibration``), the
+calibration before and after it, and the coverage-accuracy curve of the reject option.
 
     python stages/evaluate.py MODEL PREPARED_DIR METRICS_DIR
 
@@ -13,9 +15,12 @@ import numpy as np
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, load_prepared
 from finetuner.data.preprocess import labelled_views
-from finetuner.evaluation.cost import cost_report
-from finetuner.evaluation.metrics import classification_metrics, predict_arrays
-from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
+from finetuner.evaluation.calibration import (calibration_record, calibration_scores,
+                                              coverage_curve, file_sha256, fit_temperature,
+                                              reliability, softmax)
+from finetuner.evaluation.cost import cost_report, onnxruntime_cost
+from finetuner.evaluation.metrics import classification_metrics, predict_logits
+from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png, reliability_png
 from finetuner.io import write_csv, write_json
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
 from finetuner.params import load_params
@@ -31,13 +36,23 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     out = Path(metrics_dir)
     checkpoint = load_checkpoint(model_path, device)
     images, labels, source = test_images(params.evaluate.test_dir, prepared_dir, checkpoint)
-    probabilities = predict_arrays(checkpoint.model, images, device, params.evaluate.batch_size)
-    predicted = probabilities.argmax(1)
+    logits = predict_logits(checkpoint.model, images, device, params.evaluate.batch_size)
+    predicted = logits.argmax(1)
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
     info = checkpoint.info
     strategy = info.get("strategy", {})
+    val = load_prepared(prepared_dir)
+    val_logits = (logits if source == VAL_SOURCE else  # scored on val already
+                  predict_logits(checkpoint.model, val.images["val"], device,
+                                 params.evaluate.batch_size))
+    temperature = fit_temperature(val_logits, val.labels["val"])
+    note = calibration_note(temperature, source, strategy.get("refit", False))
+    calibration, probabilities = calibration_scores(logits, labels, temperature)
+    calibration = {"temperature": temperature, "fitted_on": "val split",
+                   "fit_images": int(len(val.labels["val"])), **calibration, "note": note}
     cost = cost_report(checkpoint.model, checkpoint.image_size,
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
+    cost.update(onnx_cost(checkpoint.model, checkpoint.image_size))
     write_json(out / "eval.json", {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "best_val_acc": info["best_val_acc"], "train_seconds": round(info["train_seconds"], 1),
@@ -46,7 +61,10 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "strategy": strategy.get("chosen", "finetune"), "refit": strategy.get("refit", False),
         "refit_problem": strategy.get("refit_problem"),
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
-        "cost": cost})
+        "calibration": calibration, "cost": cost})
+    write_json(out / "calibration.json", calibration_record(
+        temperature, model_path, file_sha256(model_path), "val split",
+        int(len(val.labels["val"])), note))
     write_json(out / "per_class.json", metrics["per_class"])
     names = checkpoint.class_names
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
@@ -55,9 +73,45 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     curves_png(out / "curves.png", info["history"])
     mistakes_png(out / "mistakes.png", images, labels, probabilities, names,
                  params.evaluate.gallery_size)
+    reliability_png(out / "reliability.png", reliability(softmax(logits), labels),
+                    reliability(probabilities, labels), calibration["ece_before"],
+                    calibration["ece_after"], temperature)
+    write_csv(out / "coverage.csv", ["min_confidence", "coverage", "accuracy", "kept"],
+              [(r["min_confidence"], r["coverage"], r["accuracy"], r["kept"])
+               for r in coverage_curve(probabilities, labels)])
+    fitted = "no temperature fitted" if temperature is None else f"temperature {temperature:.3g}"
+    onnx = (f", ONNX Runtime {cost['onnxruntime_latency_ms']:.1f} ms"
+            if "onnxruntime_latency_ms" in cost else "")
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {len(labels)} images of the {source}; {cost['gflops']:.3f} GFLOPs, "
-          f"{cost['cpu_latency_ms']:.1f} ms per image on CPU -> {out}")
+          f"on {len(labels)} images of the {source}; ECE {calibration['ece_before']:.4f} -> "
+          f"{calibration['ece_after']:.4f} ({fitted} on val); {cost['gflops']:.3f} GFLOPs, "
+          f"{cost['cpu_latency_ms']:.1f} ms per image on CPU{onnx} -> {out}")
+    if note:
+        print(f"evaluate: calibration: {note}")
+
+
+def calibration_note(temperature: float | None, source: str, refit: bool) -> str | None:
+    """What to keep in mind about the fitted temperature, if anything."""
+    if temperature is None:
+        return ("no temperature fitted: every val prediction is right (or val is empty), so "
+                "no finite temperature minimises its NLL; probabilities are left as they are")
+    if source == VAL_SOURCE:
+        return ("fitted and scored on the same val split: ECE and NLL after are optimistic")
+    if refit:
+        return ("train.refit trained the model on the val split it was fitted on: the "
+                "temperature is likely too low (too confident on new photos)")
+    return None
+
+
+def onnx_cost(model, image_size: int) -> dict:
+    """ONNX Runtime's speed for the cost object; a model the exporter cannot handle is reported
+    there, not an error: the accuracy matters more than the timing."""
+    try:
+        return onnxruntime_cost(model, image_size)
+    except Exception as error:  # exporter or runtime limits of some architecture
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        print(f"evaluate: warning: no ONNX Runtime timing: {type(error).__name__}: {reason}")
+        return {"onnxruntime_error": f"{type(error).__name__}: {reason}"}
 
 
 VAL_SOURCE = "val split (it chose the model: not an honest estimate)"

@@ -2,12 +2,18 @@
 with ``strategy: auto`` the linear probe, or the fine-tune if clearly better on val; with
 ``train.refit`` the chosen setup once more on train + val (:mod:`finetuner.training.strategy`).
 
-    python stages/finetune.py PREPARED_DIR MODEL_OUT HISTORY_CSV
+    python stages/finetune.py PREPARED_DIR MODEL_OUT LIVE_DIR
+
+Each finished epoch goes to DVCLive in LIVE_DIR as it happens (:mod:`finetuner.live`).  With
+``train.resume`` the training state is saved after every epoch in ``.finetuner/resume/<key>/``
+(the key: a hash of params, prepared data and code); a rerun with the same inputs continues
+from the last finished epoch and ends with the weights a run never stopped would have
+(:mod:`finetuner.training.resume`); the state is removed once the checkpoint is written.
 
 With ``nproc_per_node: N > 1`` in params.yaml (and not already under torchrun) the script
 replaces itself by ``python -m torch.distributed.run --standalone --nproc-per-node N`` running
 this same command line: N data-parallel processes (NCCL on CUDA, Gloo on CPU).  Started by
-torchrun by hand (several nodes: README "Scaling out") it joins the process group torchrun
+torchrun by hand (several nodes: docs/scaling-out.md) it joins the process group torchrun
 describes.  Only rank 0 writes the checkpoint and the history.  Errors in params, weights or
 inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
@@ -15,18 +21,19 @@ import sys
 import tempfile
 
 from finetuner.data.prepared import load_prepared
-from finetuner.io import write_csv
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import save_checkpoint
 from finetuner.params import load_params, to_dict
 from finetuner.runtime import reuse_freed_memory, seed_everything, set_threads
 from finetuner.stage import run_stage
 from finetuner.training import distributed
+from finetuner.live import LiveLog, LiveLogError
 from finetuner.training.loop import TrainData
+from finetuner.training.resume import ResumeStore, input_key
 from finetuner.training.strategy import train_model
 
 
-def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
+def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
     params = load_params()
     if params.nproc_per_node > 1 and not distributed.under_torchrun():
         distributed.relaunch_under_torchrun(params.nproc_per_node, sys.argv)  # does not return
@@ -39,8 +46,14 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
         build = lambda: build_model(params.model.arch, params.model.weights,
                                     len(data.class_names))
         rows = TrainData.from_prepared(data, params.seed)
+        resume = None
+        if params.train.resume:
+            resume = ResumeStore(input_key(to_dict(params), prepared_dir), writer=ctx.is_main)
+            resume.drop_others()
+        live = LiveLog(live_dir) if ctx.is_main else None
         with tempfile.TemporaryDirectory(prefix="finetuner-spill-") as spill:
-            model, outcome = train_model(build, rows, params, ctx, spill_dir=spill)
+            model, outcome = train_model(build, rows, params, ctx, spill_dir=spill,
+                                         resume=resume, on_epoch=live.epoch if live else None)
         if ctx.is_main:
             save_checkpoint(model_out, model, params.model.arch, data.class_names,
                             data.image_size, data.crop_pct,
@@ -52,8 +65,9 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
                              "stopped_early": outcome.stopped_early,
                              "device": str(ctx.device), "precision": outcome.precision,
                              "world_size": outcome.world_size, "threads_per_process": threads})
-            keys = list(outcome.history[0])
-            write_csv(history_csv, keys, [[row[k] for k in keys] for row in outcome.history])
+            live.close()
+            if resume is not None:
+                resume.clear()
             where = (f"{ctx.device}" if not ctx.enabled
                      else f"{ctx.world_size} processes on {ctx.device.type}")
             learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
@@ -67,4 +81,4 @@ def main(prepared_dir: str, model_out: str, history_csv: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("finetune", main, "PREPARED_DIR MODEL_OUT HISTORY_CSV", (WeightsError,))
+    run_stage("finetune", main, "PREPARED_DIR MODEL_OUT LIVE_DIR", (WeightsError, LiveLogError))

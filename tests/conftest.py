@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny image folders made on the fly (nothing stored in git)."""
+"""Shared helpers and fixtures: tiny image folders and training data made on the fly (nothing
+stored in git).  Test files import the helpers from here (``from conftest import tiny_data``),
+never from one another (tests/test_layout.py checks).  torch is imported only by the helpers that
+need it, so test files without torch do not pay for it.
+"""
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
@@ -39,6 +44,52 @@ def copy_project(repo: Path) -> Path:
         else:
             shutil.copy(source, repo / name)
     return repo
+
+
+def ignored(name: str) -> bool:
+    """Whether the project's .gitignore hides ``name`` (so neither git nor `dvc exp` sees it)."""
+    patterns = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    return any(fnmatch.fnmatch(name, p.strip("/")) for p in patterns)
+
+
+def tiny_data(n_per_class=6, classes=3, views=2, size=32, seed=0):
+    """A :class:`~finetuner.training.loop.TrainData` of noisy solid colours, one per class."""
+    import torch
+    from finetuner.training.loop import TrainData
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    colours = torch.tensor([[220, 30, 30], [30, 220, 30], [30, 30, 220]])[:classes]
+
+    def images(lab, k):
+        base = colours[lab].repeat_interleave(k, 0)[:, None, None, :].float()
+        noise = torch.randint(-30, 30, (len(base), size, size, 3), generator=g)
+        return (base + noise).clamp(0, 255).to(torch.uint8)
+
+    return TrainData(images(labels, views), labels, images(labels, 1), labels.clone(), views, classes)
+
+
+def fit_tiny(overrides: dict, data=None, use_cache=True, arch="resnet18"):
+    """``fit`` a randomly initialised ``arch`` (3 classes, 32 px, 3 epochs of batch 8, lr 0.01,
+    constant schedule: fixed here, not taken from the params defaults) on :func:`tiny_data`,
+    params ``overrides`` on top; returns ``(model, result)``."""
+    import torch
+    from finetuner.models import build_model
+    from finetuner.params import parse_params
+    from finetuner.training.loop import fit
+    raw = {"lr": 0.01, "model": {"arch": arch, "weights": "none"}, "preprocess": {"image_size": 32},
+           "train": {"epochs": 3, "batch_size": 8, "schedule": "constant"}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    params = parse_params(raw)
+    torch.manual_seed(params.seed)
+    model = build_model(arch, "none", 3)
+    result = fit(model, data or tiny_data(), params, torch.device("cpu"), progress=False,
+                 use_cache=use_cache)
+    return model, result
 
 
 @pytest.fixture

@@ -203,3 +203,50 @@ def test_abbreviate_joins_numbered_runs():
     assert abbreviate(("stem", "layer1", "layer2", "layer3")) == "stem, layer1..3"
     assert (abbreviate(("features.0", "features.1", "x", "features.3"))
             == "features.0..1, x, features.3")
+
+
+def test_min_confidence_1_marks_every_photo_unknown_and_0_none_with_probabilities_kept(
+        checkpoint, photos, capsys):
+    (photos / "red" / "notes.txt").unlink()
+    code, plain, _ = _run(capsys, "predict", checkpoint, photos, "--json")
+    assert code == 0
+    plain = json.loads(plain)
+    for threshold, expected in (("1", lambda r: "unknown"), ("0", lambda r: r["top"][0]["class"])):
+        code, out, _ = _run(capsys, "predict", checkpoint, photos, "--json",
+                            "--min-confidence", threshold)
+        assert code == 0
+        results = json.loads(out)
+        assert [r["predicted"] for r in results] == [expected(r) for r in plain]
+        assert [r["top"] for r in results] == [r["top"] for r in plain]  # probabilities kept
+
+        code, out, _ = _run(capsys, "predict", checkpoint, photos, "--min-confidence", threshold)
+        rows = list(csv.reader(io.StringIO(out)))
+        assert rows[0] == ["path", "predicted", "class_1", "prob_1", "class_2", "prob_2",
+                           "class_3", "prob_3"]
+        assert [r[1] for r in rows[1:]] == [expected(r) for r in plain]
+        assert [r[2:4] for r in rows[1:]] == [[r["top"][0]["class"], f"{r['top'][0]['prob']:.6f}"]
+                                              for r in plain]
+
+
+def test_min_confidence_between_splits_photos_at_their_top_probability(checkpoint, photos, capsys):
+    (photos / "red" / "notes.txt").unlink()
+    code, out, _ = _run(capsys, "predict", checkpoint, photos, "--json")
+    tops = sorted(r["top"][0]["prob"] for r in json.loads(out))
+    threshold = (tops[2] + tops[3]) / 2  # three photos below, five above
+    code, out, _ = _run(capsys, "predict", checkpoint, photos, "--json",
+                        "--min-confidence", str(threshold))
+    results = json.loads(out)
+    assert sum(r["predicted"] == "unknown" for r in results) == 3
+    for r in results:
+        assert (r["predicted"] == "unknown") == (r["top"][0]["prob"] <= threshold)
+
+
+def test_min_confidence_outside_0_to_1_or_with_a_class_named_unknown_is_refused(
+        photos, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "any.pt"), str(photos), "--min-confidence", "1.5"])
+    assert "must be from 0 to 1" in capsys.readouterr().err
+    model = build_model("resnet18", "none", 2)
+    save_checkpoint(tmp_path / "odd.pt", model, "resnet18", ["cat", "unknown"], SIZE, 0.875, {})
+    code, out, err = _run(capsys, "predict", tmp_path / "odd.pt", photos, "--min-confidence", "0.5")
+    assert code == 2 and out == "" and "has a class named 'unknown'" in err

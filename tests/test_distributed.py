@@ -1,6 +1,7 @@
-"""Scaling out: precision and thread choices, GPU checkpoints on CPU, and data-parallel training
-with torchrun (two Gloo processes on CPU) learning what one process learns from the same global
-batches.
+"""Scaling out: precision and thread choices, a model trained on CUDA loading on CPU, and
+data-parallel training with torchrun (two Gloo processes on CPU) learning what one process learns
+from the same global batches.  (A checkpoint saved from a GPU loading on a CPU-only machine:
+tests/test_checkpoint.py.)
 
 This file is also the torchrun entry of the library-level check:
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/test_distributed.py OUT``
@@ -229,24 +230,6 @@ def test_threads_param_then_omp_num_threads_then_a_share_of_the_cores(monkeypatc
     assert thread_count(5) == 5
 
 
-def test_a_checkpoint_saved_from_a_gpu_loads_on_a_cpu_only_machine(tmp_path, monkeypatch):
-    """The file is written as if every tensor lived on cuda:0 (torch.save records each storage's
-    device); load_checkpoint maps it to the CPU."""
-    torch.manual_seed(0)
-    model = build_model("resnet18", "none", 3)
-    path = tmp_path / "gpu.pt"
-    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-    save_checkpoint(path, model, "resnet18", ["a", "b", "c"], 32, 0.875, {"note": "from cuda"})
-    monkeypatch.undo()
-    if not torch.cuda.is_available():  # the file really says cuda: a plain load must fail here
-        with pytest.raises(RuntimeError, match="CUDA"):
-            torch.load(path, weights_only=True)
-    loaded = load_checkpoint(path)
-    for key, value in model.state_dict().items():
-        assert loaded.model.state_dict()[key].device.type == "cpu"
-        assert torch.equal(loaded.model.state_dict()[key], value), key
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_model_trained_on_cuda_loads_on_cpu(tmp_path):
     raw = {"freeze_depth": 3, "model": {"arch": "resnet18", "weights": "none"},
@@ -303,7 +286,10 @@ def test_dvc_exp_run_with_nproc_per_node_2_runs_the_stage_under_torchrun(tmp_pat
     assert two.count("finetune: best epoch") == 1  # printed by rank 0 after writing its files
     files = lambda folder: sorted(p.name for p in (repo / folder).iterdir() if p.name != ".gitignore")
     assert files("models") == ["model.pt"]  # and no temp file left behind by a second writer
-    assert files("metrics") == ["train_history.csv"]
+    assert files("dvclive") == ["metrics.json", "plots"]  # one live log, by rank 0
+    assert len((repo / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+               .splitlines()) == 1 + 2  # a header, then one row per epoch: no second writer
+    assert not (repo / ".finetuner" / "resume").exists()  # rank 0 removed the resume state
     result = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert result["info"]["world_size"] == 2 and reference["info"]["world_size"] == 1
     assert result["info"]["threads_per_process"] == 1

@@ -72,8 +72,14 @@ def test_repro_then_an_lr_experiment_reruns_only_finetune_and_evaluate(project):
 
     out = sh(project, "dvc", "exp", "run", "-S", "lr=0.001")
     assert ran_stages(out) == {"finetune", "evaluate"}
-    with open(project / "metrics" / "train_history.csv") as f:
-        assert {float(row["lr"]) for row in csv.DictReader(f)} == {0.001}
+    with open(project / "dvclive" / "plots" / "metrics" / "lr.tsv") as f:  # DVCLive's log
+        assert [float(row["lr"]) for row in csv.DictReader(f, delimiter="\t")] == [0.001] * 2
+    shown = sh(project, "dvc", "exp", "show", "--json")  # DVC reads the live metrics
+    assert '"dvclive/metrics.json"' in shown and '"step": 1' in shown
+    accuracy = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]["accuracy"]
+    points = accuracy[0]["content"]["data"]["values"]  # DVC's plot of DVCLive's files
+    assert sorted((p["filename"], p["step"]) for p in points) == [
+        ("train/acc.tsv", "0"), ("train/acc.tsv", "1"), ("val/acc.tsv", "0"), ("val/acc.tsv", "1")]
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
     assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
 
@@ -206,5 +212,8 @@ def test_photos_preset_keeps_every_photo_for_training_and_scores_a_separate_fold
     assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
     assert metrics["strategy"] in ("probe", "finetune") and metrics["refit"] is True
     assert metrics["trained_images"] == split["train"] + split["val"]
-    history = list(csv.DictReader(open(project / "metrics" / "train_history.csv")))
-    assert history, "the selection run's history is kept"
+    live = project / "dvclive" / "plots" / "metrics"
+    assert len((live / "train" / "loss.tsv").read_text().splitlines()) == 1 + 2  # selection run
+    refit_rows = live / "refit" / "train" / "loss.tsv"  # a refit probe has no epochs
+    assert (len(refit_rows.read_text().splitlines()) == 1 + 2 if metrics["strategy"] == "finetune"
+            else not refit_rows.exists())

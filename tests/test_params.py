@@ -1,6 +1,6 @@
 import pytest
 
-from finetuner.params import ParamsError, load_params, parse_params, to_dict
+from finetuner.params import Params, ParamsError, load_params, parse_params, to_dict
 
 
 def test_project_params_are_valid():
@@ -10,11 +10,41 @@ def test_project_params_are_valid():
     assert to_dict(params)["train"]["optimizer"] in ("sgd", "adamw")
 
 
-def test_defaults():
-    params = parse_params({})
-    assert params.lr == 0.01 and params.freeze_depth == 0
-    assert params.data.val_fraction == 0.1 and params.data.test_fraction == 0.1
-    assert params.train.optimizer == "sgd" and params.train.momentum == 0.9
+def flat(mapping: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_the_defaults_are_what_the_project_params_yaml_runs_with():
+    """One rule: a key params.yaml leaves out takes the value params.yaml would give it.  Keys
+    params.yaml sets to `preset` get the demo preset's value (params.yaml's preset); `preset`
+    itself defaults to none (an absent preset names none), which fills nothing."""
+    from conftest import ROOT
+    project = to_dict(load_params(ROOT / "params.yaml", models=False))
+    defaults = to_dict(Params())
+    assert (project.pop("preset"), defaults.pop("preset")) == ("demo", "none")
+    disagree = {key: {"default": value, "params.yaml": flat(project)[key]}
+                for key, value in flat(defaults).items() if value != flat(project)[key]}
+    assert not disagree, f"dataclass defaults that params.yaml overrides: {disagree}"
+    assert parse_params({}) == Params()  # the defaults are valid, also for the registry
+
+
+def test_params_yaml_lists_every_key_and_leaves_to_the_preset_exactly_the_preset_keys():
+    """So no key of the shipped pipeline silently falls back to a default, and every key a preset
+    fills is one params.yaml hands to it."""
+    import yaml
+    from conftest import ROOT
+    from finetuner.params import PRESET, PRESETS
+    raw = flat(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert sorted(raw) == sorted(flat(to_dict(Params())))
+    assert {key for key, value in raw.items() if value == PRESET} == set(PRESETS["demo"])
+    assert all(set(table) == set(PRESETS["demo"]) for table in PRESETS.values())
 
 
 @pytest.mark.parametrize("raw, closest", [
@@ -91,7 +121,8 @@ def test_freeze_depth_all_is_every_stage():
 
 
 def test_image_size_follows_the_architecture():
-    assert parse_params({"model": {"arch": "tf_efficientnet_lite2"}}).image_size == 260
+    assert parse_params({"model": {"arch": "tf_efficientnet_lite2"},
+                         "preprocess": {"image_size": "auto"}}).image_size == 260
     assert parse_params({"preprocess": {"image_size": 96}}).image_size == 96
 
 

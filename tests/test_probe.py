@@ -6,6 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from conftest import tiny_data
 from finetuner.evaluation.metrics import predict_arrays
 from finetuner.models import build_model
 from finetuner.params import parse_params
@@ -14,7 +15,6 @@ from finetuner.training.distributed import Dist
 from finetuner.training.probe import fit_probe
 from finetuner.training import strategy as strategy_module
 from finetuner.training.strategy import train_model
-from test_training import tiny_data
 
 
 def blobs(n=60, classes=3, dim=8, seed=0):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from conftest import fit_tiny, tiny_data
 from finetuner.models import build_model
 from finetuner.training import loop
 from finetuner.training.optim import make_optimizer, stage_lr, unfreeze
-from test_training import run, tiny_data
 
 
 def test_discriminative_lrs_in_the_optimizer_groups():
@@ -58,9 +58,9 @@ def _record_trainable(monkeypatch):
 
 def test_gradual_unfreezing_trains_exactly_the_promised_stages(monkeypatch):
     seen = _record_trainable(monkeypatch)
-    _, result = run({"freeze_depth": "all", "lr": 0.01,
-                     "train": {"epochs": 6, "unfreeze_every": 2, "unfreeze_floor": 3,
-                               "schedule": "constant", "backbone_lr_mult": 0.5}})
+    _, result = fit_tiny({"freeze_depth": "all", "lr": 0.01,
+                          "train": {"epochs": 6, "unfreeze_every": 2, "unfreeze_floor": 3,
+                                    "schedule": "constant", "backbone_lr_mult": 0.5}})
     # 5 stages: epochs 0-1 head only, 2-3 stage 4, 4-5 stages 3-4 (floor 3)
     expected = [5, 5, 4, 4, 3, 3]
     assert [h["frozen_stages"] for h in result.history] == expected
@@ -72,7 +72,7 @@ def test_gradual_unfreezing_trains_exactly_the_promised_stages(monkeypatch):
 
 def test_two_phase_head_then_all(monkeypatch):
     seen = _record_trainable(monkeypatch)
-    _, result = run({"freeze_depth": 0, "train": {"epochs": 3, "head_epochs": 1}})
+    _, result = fit_tiny({"freeze_depth": 0, "train": {"epochs": 3, "head_epochs": 1}})
     assert [h["frozen_stages"] for h in result.history] == [5, 0, 0]
     assert seen[0][:5] == [False] * 5 and seen[1][:5] == [True] * 5
     assert seen[0][5] is False and seen[1][5] is True  # stem BatchNorm leaves eval mode
@@ -89,7 +89,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(monkeypatch):
         return loss, next(scripted)
 
     monkeypatch.setattr(loop, "evaluate_split", scripted_eval)
-    model, result = run({"train": {"epochs": 6, "early_stopping_patience": 2}})
+    model, result = fit_tiny({"train": {"epochs": 6, "early_stopping_patience": 2}})
     assert result.stopped_early and len(result.history) == 4
     assert result.best_epoch == 2
     for key, value in model.state_dict().items():
@@ -100,7 +100,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(monkeypatch):
 def test_monitor_val_loss_picks_the_lowest_loss(monkeypatch):
     losses = iter([1.0, 0.4, 0.7])
     monkeypatch.setattr(loop, "evaluate_split", lambda *a: (next(losses), 0.5))
-    _, result = run({"train": {"epochs": 3, "monitor": "val_loss"}})
+    _, result = fit_tiny({"train": {"epochs": 3, "monitor": "val_loss"}})
     assert result.best_epoch == 2
 
 
@@ -118,11 +118,11 @@ def test_class_balance_changes_what_is_seen():
 
 
 def test_weighted_loss_and_label_smoothing_change_training():
-    _, plain = run({"train": {"epochs": 1}})
-    _, smooth = run({"train": {"epochs": 1, "label_smoothing": 0.2}})
-    _, weighted = run({"train": {"epochs": 1, "class_balance": "weighted_loss"}},
-                      data=_imbalanced())
-    _, unweighted = run({"train": {"epochs": 1}}, data=_imbalanced())
+    _, plain = fit_tiny({"train": {"epochs": 1}})
+    _, smooth = fit_tiny({"train": {"epochs": 1, "label_smoothing": 0.2}})
+    _, weighted = fit_tiny({"train": {"epochs": 1, "class_balance": "weighted_loss"}},
+                           data=_imbalanced())
+    _, unweighted = fit_tiny({"train": {"epochs": 1}}, data=_imbalanced())
     assert plain.history[0]["train_loss"] != smooth.history[0]["train_loss"]
     assert weighted.history[0]["train_loss"] != unweighted.history[0]["train_loss"]
 

@@ -3,66 +3,36 @@ import math
 import pytest
 import torch
 
+from conftest import fit_tiny
 from finetuner.models import build_model
-from finetuner.params import parse_params
 from finetuner.training.freeze import depth_at_epoch
-from finetuner.training.loop import TrainData, fit
 from finetuner.training.optim import lr_multiplier, make_optimizer
-
-
-def tiny_data(n_per_class=6, classes=3, views=2, size=32, seed=0) -> TrainData:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(classes).repeat_interleave(n_per_class)
-    colours = torch.tensor([[220, 30, 30], [30, 220, 30], [30, 30, 220]])[:classes]
-
-    def images(lab, k):
-        base = colours[lab].repeat_interleave(k, 0)[:, None, None, :].float()
-        noise = torch.randint(-30, 30, (len(base), size, size, 3), generator=g)
-        return (base + noise).clamp(0, 255).to(torch.uint8)
-
-    return TrainData(images(labels, views), labels, images(labels, 1), labels.clone(), views, classes)
-
-
-def run(overrides: dict, data=None, use_cache=True, arch="resnet18"):
-    raw = {"model": {"arch": arch, "weights": "none"}, "preprocess": {"image_size": 32},
-           "train": {"epochs": 3, "batch_size": 8}}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            raw.setdefault(key, {}).update(value)
-        else:
-            raw[key] = value
-    params = parse_params(raw)
-    torch.manual_seed(params.seed)
-    model = build_model(arch, "none", 3)
-    result = fit(model, data or tiny_data(), params, torch.device("cpu"), progress=False,
-                 use_cache=use_cache)
-    return model, result
 
 
 @pytest.mark.parametrize("freeze_depth", ["all", 3])
 def test_cached_frozen_prefix_learns_the_same_as_recomputing_it(freeze_depth):
-    _, cached = run({"freeze_depth": freeze_depth})
-    _, uncached = run({"freeze_depth": freeze_depth}, use_cache=False)
+    _, cached = fit_tiny({"freeze_depth": freeze_depth})
+    _, uncached = fit_tiny({"freeze_depth": freeze_depth}, use_cache=False)
     for a, b in zip(cached.history, uncached.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
 
 
 def test_same_seed_same_result_other_seed_other_result():
-    _, a = run({"seed": 3})
-    _, b = run({"seed": 3})
-    _, c = run({"seed": 4})
+    _, a = fit_tiny({"seed": 3})
+    _, b = fit_tiny({"seed": 3})
+    _, c = fit_tiny({"seed": 4})
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
     assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in c.history]
 
 
 def test_lr_reaches_the_optimizer():
-    _, result = run({"lr": 0.0123, "train": {"schedule": "constant"}})
+    _, result = fit_tiny({"lr": 0.0123, "train": {"schedule": "constant"}})
     assert all(h["lr"] == pytest.approx(0.0123) for h in result.history)
 
 
 def test_training_learns_and_keeps_the_best_epoch():
-    model, result = run({"lr": 0.05, "freeze_depth": "all", "train": {"epochs": 4}})
+    model, result = fit_tiny({"lr": 0.05, "freeze_depth": "all", "train": {"epochs": 4}})
     best = max(h["val_acc"] for h in result.history)
     assert result.history[result.best_epoch - 1]["val_acc"] == best
     assert best > 0.9  # three colours are easy
@@ -71,7 +41,7 @@ def test_training_learns_and_keeps_the_best_epoch():
 
 
 def test_frozen_stages_do_not_change():
-    model, _ = run({"freeze_depth": 2})
+    model, _ = fit_tiny({"freeze_depth": 2})
     torch.manual_seed(0)
     fresh = build_model("resnet18", "none", 3)
     for index in range(2):

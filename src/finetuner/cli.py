@@ -1,9 +1,13 @@
 """Command line: use a trained checkpoint without params.yaml or DVC.
 
     python -m finetuner predict models/model.pt photo.jpg photos/ [--top-k 3] [--json]
+    python -m finetuner predict model.onnx photos/ --min-confidence 0.8
     python -m finetuner evaluate models/model.pt labelled/ [--json]
-    python -m finetuner export models/model.pt model.ts
+    python -m finetuner export models/model.pt model.onnx [--calibration metrics/calibration.json]
     python -m finetuner models [ARCH ...] [--json]
+
+predict and evaluate take a checkpoint (run in PyTorch) or an ONNX file written by export (run
+in ONNX Runtime): finetuner.predictor. Export formats: finetuner.export.
 
 Exit status: 0 done; 1 done, but some files were skipped (not images, reasons on stderr);
 2 usage error (missing checkpoint, unknown class folder, ...).
@@ -16,21 +20,23 @@ import json
 import re
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from .data.images import ImageError, decode_image
 from .data.preprocess import eval_view
 from .data.split import is_hidden
+from .evaluation.calibration import CalibrationError, file_sha256, read_calibration
 from .evaluation.cost import count_params
-from .evaluation.metrics import classification_metrics, predict_arrays
-from .io import atomic_path, write_json
+from .evaluation.metrics import classification_metrics
+from .export import FORMATS, ExportError, export_model, format_for
 from .models import ArchError, archs_by_family, check_arch, get_arch, list_archs
-from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .models.checkpoint import CheckpointError, load_checkpoint
+from .predictor import RUNTIMES, Predictor, load_predictor
+
+UNKNOWN = "unknown"  # predict's answer when the top probability is not above --min-confidence
 
 
 class UsageError(ValueError):
@@ -41,6 +47,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {value}")
     return value
 
 
@@ -58,11 +74,12 @@ def _skip(path: Path, reason: str, skipped: list[Path]) -> None:
     skipped.append(path)
 
 
-def predict_files(checkpoint: Checkpoint, files: list[Path], batch_size: int,
+def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
                   skipped: list[Path]) -> Iterator[tuple[list[Path], np.ndarray]]:
     """(paths, class probabilities) per batch of the files that are images; others -> ``skipped``.
 
-    Each image is decoded and given the pipeline's evaluation view (resize, centre crop).
+    Each image is decoded and given the pipeline's evaluation view (resize, centre crop); the
+    probabilities are calibrated by the predictor's temperature, if it has one.
     """
     paths, arrays = [], []
     for index, path in enumerate(files):
@@ -72,33 +89,48 @@ def predict_files(checkpoint: Checkpoint, files: list[Path], batch_size: int,
             _skip(path, str(error), skipped)
         else:
             paths.append(path)
-            arrays.append(np.asarray(eval_view(image, checkpoint.image_size, checkpoint.crop_pct)))
+            arrays.append(np.asarray(eval_view(image, predictor.image_size, predictor.crop_pct)))
         if paths and (len(paths) == batch_size or index == len(files) - 1):
-            yield paths, predict_arrays(checkpoint.model, np.stack(arrays), torch.device("cpu"))
+            yield paths, predictor.probabilities(np.stack(arrays))
             paths, arrays = [], []
 
 
 # --- predict ----------------------------------------------------------------------------------
 
+def _load(args) -> Predictor:
+    return load_predictor(args.model, args.runtime, getattr(args, "calibration", None))
+
+
 def _predict(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    predictor = _load(args)
+    names = predictor.class_names
+    threshold = args.min_confidence
+    if threshold is not None and UNKNOWN in names:
+        raise UsageError(f"{args.model}: the model has a class named {UNKNOWN!r}, so "
+                         "--min-confidence could not be told apart from it")
     files = [f for path in args.paths for f in find_files(path)]
     if not files:
         raise UsageError(f"no files in {', '.join(map(str, args.paths))}")
-    k = min(args.top_k, len(checkpoint.class_names))
+    k = min(args.top_k, len(names))
     skipped, results = [], []
     writer = csv.writer(sys.stdout, lineterminator="\n")
+    decided = [] if threshold is None else ["predicted"]
     if not args.json:
-        writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")])
-    for paths, probabilities in predict_files(checkpoint, files, args.batch_size, skipped):
+        writer.writerow(["path"] + decided
+                        + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")])
+    for paths, probabilities in predict_files(predictor, files, args.batch_size, skipped):
         for path, probs in zip(paths, probabilities):
             top = np.argsort(-probs, kind="stable")[:k]
+            # kept when the top probability is above the threshold: 1 rejects every photo
+            predicted = ([] if threshold is None else
+                         [names[top[0]] if probs[top[0]] > threshold else UNKNOWN])
             if args.json:
-                results.append({"path": str(path), "top": [
-                    {"class": checkpoint.class_names[i], "prob": float(probs[i])} for i in top]})
+                results.append({"path": str(path),
+                                **({"predicted": predicted[0]} if predicted else {}),
+                                "top": [{"class": names[i], "prob": float(probs[i])} for i in top]})
             else:
-                writer.writerow([path] + [v for i in top
-                                          for v in (checkpoint.class_names[i], f"{probs[i]:.6f}")])
+                writer.writerow([path] + predicted
+                                + [v for i in top for v in (names[i], f"{probs[i]:.6f}")])
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if skipped else 0
@@ -126,12 +158,12 @@ def labelled_files(directory: Path, class_names: list[str], skipped: list[Path])
 
 
 def _evaluate(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
-    names = checkpoint.class_names
+    predictor = _load(args)
+    names = predictor.class_names
     skipped = []
     label_of = labelled_files(args.dir, names, skipped)
     labels, predicted = [], []
-    for paths, probabilities in predict_files(checkpoint, list(label_of), args.batch_size, skipped):
+    for paths, probabilities in predict_files(predictor, list(label_of), args.batch_size, skipped):
         labels += [label_of[p] for p in paths]
         predicted += probabilities.argmax(1).tolist()
     if not labels:
@@ -161,27 +193,19 @@ def _evaluate(args) -> int:
 # --- export -----------------------------------------------------------------------------------
 
 def _export(args) -> int:
+    fmt = format_for(args.out, args.format)
+    if args.out.exists() and args.out.resolve() == args.checkpoint.resolve():
+        raise UsageError(f"{args.out}: is the checkpoint itself; export to another file")
     checkpoint = load_checkpoint(args.checkpoint)
-    size, crop_pct = checkpoint.image_size, checkpoint.crop_pct
-    out = Path(args.out)
-    with warnings.catch_warnings(), torch.no_grad():  # torch now points to torch.export
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-        traced = torch.jit.trace(checkpoint.model.eval(), torch.rand(1, 3, size, size))
-        with atomic_path(out) as tmp:
-            torch.jit.save(traced, str(tmp))
-    resize = int(size / crop_pct)  # as finetuner.data.preprocess.eval_view
-    write_json(out.with_name(out.name + ".json"), {
-        "format": args.format, "arch": checkpoint.arch, "class_names": checkpoint.class_names,
-        "image_size": size, "crop_pct": crop_pct,
-        "input": f"float32 (N, 3, {size}, {size}), RGB scaled to [0, 1]; the model normalises",
-        "output": "logits (N, classes); softmax gives probabilities",
-        "preprocessing": [
-            "decode to RGB, EXIF orientation applied",
-            f"resize the short side to {resize} px (image_size / crop_pct), bicubic, antialiased",
-            f"centre-crop {size} x {size}",
-            "to float: uint8 / 255, layout NCHW"]})
+    sha = file_sha256(args.checkpoint)
+    temperature = (read_calibration(args.calibration, sha) if args.calibration is not None
+                   else None)
+    meta = export_model(checkpoint, args.out, fmt, temperature, sha)
+    calibrated = "not calibrated" if temperature is None else f"temperature {temperature:.4g}"
     print(f"export: {checkpoint.arch}, {len(checkpoint.class_names)} classes, "
-          f"{size} px -> {out} (+ {out.name}.json)")
+          f"{checkpoint.image_size} px, {calibrated} -> {args.out} ({fmt}, "
+          f"+ {args.out.name}.json); logits within {meta['parity_max_abs_diff']:.2g} of the "
+          "checkpoint's")
     return 0
 
 
@@ -258,31 +282,48 @@ def _list_families(as_json: bool) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetuner", description="Use a checkpoint written by the finetune stage "
-        "(models/model.pt): no params.yaml or DVC needed.")
+        "(models/model.pt), or its ONNX export: no params.yaml or DVC needed.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    model_help = "a checkpoint (models/model.pt) or an ONNX file written by export"
+    runtime_help = ("torch or onnxruntime (a checkpoint is exported to ONNX in memory); default: "
+                    "onnxruntime for an .onnx file, torch for a checkpoint")
     p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
                    help="an image, or a folder searched recursively (hidden files skipped)")
     p.add_argument("--top-k", type=_positive_int, default=3,
                    help="classes per image (at most the model's class count; default 3)")
+    p.add_argument("--min-confidence", type=_probability, metavar="P",
+                   help=f"label {UNKNOWN!r} a photo whose top probability is not above P "
+                        "(adds a 'predicted' column); pick P from metrics/coverage.csv, "
+                        "whose probabilities are calibrated: give --calibration (an .onnx "
+                        "export carries its temperature)")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="metrics/calibration.json: divide the logits by its temperature")
+    p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report on a folder")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("dir", type=Path, metavar="DIR",
                    help="one sub-folder per class, named as the model's classes")
+    p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(run=_evaluate)
 
-    p = commands.add_parser("export", help="TorchScript model + JSON of its preprocessing")
+    suffixes = "; ".join(f"{name}: {', '.join(ss)}" for name, ss in FORMATS.items())
+    p = commands.add_parser("export", help="ONNX, TorchScript or .pt2 model + JSON of its "
+                            "classes and preprocessing")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path, metavar="OUT", help="the model file; OUT.json beside it")
-    p.add_argument("--format", choices=["torchscript"], default="torchscript")
+    p.add_argument("--format", choices=list(FORMATS),
+                   help=f"default: from OUT's suffix ({suffixes})")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="metrics/calibration.json: store its temperature in the export")
     p.set_defaults(run=_export)
 
     p = commands.add_parser("models", help="the architectures, their stages and weights")
@@ -297,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, CheckpointError) as error:
+    except (UsageError, CheckpointError, ExportError, CalibrationError) as error:
         print(f"finetuner {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly

@@ -62,12 +62,12 @@ class DataParams:
 class PreprocessParams:
     """Decoding, resizing and the augmented views kept for each training image (``train_views``
     0: one canvas per image, and training draws fresh views every epoch: online augmentation)."""
-    image_size: int | str = "auto"  # "auto": the architecture's native input size
+    image_size: int | str = 64  # or "auto": the architecture's native input size
     train_views: int = 4
-    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_scale: tuple[float, float] = (0.7, 1.0)
     hflip: bool = False
     rotation: float = 10.0
-    color_jitter: float = 0.1
+    color_jitter: float = 0.2
     auto_augment: str = "none"  # none, trivial (TrivialAugmentWide), randaugment
     mixup: float = 0.0          # MixUp's Beta alpha; 0: off (online mode only)
     cutmix: float = 0.0         # CutMix's Beta alpha; 0: off (online mode only)
@@ -123,7 +123,7 @@ class TrainParams:
     momentum: float = 0.9
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
-    schedule: str = "constant"
+    schedule: str = "cosine"
     warmup_epochs: int = 0
     step_size: int = 7
     gamma: float = 0.1
@@ -140,6 +140,7 @@ class TrainParams:
     head_init: str = "random"  # probe: the head starts from the linear probe (LP-FT)
     refit: bool = False        # retrain the chosen setup on train + val for the final model
     freeze_bn: bool = False    # BatchNorm statistics stay fixed in the stages that train
+    resume: bool = True        # save the state every epoch; a rerun of the same inputs goes on
 
     def validate(self, prefix: str) -> None:
         _range(f"{prefix}.epochs", self.epochs, 1, 10_000)
@@ -189,7 +190,7 @@ class Params:
     """The whole of params.yaml."""
     preset: str = "none"  # demo, photos: the values of the keys set to `preset` (PRESETS)
     seed: int = 0
-    lr: float = 0.01
+    lr: float = 0.02
     freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
     strategy: str = "finetune"  # finetune, probe (linear probe only), auto (chosen on val)
     device: str = "auto"
@@ -381,7 +382,7 @@ def _build(cls, raw: dict, prefix: str = ""):
 
 # The values a key set to ``preset`` takes under each ``preset``: the keys whose good value
 # depends on the data.  demo: scikit-learn's 8x8 digits (tiny, never mirrored); photos: the
-# real-photo recipe, chosen on two unlike photo sets (README "Bring your own data",
+# real-photo recipe, chosen on two unlike photo sets (docs/params.md "Presets",
 # docs/recipe.md).  A key with a value of its own keeps it, whatever the preset.
 PRESET = "preset"  # the value that means "the preset's value"
 PRESETS: dict[str, dict[str, object]] = {

@@ -64,7 +64,7 @@ def reuse_freed_memory() -> bool:
 
     glibc serves blocks over 32 MiB (a training step's activations) with a fresh ``mmap`` and
     unmaps them on free, so every step page-faults them in again.  An mmap threshold of 1 GiB
-    and no trimming keep them (README "Performance" has the measurements).  Left alone where
+    and no trimming keep them (docs/performance.md has the measurements).  Left alone where
     the environment tunes malloc itself (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
     ``glibc.malloc`` in ``GLIBC_TUNABLES``) or the C library is not glibc.  Returns whether it
     applied.
@@ -128,7 +128,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     """``auto``: on CUDA bf16 autocast where the GPU supports it, else fp16 with a GradScaler;
     fp32 elsewhere (CPU bf16 autocast can only pay off on CPUs with native bf16 instructions,
     AVX512-BF16 or AMX, is several times slower on the rest, and even on such a CPU slowed the
-    default backbone, EfficientNet-Lite0, down: README "GPUs and precision").  An explicit
+    default backbone, EfficientNet-Lite0, down: docs/scaling-out.md "GPUs and precision").  An explicit
     ``bf16`` on a CUDA GPU without it is an error."""
     if name == "auto":
         if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Scan an ImageFolder, verify every file, and split it stratified into train/val/test.
 
-Rules (also in the README):
+Rules (also in docs/pipeline.md):
 
 * a class is a sub-folder of the data folder; files in deeper folders belong to it; hidden
   files and folders (``.DS_Store``, ``.git``), files outside a class folder, links to folders

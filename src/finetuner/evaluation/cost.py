@@ -1,7 +1,8 @@
 """What a model costs: parameters, compute per image, CPU speed, file size, training time.
 
 Speed is measured on the CPU with the process's torch threads (``cpu_threads`` records how
-many), as the median of repeated timed runs after warm-up, so runs on one machine compare.
+many), as the median of repeated timed runs after warm-up, so runs on one machine compare:
+eager PyTorch, and the model's ONNX export in ONNX Runtime with as many threads.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..export import INPUT_NAME, onnx_bytes, onnx_session
 from ..models import StagedClassifier
 from ..training.freeze import set_frozen_prefix
 
@@ -41,9 +43,10 @@ def gflops(model: torch.nn.Module, image_size: int) -> float:
 
 
 @torch.no_grad()
-def _median_seconds(model: torch.nn.Module, batch: torch.Tensor, warmup: int, runs: int,
+def _median_seconds(model, batch: torch.Tensor, warmup: int, runs: int,
                     budget_s: float) -> float:
-    """Median seconds of ``runs`` forward passes, or of those done in ``budget_s`` (at least 3)."""
+    """Median seconds of ``runs`` calls ``model(batch)`` (a module or any function), or of those
+    done in ``budget_s`` (at least 3)."""
     for _ in range(warmup):
         model(batch)
     times = []
@@ -67,6 +70,23 @@ def cpu_throughput(model: torch.nn.Module, image_size: int, batch_size: int = 32
     """Images per second in batches of ``batch_size`` on the CPU; ``model`` must be on the CPU."""
     batch = torch.rand(batch_size, 3, image_size, image_size)
     return batch_size / _median_seconds(model.eval(), batch, 1, runs, budget_s)
+
+
+def onnxruntime_cost(model: StagedClassifier, image_size: int, runs: int = 30,
+                     budget_s: float = 3.0) -> dict:
+    """The model exported to ONNX (in memory) and timed in ONNX Runtime as :func:`cpu_latency_ms`
+    (batch 1) and :func:`cpu_throughput` (batch 32) time eager PyTorch; ``model`` on the CPU."""
+    data = onnx_bytes(model.cpu().eval(), image_size)
+    session = onnx_session(data, torch.get_num_threads())
+
+    def run(batch: torch.Tensor):
+        return session.run(None, {INPUT_NAME: batch.numpy()})
+
+    one = torch.rand(1, 3, image_size, image_size)
+    many = torch.rand(32, 3, image_size, image_size)
+    return {"onnxruntime_latency_ms": round(1000 * _median_seconds(run, one, 3, runs, budget_s), 2),
+            "onnxruntime_images_per_s": round(32 / _median_seconds(run, many, 1, 5, 5.0), 1),
+            "onnx_mb": round(len(data) / 1e6, 2)}
 
 
 def cost_report(model: StagedClassifier, image_size: int, frozen_stages: int,

@@ -9,17 +9,24 @@ from ..models import StagedClassifier
 
 
 @torch.no_grad()
-def predict_arrays(model: StagedClassifier, images: np.ndarray | torch.Tensor,
+def predict_logits(model: StagedClassifier, images: np.ndarray | torch.Tensor,
                    device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, classes) for uint8 images (N, H, W, 3), e.g. a memory map: read
-    one batch at a time, never copied whole."""
+    """float32 logits (N, classes) for uint8 images (N, H, W, 3), e.g. a memory map: read one
+    batch at a time, never copied whole."""
     model.eval().to(device)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.as_tensor(np.array(images[start:start + batch_size]))  # a writable copy
         batch = batch.to(device).permute(0, 3, 1, 2)
-        out.append(model(batch).float().softmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.classifier.out_features))
+        out.append(model(batch).float().cpu())
+    return (torch.cat(out).numpy() if out
+            else np.zeros((0, model.classifier.out_features), np.float32))
+
+
+def predict_arrays(model: StagedClassifier, images: np.ndarray | torch.Tensor,
+                   device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (N, classes) for uint8 images (N, H, W, 3), as :func:`predict_logits`."""
+    return torch.from_numpy(predict_logits(model, images, device, batch_size)).softmax(1).numpy()
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray,

@@ -74,3 +74,32 @@ def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
     figure.tight_layout()
     _save(figure, path)
     return len(wrong)
+
+
+def reliability_png(path: str | Path, before: list[dict], after: list[dict],
+                    ece_before: float, ece_after: float, temperature: float | None) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, before and after
+    temperature scaling (``before``/``after``: rows of ``calibration.reliability``), and how
+    many predictions fall in each bin."""
+    figure, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 7), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    after_label = (f"T = {temperature:.3g}, ECE {ece_after:.3f}" if temperature is not None
+                   else "no temperature fitted")
+    for rows, style, label in ((before, "-o", f"T = 1, ECE {ece_before:.3f}"),
+                               (after, "-s", after_label)):
+        shown = [r for r in rows if r["count"]]
+        ax.plot([r["confidence"] for r in shown], [r["accuracy"] for r in shown], style,
+                label=label, markersize=4)
+    ax.set(ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1.02),
+           title="reliability on the test split (15 bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    width = before[0]["upper"] - before[0]["lower"] if before else 1 / 15
+    for rows, offset, label in ((before, -0.25, "T = 1"), (after, 0.25, "calibrated")):
+        hist.bar([(r["lower"] + r["upper"]) / 2 + offset * width for r in rows],
+                 [r["count"] for r in rows], width=width / 2, label=label)
+    hist.set(xlabel="confidence (top probability)", ylabel="predictions")
+    hist.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)

@@ -98,7 +98,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not match architecture "
                               f"{payload.get('arch')!r} with {len(payload['class_names'])} "
-                              f"classes: {str(error)[:500]}") from None
+                              f"classes (a checkpoint of an older finetuner that cut the "
+                              f"network into other stages? `dvc repro` retrains it): "
+                              f"{str(error)[:500]}") from None
     model.to(device).eval()
     info = payload.get("info")
     return Checkpoint(model, payload["arch"], list(payload["class_names"]),

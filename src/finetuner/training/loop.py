@@ -44,6 +44,7 @@ from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
 from .probe import C_GRID, Probe, fit_probe
+from .resume import ResumeSlot, rng_state, set_rng_state
 
 
 @dataclass
@@ -564,9 +565,69 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     return total_loss / max(1, seen), correct / max(1, seen)
 
 
+def _probe_state(probe: Probe | None) -> dict | None:
+    if probe is None:
+        return None
+    return {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
+            "C": probe.C, "val_acc": probe.val_acc, "val_loss": probe.val_loss}
+
+
+def _probe_from(state: dict | None) -> Probe | None:
+    if state is None:
+        return None
+    return Probe(state["weight"].numpy(), state["bias"].numpy(), state["C"], state["val_acc"],
+                 state["val_loss"])
+
+
+def _epoch_state(run: _Run, epochs_done: int, history: list[dict], lrs: list, best: _Best,
+                 probe: Probe | None, stopped: bool, seconds: float) -> dict:
+    """Everything fit() needs to go on after ``epochs_done`` epochs as if never stopped."""
+    return {"done": False, "epochs_done": epochs_done, "stopped_early": stopped,
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "step": run.step, "depth": run.depth, "history": history, "lrs": lrs,
+            "best": {"value": best.value, "epoch": best.epoch, "state": best.state,
+                     "stale": best.stale},
+            "probe": _probe_state(probe), "seconds": seconds, "rng": rng_state()}
+
+
+def _restore(run: _Run, best: _Best, saved: dict) -> None:
+    """Put ``run`` and ``best`` where ``saved`` left them: the optimizer gets the parameter
+    groups the frozen depths so far gave it, then the saved moments, step and weights."""
+    t = run.params.train
+    for epoch in range(saved["epochs_done"]):
+        depth = run.depth_of(epoch)
+        if depth < run.depth:
+            unfreeze(run.optimizer, run.model, run.depth, depth, run.params.lr, t.weight_decay,
+                     t.backbone_lr_mult, t.stage_lr_decay)
+            run.depth = depth
+    set_frozen_prefix(run.model, run.depth)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scaler.load_state_dict(saved["scaler"])
+    run.step = saved["step"]
+    b = saved["best"]
+    best.value, best.epoch, best.state, best.stale = b["value"], b["epoch"], b["state"], b["stale"]
+    run.bar.update(saved["step"])
+
+
+def _finished(model: StagedClassifier, saved: dict,
+              on_epoch: Callable[[dict], None] | None) -> FitResult:
+    """The result a fit() saved when it ended, its weights put back into ``model``."""
+    model.load_state_dict(saved["final"])
+    for record in saved["history"]:
+        if on_epoch:
+            on_epoch(record)
+    return FitResult(saved["history"], saved["best_epoch"], saved["final"],
+                     saved["stopped_early"], saved["seconds"], saved["lrs"],
+                     saved["precision"], saved["world_size"], _probe_from(saved["probe"]))
+
+
 def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.device,
         progress: bool = True, use_cache: bool = True, dist: Dist | None = None,
-        probe_grid: tuple[float, ...] = C_GRID, store: PrefixStore | None = None) -> FitResult:
+        probe_grid: tuple[float, ...] = C_GRID, store: PrefixStore | None = None,
+        resume: ResumeSlot | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train ``model`` in place; return the history and the best epoch's weights (the last
     epoch's when ``data`` has no val).
 
@@ -576,13 +637,21 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     ``dist``: this process's place among data-parallel processes
     (:func:`finetuner.training.distributed.setup`); None is one process on ``device``.  Every
     rank returns the same result; the caller writes files on rank 0 only.
+    ``resume``: where the training state is saved after every epoch; a state found there (of
+    the same inputs: :mod:`finetuner.training.resume`) is continued from, and gives the same
+    weights as a run never stopped.  ``on_epoch``: called with each finished epoch's record
+    (the resumed epochs' too, first), e.g. a live log.
     """
     t = params.train
     ctx = dist if dist is not None else Dist(device)
     start_time = time.perf_counter()
     run = _start(model, data, params, ctx, use_cache, store, progress)
+    saved = resume.load() if resume is not None else None
+    if saved is not None and saved["done"]:
+        run.bar.close()
+        return _finished(model, saved, on_epoch)
     probe = None
-    if t.head_init == "probe":
+    if t.head_init == "probe" and saved is None:
         probe = probe_head(model, data, run.device, run.precision, run.budget, ctx, probe_grid,
                            run.depth_of(0), run.store)
     run.depth = run.depth_of(0)
@@ -590,8 +659,23 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     run.optimizer = make_optimizer(model, run.depth, t.optimizer, params.lr, t.momentum,
                                    t.weight_decay, t.backbone_lr_mult, t.stage_lr_decay)
     history, lrs, best, stopped_early = [], [], _Best(t.monitor, t.early_stopping_patience), False
-    for epoch in range(t.epochs):
+    first, earlier_seconds, rng = 0, 0.0, None
+    if saved is not None:
+        _restore(run, best, saved)
+        first, history, lrs = saved["epochs_done"], saved["history"], saved["lrs"]
+        probe, stopped_early = _probe_from(saved["probe"]), saved["stopped_early"]
+        earlier_seconds, rng = saved["seconds"], saved["rng"]
+        for record in history:
+            if on_epoch:
+                on_epoch(record)
+        if ctx.is_main:
+            print(f"finetune: resuming '{resume.name}' after epoch {first} of {t.epochs} "
+                  f"({resume.path})")
+    for epoch in range(first, t.epochs if not stopped_early else first):
         _enter_depth(run, run.depth_of(epoch))
+        if rng is not None:  # after the frozen prefix is computed, as in a run never stopped
+            set_rng_state(rng)
+            rng = None
         epoch_start = time.perf_counter()
         set_lr(run.optimizer, run.multiplier(run.step))
         lrs.append([g["lr"] for g in run.optimizer.param_groups])  # what it really holds
@@ -605,8 +689,13 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
                   "seconds": time.perf_counter() - epoch_start}
         history.append(record)
         run.bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
-        if best.update(record, model, run.validating):
-            stopped_early = True
+        stopped_early = best.update(record, model, run.validating)
+        if resume is not None:
+            resume.save(_epoch_state(run, epoch + 1, history, lrs, best, probe, stopped_early,
+                                     earlier_seconds + time.perf_counter() - start_time))
+        if on_epoch:
+            on_epoch(record)
+        if stopped_early:
             break
     run.bar.close()
     run.trainable = None
@@ -614,6 +703,12 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         model.load_state_dict(best.state)
     else:
         best.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return FitResult(history, best.epoch, best.state, stopped_early,
-                     time.perf_counter() - start_time, lrs, run.precision.name, ctx.world_size,
-                     probe)
+    result = FitResult(history, best.epoch, best.state, stopped_early,
+                       earlier_seconds + time.perf_counter() - start_time, lrs,
+                       run.precision.name, ctx.world_size, probe)
+    if resume is not None:
+        resume.save({"done": True, "final": result.best_state, "history": history,
+                     "best_epoch": result.best_epoch, "stopped_early": stopped_early,
+                     "seconds": result.seconds, "lrs": lrs, "precision": result.precision,
+                     "world_size": result.world_size, "probe": _probe_state(probe)})
+    return result

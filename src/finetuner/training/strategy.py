@@ -31,6 +31,7 @@ from . import distributed
 from .distributed import Dist
 from .loop import PrefixStore, TrainData, fit, merged_store, probe_head
 from .probe import C_GRID, Probe
+from .resume import ResumeSlot, ResumeStore
 
 
 @dataclass
@@ -84,13 +85,17 @@ def _scores(history: list[dict], best_epoch: int) -> dict:
 def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, params: Params,
                 ctx: Dist, progress: bool = True,
                 observe: Callable[[str, StagedClassifier], None] | None = None,
-                spill_dir: str | None = None) -> tuple[StagedClassifier, Outcome]:
+                spill_dir: str | None = None, resume: ResumeStore | None = None,
+                on_epoch: Callable[[str, dict], None] | None = None,
+                ) -> tuple[StagedClassifier, Outcome]:
     """Build, train and choose as ``params.strategy`` says; returns the final model.
 
     Every model after the first starts from the first one's initial weights (its random head
     included), so the frozen-prefix outputs computed once hold for all of them.  ``observe``
     (benchmarks) is called with each candidate's name and model before the choice and refit.
     ``spill_dir``: a temporary folder for frozen-prefix caches over ``train.feature_cache_gb``.
+    ``resume``: where each fit() saves its state every epoch (slots ``finetune`` and ``refit``)
+    and continues from; ``on_epoch(phase, record)``: each finished epoch, e.g. a live log.
     """
     start = time.perf_counter()
     unused = [build_fresh()]
@@ -120,7 +125,8 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                 params, train=dataclasses.replace(params.train, head_init="probe"))
         model = build()
         result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
-                     store=store)
+                     store=store, resume=resume.slot("finetune") if resume else None,
+                     on_epoch=_phase(on_epoch, "finetune"))
         candidates = {"finetune": _scores(result.history, result.best_epoch)}
         chosen = "finetune"
         if observe:
@@ -151,7 +157,8 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     if refit:
         merged = merged_store(store, data.views) if store is not None else None
         refitted, problem = _refit(build, data.with_val_in_train(), params, outcome, ctx,
-                                   progress, merged)
+                                   progress, merged, resume.slot("refit") if resume else None,
+                                   _phase(on_epoch, "refit"))
         if problem:  # a diverged refit: keep the model chosen on val
             print(f"finetune: warning: {problem}; keeping the model chosen on val")
             outcome.refit, outcome.refit_problem = False, problem
@@ -160,6 +167,10 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
             outcome.trained_on["val"] = len(data.val_labels)
     outcome.seconds = time.perf_counter() - start
     return model, outcome
+
+
+def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
+    return (lambda record: on_epoch(name, record)) if on_epoch else None
 
 
 def _prefer_probe(probe: dict, finetune: dict, n_val: int) -> bool:
@@ -177,8 +188,9 @@ REFIT_TOLERANCE = 0.1
 
 
 def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Params,
-           outcome: Outcome, ctx: Dist, progress: bool,
-           store: PrefixStore | None) -> tuple[StagedClassifier, str | None]:
+           outcome: Outcome, ctx: Dist, progress: bool, store: PrefixStore | None,
+           resume: ResumeSlot | None = None, on_epoch: Callable[[dict], None] | None = None,
+           ) -> tuple[StagedClassifier, str | None]:
     """The chosen setup again, from the pretrained weights, on ``data`` (train + val); the
     frozen-prefix outputs of the selection run are reused (same starting weights).  Returns
     the model and, when the refit diverged, why."""
@@ -188,7 +200,7 @@ def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Param
         _probe_only(model, data, params, ctx, grid, store)
         return model, None
     result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, probe_grid=grid,
-                 store=store)
+                 store=store, resume=resume, on_epoch=on_epoch)
     chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "

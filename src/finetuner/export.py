@@ -1,0 +1,294 @@
+"""Exported models: ONNX (for ONNX Runtime), TorchScript, and torch.export's ``.pt2``.
+
+Every export takes float32 RGB images in [0, 1], shape (N, 3, size, size) with any N, normalises
+them itself (the :class:`StagedClassifier` does) and returns logits (N, classes). What a user
+needs besides the graph (class names, the resize and crop recipe, the temperature that calibrates
+the probabilities) is stored inside the file (ONNX ``metadata_props``; an extra file
+``finetuner.json`` in TorchScript and ``.pt2`` archives) and in ``OUT.json`` beside it.
+
+ONNX is written by torch's TorchScript-based exporter (``dynamo=False``): on the families tried
+(resnet, regnet, convnext, mobilenet v3/v4, efficientnet, densenet) it gives the same graph
+outputs as the dynamo exporter, 3-5x faster (4 s against 17 s for Lite0 on 2 cores; the
+evaluate stage exports once per run to time ONNX Runtime) and without onnxscript. Torch marks
+it deprecated; when a torch upgrade removes it, ``dynamo=True`` and the ``onnxscript``
+dependency replace it (tests/test_export.py checks the result either way).
+
+Each export is checked before it is written: the exported model must give the PyTorch model's
+logits within :data:`PARITY_TOLERANCE` on a random batch, or nothing is written.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_path, write_json
+from .models.checkpoint import Checkpoint
+
+FORMATS = {"onnx": (".onnx",), "torchscript": (".ts", ".pt"), "pt2": (".pt2",)}
+ONNX_TAG = "finetuner-onnx/1"  # metadata_props["finetuner"] of our ONNX files (JSON-encoded)
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+OPSET = 18
+PARITY_TOLERANCE = 1e-4  # max |logit difference| allowed between an export and the checkpoint
+EXTRA_FILE = "finetuner.json"  # the metadata inside TorchScript and .pt2 archives
+
+
+class ExportError(ValueError):
+    """An export that cannot be made, or a model file that is not one of ours: one line."""
+
+
+def format_for(out: str | Path, fmt: str | None = None) -> str:
+    """The export format: ``fmt`` if given (it must agree with a known suffix), else the
+    suffix's."""
+    suffix = Path(out).suffix.lower()
+    by_suffix = next((name for name, suffixes in FORMATS.items() if suffix in suffixes), None)
+    if fmt is None:
+        if by_suffix is None:
+            known = ", ".join(f"{s} ({name})" for name, ss in FORMATS.items() for s in ss)
+            raise ExportError(f"{out}: cannot tell the format from the suffix "
+                              f"{suffix or '(none)'!r}; use one of {known} or --format")
+        return by_suffix
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if by_suffix is not None and by_suffix != fmt:
+        raise ExportError(f"{out}: the suffix {suffix} means {by_suffix}, not --format {fmt}")
+    return fmt
+
+
+def preprocessing(image_size: int, crop_pct: float) -> list[str]:
+    """The steps that turn a photo into the model's input (as data.preprocess.eval_view)."""
+    resize = int(image_size / crop_pct)
+    return ["decode to RGB, EXIF orientation applied",
+            f"resize the short side to {resize} px (image_size / crop_pct), bicubic, antialiased",
+            f"centre-crop {image_size} x {image_size}",
+            "to float: uint8 / 255, layout NCHW"]
+
+
+def describe(checkpoint: Checkpoint, fmt: str, temperature: float | None = None,
+             checkpoint_sha256: str | None = None) -> dict:
+    """The metadata of an export: what ``OUT.json`` holds and what is stored inside the file."""
+    size = checkpoint.image_size
+    return {
+        "format": fmt, "arch": checkpoint.arch, "class_names": list(checkpoint.class_names),
+        "image_size": size, "crop_pct": checkpoint.crop_pct,
+        "temperature": temperature,
+        "checkpoint_sha256": checkpoint_sha256,
+        "input": f"float32 (N, 3, {size}, {size}), RGB scaled to [0, 1], any N; the model "
+                 "normalises" + (f"; input name {INPUT_NAME!r}" if fmt == "onnx" else ""),
+        "output": "logits (N, classes); softmax(logits / temperature) gives calibrated "
+                  "probabilities (temperature null: not calibrated, use 1)"
+                  + (f"; output name {OUTPUT_NAME!r}" if fmt == "onnx" else ""),
+        "preprocessing": preprocessing(size, checkpoint.crop_pct)}
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+def onnx_bytes(model: torch.nn.Module, image_size: int, metadata: dict | None = None) -> bytes:
+    """``model`` (on the CPU, eval mode) as a serialised ONNX model with a dynamic batch size;
+    ``metadata`` (JSON-encoded values) goes into its ``metadata_props``."""
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.rand(2, 3, image_size, image_size)  # not 1: the batch size stays symbolic
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    proto.producer_name = "finetuner"
+    if metadata is not None:
+        entries = {"finetuner": ONNX_TAG, **metadata}
+        for key, value in entries.items():
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+    return proto.SerializeToString()
+
+
+def onnx_session(model: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session; ``threads`` (default: torch's thread count, so that timings
+    compare with eager PyTorch) run each operator."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # idle threads sleep instead of spinning: a spinning pool would take the CPU from whatever
+    # runs next (eager PyTorch timed after it, other processes on a shared machine)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+_META_TYPES = {"arch": str, "class_names": list, "image_size": int, "crop_pct": float,
+               "temperature": (float, type(None))}
+
+
+def read_onnx(path: str | Path, threads: int | None = None) -> tuple[object, dict]:
+    """``(session, metadata)`` of an ONNX file written by :func:`export_model`.
+
+    Raises :class:`ExportError` naming ``path`` for a missing, empty, corrupt or foreign file
+    (an ONNX model without our metadata), or one ONNX Runtime cannot load.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    data = path.read_bytes()
+    if not data:
+        raise ExportError(f"{path}: empty file (0 bytes); not an ONNX model")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as error:  # google.protobuf DecodeError and the like
+        raise ExportError(f"{path}: not an ONNX model (it does not parse: "
+                          f"{_first_line(error)})") from None
+    if not proto.graph.node or not proto.ir_version:
+        raise ExportError(f"{path}: not an ONNX model (no graph in it)")
+    props = {p.key: p.value for p in proto.metadata_props}
+    hint = "; `python -m finetuner export CHECKPOINT OUT.onnx` writes one"
+    try:
+        tag = json.loads(props["finetuner"])
+    except (KeyError, ValueError):
+        tag = None
+    if tag != ONNX_TAG:
+        raise ExportError(f"{path}: an ONNX model without finetuner's metadata (class names, "
+                          f"preprocessing), so its output cannot be labelled{hint}")
+    metadata = {}
+    for key, kind in _META_TYPES.items():
+        try:
+            value = json.loads(props[key])
+        except (KeyError, ValueError):
+            raise ExportError(f"{path}: metadata {key!r} is missing or not JSON{hint}") from None
+        if isinstance(value, int) and kind is float:
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ExportError(f"{path}: metadata {key!r} has the wrong type{hint}")
+        metadata[key] = value
+    names = metadata["class_names"]
+    if not names or not all(isinstance(c, str) for c in names):
+        raise ExportError(f"{path}: metadata 'class_names' must be a non-empty list of names")
+    if metadata["temperature"] is not None and not metadata["temperature"] > 0:
+        raise ExportError(f"{path}: metadata 'temperature' must be positive")
+    metadata.update({k: json.loads(v) for k, v in props.items()
+                     if k not in metadata and k != "finetuner" and _is_json(v)})
+    try:
+        session = onnx_session(data, threads)
+    except Exception as error:
+        raise ExportError(f"{path}: ONNX Runtime cannot load it: {_first_line(error)}") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if (len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3
+            or inputs[0].type != "tensor(float)" or len(outputs) != 1):
+        raise ExportError(f"{path}: expected one float input (N, 3, H, W) and one output; "
+                          f"it has inputs {[(i.name, i.shape) for i in inputs]}")
+    size = metadata["image_size"]
+    if any(isinstance(side, int) and side != size for side in inputs[0].shape[2:]):
+        raise ExportError(f"{path}: its input is {inputs[0].shape[2:]} px but its metadata "
+                          f"says image_size {size}; the file was changed after export")
+    return session, metadata
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- the three formats --------------------------------------------------------------------------
+
+def _exported_program(model: torch.nn.Module, image_size: int):
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.rand(2, 3, image_size, image_size)
+    with torch.no_grad():
+        return torch.export.export(model.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
+
+
+def _traced(model: torch.nn.Module, image_size: int):
+    with warnings.catch_warnings(), torch.no_grad():  # torch now points to torch.export
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        return torch.jit.trace(model.cpu().eval(), torch.rand(1, 3, image_size, image_size))
+
+
+def _max_diff(run, model: torch.nn.Module, image_size: int) -> float:
+    """max |run(x) - model(x)| on a random batch of 3 (a batch size the export never saw)."""
+    batch = torch.rand(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(batch).numpy()
+        got = run(batch)
+    got = got.numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    return float(np.abs(got - expected).max())
+
+
+def _onnx(model: torch.nn.Module, size: int, metadata: dict, inside: str):
+    data = onnx_bytes(model, size, metadata)
+    session = onnx_session(data)
+    diff = _max_diff(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size)
+
+    def save(tmp: Path) -> None:
+        tmp.write_bytes(data)
+    return diff, save
+
+
+def _torchscript(model: torch.nn.Module, size: int, metadata: dict, inside: str):
+    traced = _traced(model, size)
+    diff = _max_diff(traced, model, size)
+
+    def save(tmp: Path) -> None:
+        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: inside})
+    return diff, save
+
+
+def _pt2(model: torch.nn.Module, size: int, metadata: dict, inside: str):
+    program = _exported_program(model, size)
+    diff = _max_diff(program.module(), model, size)
+
+    def save(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={EXTRA_FILE: inside})
+        tmp.write_bytes(buffer.getvalue())
+    return diff, save
+
+
+_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+
+
+def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
+                 temperature: float | None = None, checkpoint_sha256: str | None = None) -> dict:
+    """Write ``checkpoint``'s model to ``out`` in ``fmt`` and its metadata to ``out.json``.
+
+    Both are written atomically, after the export gave the checkpoint's logits within
+    :data:`PARITY_TOLERANCE`; returns the metadata, with ``parity_max_abs_diff`` added.
+    """
+    out = Path(out)
+    model, size = checkpoint.model.cpu().eval(), checkpoint.image_size
+    metadata = describe(checkpoint, fmt, temperature, checkpoint_sha256)
+    inside = json.dumps(metadata)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    try:
+        diff, save = _EXPORTERS[fmt](model, size, metadata, inside)
+    except Exception as error:  # the exporter's limits for some architecture
+        raise ExportError(f"{out}: the {fmt} exporter failed for {checkpoint.arch}: "
+                          f"{type(error).__name__}: {_first_line(error)}") from None
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{out}: the {fmt} export gives logits up to {diff:.3g} away from the "
+                          f"checkpoint's (tolerance {PARITY_TOLERANCE}); nothing written")
+    metadata["parity_max_abs_diff"] = diff
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        save(tmp)
+    write_json(out.with_name(out.name + ".json"), metadata)
+    return metadata

@@ -1,0 +1,113 @@
+"""Resuming a killed fine-tune where it stopped.
+
+A :class:`ResumeStore` is one folder per *stage input key*, ``.finetuner/resume/<key>/`` under
+the stage's working directory (the project root; git- and DVC-ignored).  The key is a hash of
+everything the run depends on: its params, the prepared data (``meta.json`` and every file's
+name, size and modification time) and the package's source code.  Each ``fit()`` of the stage
+has a *slot* in it (``finetune``, then ``refit``): its full training state, saved atomically at
+the end of every epoch and once more, marked done, when the fit ends.
+
+Invariants:
+
+* A slot is read only under the same key, so its state fits the model the rerun builds; a run
+  whose inputs changed finds no state and starts from epoch 1 (and removes other keys' states).
+* Every write is a temp file renamed into place: a kill leaves the previous epoch's state.
+* Only process 0 writes (under torchrun every rank reads the same file at the start).
+* The state holds tensors, numbers, strings, lists and dicts only: it loads with
+  ``weights_only=True``.
+* The stage removes the store once its checkpoint is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_path
+
+RESUME_ROOT = Path(".finetuner") / "resume"
+
+
+def input_key(params: dict, prepared_dir: str | Path) -> str:
+    """A hash of the params, the prepared data and the package's code (see the module doc)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    prepared = Path(prepared_dir)
+    for path in sorted(p for p in prepared.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(prepared)} {stat.st_size} {stat.st_mtime_ns}".encode())
+    digest.update((prepared / "meta.json").read_bytes())
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    """Every random generator a training epoch may draw from (dropout, drop-path, loaders)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+            "python": list(random.getstate()[1]), "python_gauss": random.getstate()[2]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+
+
+class ResumeSlot:
+    """The saved state of one fit() of the stage."""
+
+    def __init__(self, path: Path, writer: bool):
+        self.path, self.writer = path, writer
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict) -> None:
+        if not self.writer:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+class ResumeStore:
+    """The states of one stage run, under ``root/<key>``."""
+
+    def __init__(self, key: str, root: str | Path = RESUME_ROOT, writer: bool = True):
+        self.root, self.folder, self.writer = Path(root), Path(root) / key, writer
+
+    def slot(self, name: str) -> ResumeSlot:
+        return ResumeSlot(self.folder / f"{name}.pt", self.writer)
+
+    def drop_others(self) -> None:
+        """Remove the states of other keys: runs whose inputs have changed since."""
+        if self.writer and self.root.is_dir():
+            for other in self.root.iterdir():
+                if other != self.folder:
+                    shutil.rmtree(other, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove this run's states (the stage has written its checkpoint)."""
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.root.is_dir() and not any(self.root.iterdir()):
+                self.root.rmdir()

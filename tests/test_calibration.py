@@ -1,0 +1,220 @@
+"""Temperature scaling, ECE, the coverage curve of the reject option, the calibration file, and
+the evaluate stage's calibration outputs on tiny data."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, make_image_folder
+from finetuner.cli import main
+from finetuner.evaluation.calibration import (CalibrationError, calibration_record,
+                                              coverage_curve, expected_calibration_error,
+                                              file_sha256, fit_temperature, nll,
+                                              read_calibration, reliability, softmax)
+from finetuner.io import write_json
+from finetuner.models import build_model
+from finetuner.models.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _calibrated_logits(n: int = 3000, classes: int = 5, seed: int = 0):
+    """Logits and labels drawn from softmax(logits): calibrated at T = 1 by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, (n, classes))
+    probabilities = softmax(logits)
+    labels = np.array([rng.choice(classes, p=p) for p in probabilities])
+    return logits, labels
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.5])  # over-confident, then under-confident
+def test_the_fitted_temperature_undoes_a_scaling_of_calibrated_logits(scale):
+    logits, labels = _calibrated_logits()
+    distorted = logits * scale
+    temperature = fit_temperature(distorted, labels)
+    assert temperature == pytest.approx(scale, rel=0.1)
+    assert nll(distorted, labels, temperature) < nll(distorted, labels)
+    before, after = softmax(distorted), softmax(distorted, temperature)
+    assert (after.argmax(1) == before.argmax(1)).all()  # accuracy unchanged
+    assert expected_calibration_error(after, labels) < expected_calibration_error(before, labels)
+    for nearby in (temperature * 1.05, temperature / 1.05):  # a minimum of the NLL
+        assert nll(distorted, labels, temperature) < nll(distorted, labels, nearby)
+
+
+def test_an_over_confident_toy_set_gets_a_temperature_above_one():
+    # 8 of 10 right, but each said with probability about 0.99
+    logits = np.array([[5.0, 0.0]] * 8 + [[0.0, 5.0]] * 2)
+    labels = np.zeros(10, int)
+    temperature = fit_temperature(logits, labels)
+    assert temperature > 1
+    assert nll(logits, labels, temperature) < nll(logits, labels)
+    # 0.8 accurate: the calibrated confidence is 0.8 (NLL's minimum for one shared margin)
+    assert softmax(logits, temperature).max(1) == pytest.approx(0.8, abs=1e-4)
+    assert (softmax(logits, temperature).argmax(1) == logits.argmax(1)).all()
+
+
+def test_no_temperature_when_every_prediction_is_right_or_there_is_nothing():
+    assert fit_temperature(np.array([[3.0, 0.0], [0.0, 2.0]]), np.array([0, 1])) is None
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) is None
+
+
+def test_ece_by_hand():
+    probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    labels = np.array([0, 1, 0, 0])
+    # bin (14/15, 1]: confidence 0.95, accuracy 0.5; bin (8/15, 9/15]: 0.55 and 1.0
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(
+        0.5 * 0.45 + 0.5 * 0.45)
+    bins = reliability(probabilities, labels)
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == 4
+    assert bins[14]["count"] == 2 and bins[14]["accuracy"] == 0.5
+    assert bins[8]["count"] == 2 and bins[8]["confidence"] == pytest.approx(0.55)
+    # a confidence of exactly 1 is in the last bin; k / 15 is in bin k - 1
+    edges = reliability(np.array([[1.0, 0.0], [0.6, 0.4]]), np.array([0, 0]))
+    assert edges[14]["count"] == 1 and edges[8]["count"] == 1
+
+
+def test_coverage_curve_by_hand_and_as_predict_applies_the_threshold():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.6, 0.4]])
+    labels = np.array([0, 0, 0, 0])  # the 0.8 on class 1 is the only mistake
+    rows = coverage_curve(probabilities, labels)
+    assert [(r["min_confidence"], r["kept"], r["accuracy"]) for r in rows] == [
+        (0.8, 1, 1.0), (0.6, 3, pytest.approx(2 / 3)), (0.0, 4, 0.75)]
+    assert [r["coverage"] for r in rows] == [0.25, 0.75, 1.0]
+    for row in rows:  # predict keeps a photo when its top probability is above P
+        assert (probabilities.max(1) > row["min_confidence"]).sum() == row["kept"]
+
+
+def test_coverage_curve_is_thinned_to_max_points_and_ends_with_everything_kept():
+    rng = np.random.default_rng(1)
+    probabilities = softmax(rng.normal(0, 2, (1000, 4)))
+    labels = rng.integers(0, 4, 1000)
+    rows = coverage_curve(probabilities, labels, max_points=50)
+    assert len(rows) <= 51 and rows[-1]["coverage"] == 1.0 and rows[-1]["min_confidence"] == 0
+    assert rows[-1]["accuracy"] == pytest.approx((probabilities.argmax(1) == labels).mean())
+    coverage = [r["coverage"] for r in rows]
+    assert coverage == sorted(coverage) and len(set(coverage)) == len(coverage)
+    for row in rows:
+        kept = probabilities.max(1) > row["min_confidence"]
+        assert kept.sum() == row["kept"]
+        assert row["accuracy"] == pytest.approx((probabilities.argmax(1) == labels)[kept].mean())
+
+
+def test_the_calibration_file_is_checked_against_the_checkpoint(tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    good = tmp_path / "calibration.json"
+    write_json(good, calibration_record(1.7, model, file_sha256(model), "val split", 10))
+    assert read_calibration(good, file_sha256(model)) == 1.7
+    with pytest.raises(CalibrationError, match=r"calibration\.json: fitted for another model"):
+        read_calibration(good, "0" * 64)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(CalibrationError, match=r"broken\.json: not a calibration file"):
+        read_calibration(tmp_path / "broken.json", None)
+    with pytest.raises(CalibrationError, match=r"missing\.json: no such calibration file"):
+        read_calibration(tmp_path / "missing.json", None)
+    write_json(tmp_path / "negative.json", {**json.loads(good.read_text()), "temperature": -1})
+    with pytest.raises(CalibrationError, match=r"negative\.json: 'temperature' must be a positive"):
+        read_calibration(tmp_path / "negative.json", None)
+
+
+def _load_stage(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
+        tmp_path, monkeypatch, capsys):
+    classes, size = ["a", "b", "c"], 32
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 30), ("test", 40)):
+        np.save(prepared / f"{split}_images.npy",
+                rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
+        np.save(prepared / f"{split}_labels.npy", np.arange(count) % 3)
+    write_json(prepared / "meta.json", {"classes": classes, "image_size": size, "crop_pct": 0.875,
+                                        "train_views": 1})
+    history = [{"epoch": 1, "frozen_stages": 5, "train_loss": 1.0, "val_loss": 1.0,
+                "train_acc": 0.5, "val_acc": 0.5}]
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", 3)
+    with torch.no_grad():  # an over-confident head: large logits, mostly wrong on noise
+        model.classifier.weight.mul_(40)
+    save_checkpoint(tmp_path / "model.pt", model, "resnet18", classes, size, 0.875,
+                    {"history": history, "best_epoch": 1, "best_val_acc": 0.5,
+                     "train_seconds": 1.0, "epochs_run": 1})
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / "model.pt").read_bytes()
+    _load_stage("evaluate").main("model.pt", "prepared", "metrics")
+    metrics = tmp_path / "metrics"
+    assert (tmp_path / "model.pt").read_bytes() == before  # finetune's output, never rewritten
+    cost = json.loads((metrics / "eval.json").read_text())["cost"]
+    assert {"cpu_latency_ms", "cpu_images_per_s", "onnxruntime_latency_ms",
+            "onnxruntime_images_per_s"} <= set(cost), cost
+
+    calibration = json.loads((metrics / "eval.json").read_text())["calibration"]
+    record = json.loads((metrics / "calibration.json").read_text())
+    assert record["checkpoint_sha256"] == file_sha256(tmp_path / "model.pt")
+    assert record["temperature"] == calibration["temperature"] and calibration["temperature"] > 1
+    assert calibration["fitted_on"] == "val split" and calibration["fit_images"] == 30
+    assert calibration["bins"] == 15
+    # the report is of the test split, computed from the model's own logits
+    test = np.load(prepared / "test_images.npy")
+    labels = np.load(prepared / "test_labels.npy")
+    with torch.no_grad():
+        logits = load_checkpoint("model.pt").model(
+            torch.from_numpy(test).permute(0, 3, 1, 2)).numpy()
+    temperature = calibration["temperature"]
+    assert calibration["nll_before"] == pytest.approx(nll(logits, labels), rel=1e-4)
+    assert calibration["nll_after"] == pytest.approx(nll(logits, labels, temperature), rel=1e-4)
+    assert calibration["nll_after"] < calibration["nll_before"]
+    assert calibration["ece_after"] == pytest.approx(
+        expected_calibration_error(softmax(logits, temperature), labels), abs=1e-4)
+    assert calibration["ece_before"] == pytest.approx(
+        expected_calibration_error(softmax(logits), labels), abs=1e-4)
+
+    with (metrics / "coverage.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["min_confidence", "coverage", "accuracy", "kept"]
+    assert float(rows[-1]["coverage"]) == 1.0
+    assert float(rows[-1]["accuracy"]) == pytest.approx((logits.argmax(1) == labels).mean())
+    confidence = softmax(logits, temperature).max(1)
+    for row in rows:
+        assert (confidence > float(row["min_confidence"])).sum() == int(row["kept"])
+    assert (metrics / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+    cost = json.loads((metrics / "eval.json").read_text())["cost"]
+    assert cost["onnxruntime_latency_ms"] > 0 and cost["onnxruntime_images_per_s"] > 0
+    assert "ECE" in capsys.readouterr().out
+
+    # predict applies the file's temperature: probabilities = softmax(logits / T)
+    photos = make_image_folder(tmp_path / "photos", {"a": 2})
+    assert main(["predict", "model.pt", str(photos), "--json", "--top-k", "3",
+                 "--calibration", "metrics/calibration.json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert main(["predict", "model.pt", str(photos), "--json", "--top-k", "3"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    for calibrated, raw in zip(results, plain):
+        raw_probs = np.array([t["prob"] for t in raw["top"]])
+        expected = softmax(np.log(raw_probs)[None], temperature)[0]
+        assert [t["prob"] for t in calibrated["top"]] == pytest.approx(expected, abs=1e-6)
+        assert [t["class"] for t in calibrated["top"]] == [t["class"] for t in raw["top"]]
+
+
+def test_predict_refuses_a_calibration_fitted_for_another_checkpoint(tmp_path, capsys):
+    model = build_model("resnet18", "none", 2)
+    save_checkpoint(tmp_path / "model.pt", model, "resnet18", ["a", "b"], 32, 0.875, {})
+    calibration = tmp_path / "calibration.json"
+    write_json(calibration, calibration_record(2.0, "other.pt", "f" * 64, "val split", 5))
+    photos = make_image_folder(tmp_path / "photos", {"a": 1})
+    assert main(["predict", str(tmp_path / "model.pt"), str(photos),
+                 "--calibration", str(calibration)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{calibration}: fitted for another model" in err

@@ -1,0 +1,133 @@
+"""A killed fine-tune resumes where it stopped (src/finetuner/training/resume.py), in process:
+the "kill" is an exception right after an epoch's state is saved, as SIGKILL would find it.
+The SIGKILL through the stage script and `dvc repro` is in tests/test_robustness_faults.py."""
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_data
+from finetuner.models import build_model
+from finetuner.params import parse_params
+from finetuner.training import loop
+from finetuner.training.loop import fit
+from finetuner.training.resume import ResumeStore, input_key
+
+
+class Killed(Exception):
+    pass
+
+
+def _fit(overrides: dict, slot=None, kill_after: int | None = None, arch="resnet18"):
+    """fit() a fresh ``arch`` (same seed, same data) with ``slot``; returns (model, result,
+    epochs this call trained)."""
+    raw = {"lr": 0.01, "model": {"arch": arch, "weights": "none"},
+           "preprocess": {"image_size": 32},
+           "train": {"epochs": 4, "batch_size": 8, "schedule": "cosine"}}
+    for key, value in overrides.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.update({key: value})
+    params = parse_params(raw)
+    torch.manual_seed(params.seed)
+    model = build_model(arch, "none", 3)
+    trained = []
+
+    def on_epoch(record):
+        trained.append(record["epoch"])
+        if kill_after is not None and record["epoch"] == kill_after:
+            raise Killed
+
+    torch.manual_seed(1234)  # what comes before fit() differs between a first run and a rerun
+    result = fit(model, tiny_data(), params, torch.device("cpu"), progress=False, resume=slot,
+                 on_epoch=on_epoch)
+    return model, result, trained
+
+
+CONFIGS = {
+    "partial freeze, cosine": {"freeze_depth": 2},
+    # dropout and drop-path draw from torch's generator; LP-FT's probe is skipped on resume
+    "lite0, LP-FT, dropout": ({"freeze_depth": 3, "train": {"head_init": "probe"}},
+                              "tf_efficientnet_lite0"),
+    # the optimizer gains groups as stages thaw: the resumed one must have the same
+    "gradual unfreezing": {"freeze_depth": "all", "train": {"unfreeze_every": 1,
+                                                            "backbone_lr_mult": 0.3}},
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_resumed_fit_ends_with_the_weights_of_a_run_never_stopped(name, tmp_path, capsys):
+    config = CONFIGS[name]
+    overrides, arch = config if isinstance(config, tuple) else (config, "resnet18")
+    whole, whole_result, _ = _fit(overrides, arch=arch)
+
+    slot = ResumeStore("key", tmp_path).slot("finetune")
+    with pytest.raises(Killed):
+        _fit(overrides, slot, kill_after=2, arch=arch)
+    assert torch.load(slot.path, weights_only=True)["epochs_done"] == 2
+    resumed, result, logged = _fit(overrides, slot, arch=arch)
+
+    assert logged == [1, 2, 3, 4]  # the saved epochs replayed to the log, then 3 and 4 trained
+    assert "resuming 'finetune' after epoch 2 of 4" in capsys.readouterr().out
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in whole_result.history]
+    assert result.best_epoch == whole_result.best_epoch and result.lrs == whole_result.lrs
+    for key, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_a_finished_fit_is_not_trained_again(tmp_path, monkeypatch):
+    slot = ResumeStore("key", tmp_path).slot("finetune")
+    first, result, _ = _fit({"freeze_depth": 3}, slot)
+    assert torch.load(slot.path, weights_only=True)["done"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fit trained again")
+
+    monkeypatch.setattr(loop, "_train_epoch", no_training)
+    again, again_result, logged = _fit({"freeze_depth": 3}, slot)
+    assert logged == [1, 2, 3, 4] and again_result.best_epoch == result.best_epoch
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in first.state_dict().items())
+
+
+def test_an_early_stop_that_was_saved_stays_stopped(tmp_path):
+    overrides = {"lr": 1e-9, "train": {"early_stopping_patience": 1, "epochs": 6}}  # no progress
+    slot = ResumeStore("key", tmp_path).slot("finetune")
+    _, whole, _ = _fit(overrides)
+    assert whole.stopped_early and len(whole.history) == 2
+    with pytest.raises(Killed):
+        _fit(overrides, slot, kill_after=2)
+    _, result, logged = _fit(overrides, slot)
+    assert logged == [1, 2] and result.stopped_early and len(result.history) == 2
+
+
+def _prepared(folder):
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    (folder / "train_images.npy").write_bytes(b"\0" * 100)
+    return folder
+
+
+def test_the_key_changes_with_params_and_prepared_data_only(tmp_path):
+    prepared = _prepared(tmp_path / "prepared")
+    params = {"lr": 0.01, "train": {"epochs": 4}}
+    key = input_key(params, prepared)
+    assert input_key(dict(params), prepared) == key
+    assert input_key({"lr": 0.02, "train": {"epochs": 4}}, prepared) != key
+    (prepared / "train_images.npy").write_bytes(b"\0" * 101)
+    assert input_key(params, prepared) != key
+
+
+def test_other_keys_states_are_dropped_and_a_finished_run_clears_its_own(tmp_path):
+    old = ResumeStore("old", tmp_path)
+    old.slot("finetune").save({"done": False})
+    new = ResumeStore("new", tmp_path)
+    new.slot("finetune").save({"done": False})
+    new.drop_others()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    new.clear()
+    assert not tmp_path.exists()
+
+
+def test_only_the_writer_writes(tmp_path):
+    reader = ResumeStore("key", tmp_path, writer=False)
+    reader.slot("finetune").save({"done": False})
+    assert not (tmp_path / "key").exists()

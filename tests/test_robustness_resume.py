@@ -1,0 +1,116 @@
+"""A finetune killed with SIGKILL after epoch 2 of 4, rerun by `dvc repro`, goes on from epoch 3
+and ends with the weights of a run never stopped; after a param change it starts afresh.
+
+The kill comes from inside the stage, right after epoch 2 is logged (its state is saved just
+before): a ``sitecustomize`` on PYTHONPATH wraps the live log of the finetune script only.  No
+test hook lives in the product.  One project through DVC: slow.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import copy_project, make_image_folder
+
+pytestmark = pytest.mark.slow
+
+KILL_HOOK = '''
+import os, signal, sys
+if sys.argv and sys.argv[0].endswith("finetune.py") and os.environ.get("KILL_AFTER_EPOCH"):
+    import finetuner.live as live
+    epoch = live.LiveLog.epoch
+    def killing(self, phase, record):
+        epoch(self, phase, record)
+        if record["epoch"] == int(os.environ["KILL_AFTER_EPOCH"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    live.LiveLog.epoch = killing
+'''
+
+
+def run(repo: Path, *args: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               OMP_NUM_THREADS="1")
+    if kill_after is not None:
+        env.update(KILL_AFTER_EPOCH=str(kill_after),
+                   PYTHONPATH=os.pathsep.join([str(repo / ".hook"), env.get("PYTHONPATH", "")]))
+    return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+def ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, f"{done.args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def set_lr(repo: Path, lr: float) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["lr"] = lr
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def live_rows(repo: Path, name: str) -> list[str]:
+    return (repo / "dvclive" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()[1:]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    repo = copy_project(tmp_path_factory.mktemp("resume"))
+    make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params.update(threads=1, device="cpu", lr=0.005)  # from scratch: 0.02 can diverge here
+    params["data"]["dir"] = "data/images"
+    params["preprocess"].update(image_size=32, train_views=2, workers=0)
+    params["model"]["weights"] = "none"
+    params["train"].update(epochs=4, batch_size=8)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".hook").mkdir()
+    (repo / ".hook" / "sitecustomize.py").write_text(KILL_HOOK)
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "test@example.com"],
+                    ["git", "config", "user.name", "test"], ["dvc", "init", "-q"],
+                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "project"]):
+        ok(run(repo, *command))
+    ok(run(repo, "dvc", "repro", "preprocess"))
+    return repo
+
+
+def test_killed_after_epoch_2_dvc_repro_resumes_to_the_same_weights(project, tmp_path):
+    # the run never stopped, by the stage script itself, outside DVC's outputs
+    reference = tmp_path / "reference.pt"
+    ok(run(project, sys.executable, "stages/finetune.py", "data/prepared", str(reference),
+           str(tmp_path / "live")))
+    assert not (project / ".finetuner" / "resume").exists()  # removed when the stage ends
+
+    killed = run(project, "dvc", "repro", kill_after=2)
+    assert killed.returncode != 0 and not (project / "models" / "model.pt").exists()
+    states = list((project / ".finetuner" / "resume").glob("*/finetune.pt"))
+    assert len(states) == 1 and torch.load(states[0], weights_only=True)["epochs_done"] == 2
+    assert len(live_rows(project, "train/loss")) == 2  # the log of a crashed run is kept
+
+    out = ok(run(project, "dvc", "repro"))
+    assert "resuming 'finetune' after epoch 2 of 4" in out
+    assert "Running stage 'evaluate'" in out
+    resumed = weights(project / "models" / "model.pt")
+    assert all(torch.equal(resumed[k], v) for k, v in weights(reference).items())
+    assert len(live_rows(project, "train/loss")) == 4  # one row per finished epoch
+    assert not (project / ".finetuner" / "resume").exists()
+
+
+def test_a_param_changed_after_the_kill_starts_from_epoch_1(project):
+    set_lr(project, 0.004)
+    killed = run(project, "dvc", "repro", kill_after=2)
+    assert killed.returncode != 0
+    set_lr(project, 0.003)
+    out = ok(run(project, "dvc", "repro"))
+    assert "resuming" not in out
+    assert [row.split("\t")[0] for row in live_rows(project, "train/loss")] == ["0", "1", "2", "3"]
+    assert not (project / ".finetuner" / "resume").exists()  # the lr 0.02 state too
