@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from finetuner.export import INPUT_NAME, onnx_bytes, onnx_session  # noqa: E402
+from finetuner.export import onnx_bytes, onnx_runner, onnx_session  # noqa: E402
 from finetuner.models import build_model  # noqa: E402
 
 
@@ -56,8 +56,8 @@ def measure(model: torch.nn.Module, size: int, rounds: int, threads: int,
     with tempfile.TemporaryDirectory() as folder:
         int8 = int8_model(data, Path(folder))
         runners = {"eager": lambda x: model(torch.from_numpy(x)),
-                   "onnxruntime": _runner(onnx_session(data, threads)),
-                   "onnxruntime_int8": _runner(onnx_session(int8, threads))}
+                   "onnxruntime": onnx_runner(onnx_session(data, threads)),
+                   "onnxruntime_int8": onnx_runner(onnx_session(int8, threads))}
         print(f"{tag}_onnx_mb={len(data) / 1e6:.2f} {tag}_int8_mb={int8.stat().st_size / 1e6:.2f}")
         one = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
         many = np.random.default_rng(1).random((32, 3, size, size), dtype=np.float32)
@@ -75,7 +75,7 @@ def measure(model: torch.nn.Module, size: int, rounds: int, threads: int,
             if images is None:
                 images = np.random.default_rng(2).integers(0, 256, (64, size, size, 3), np.uint8)
             batch = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-            logits = {name: np.concatenate([np.asarray(run(batch[i:i + 32]))[0] if name != "eager"
+            logits = {name: np.concatenate([run(batch[i:i + 32]) if name != "eager"
                                             else run(batch[i:i + 32]).numpy()
                                             for i in range(0, len(batch), 32)])
                       for name, run in runners.items()}
@@ -86,10 +86,6 @@ def measure(model: torch.nn.Module, size: int, rounds: int, threads: int,
         if labels is not None:
             for name, values in logits.items():
                 print(f"{tag}_{name}_accuracy={(values.argmax(1) == labels).mean():.4f}")
-
-
-def _runner(session):
-    return lambda x: session.run(None, {INPUT_NAME: x})
 
 
 def main() -> None:

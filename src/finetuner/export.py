@@ -110,6 +110,11 @@ def onnx_bytes(model: torch.nn.Module, image_size: int, metadata: dict | None = 
     return proto.SerializeToString()
 
 
+def onnx_runner(session):
+    """``session`` as a function: float32 NCHW batch (numpy) -> logits (numpy)."""
+    return lambda x: session.run(None, {INPUT_NAME: x})[0]
+
+
 def onnx_session(model: bytes | str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session; ``threads`` (default: torch's thread count, so that timings
     compare with eager PyTorch) run each operator."""
@@ -235,7 +240,8 @@ def _max_diff(run, model: torch.nn.Module, image_size: int) -> float:
 def _onnx(model: torch.nn.Module, size: int, metadata: dict, inside: str):
     data = onnx_bytes(model, size, metadata)
     session = onnx_session(data)
-    diff = _max_diff(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size)
+    run = onnx_runner(session)
+    diff = _max_diff(lambda x: run(x.numpy()), model, size)
 
     def save(tmp: Path) -> None:
         tmp.write_bytes(data)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration, softmax
-from .export import INPUT_NAME, ExportError, onnx_bytes, onnx_session, read_onnx
+from .export import ExportError, onnx_bytes, onnx_runner, onnx_session, read_onnx
 from .models.checkpoint import load_checkpoint
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -78,14 +78,13 @@ def load_predictor(path: str | Path, runtime: str | None = None,
             temperature = read_calibration(calibration, source)
         return Predictor(path, runtime, meta["class_names"], meta["image_size"],
                          meta["crop_pct"], temperature,
-                         lambda x: session.run(None, {INPUT_NAME: x})[0])
+                         onnx_runner(session))
     checkpoint = load_checkpoint(path)
     temperature = (read_calibration(calibration, file_sha256(path))
                    if calibration is not None else None)
     model = checkpoint.model.cpu().eval()
     if runtime == "onnxruntime":
-        session = onnx_session(onnx_bytes(model, checkpoint.image_size), threads)
-        run = lambda x: session.run(None, {INPUT_NAME: x})[0]  # noqa: E731
+        run = onnx_runner(onnx_session(onnx_bytes(model, checkpoint.image_size), threads))
     else:
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..export import INPUT_NAME, onnx_bytes, onnx_session
+from ..export import onnx_bytes, onnx_runner, onnx_session
 from ..models import StagedClassifier
 from ..training.freeze import set_frozen_prefix
 
@@ -77,10 +77,8 @@ def onnxruntime_cost(model: StagedClassifier, image_size: int, runs: int = 30,
     """The model exported to ONNX (in memory) and timed in ONNX Runtime as :func:`cpu_latency_ms`
     (batch 1) and :func:`cpu_throughput` (batch 32) time eager PyTorch; ``model`` on the CPU."""
     data = onnx_bytes(model.cpu().eval(), image_size)
-    session = onnx_session(data, torch.get_num_threads())
-
-    def run(batch: torch.Tensor):
-        return session.run(None, {INPUT_NAME: batch.numpy()})
+    runner = onnx_runner(onnx_session(data))
+    run = lambda batch: runner(batch.numpy())  # noqa: E731
 
     one = torch.rand(1, 3, image_size, image_size)
     many = torch.rand(32, 3, image_size, image_size)
