@@ -46,6 +46,15 @@ def copy_project(repo: Path) -> Path:
     return repo
 
 
+def load_stage(name: str):
+    """The module of ``stages/<name>.py`` (stage scripts are not a package), to call its main."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def ignored(name: str) -> bool:
     """Whether the project's .gitignore hides ``name`` (so neither git nor `dvc exp` sees it)."""
     patterns = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()

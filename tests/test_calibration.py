@@ -3,7 +3,6 @@ the evaluate stage's calibration outputs on tiny data."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, load_stage, make_image_folder
 from finetuner.cli import main
 from finetuner.evaluation.calibration import (CalibrationError, calibration_record,
                                               coverage_curve, expected_calibration_error,
@@ -121,12 +120,6 @@ def test_the_calibration_file_is_checked_against_the_checkpoint(tmp_path):
         read_calibration(tmp_path / "negative.json", None)
 
 
-def _load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
         tmp_path, monkeypatch, capsys):
@@ -152,7 +145,7 @@ def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     before = (tmp_path / "model.pt").read_bytes()
-    _load_stage("evaluate").main("model.pt", "prepared", "metrics")
+    load_stage("evaluate").main("model.pt", "prepared", "metrics")
     metrics = tmp_path / "metrics"
     assert (tmp_path / "model.pt").read_bytes() == before  # finetune's output, never rewritten
     cost = json.loads((metrics / "eval.json").read_text())["cost"]

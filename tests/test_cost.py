@@ -1,7 +1,6 @@
 """Cost metrics, and the evaluate stage's outputs (eval.json with cost, PNGs) on tiny data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, load_stage
 from finetuner.evaluation.cost import (cost_report, count_params, cpu_latency_ms,
                                        cpu_throughput, gflops, trainable_params)
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
@@ -95,12 +94,6 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
     assert _png_size(tmp_path / "mistakes.png") == (1200, 660)
 
 
-def _load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(tmp_path, monkeypatch):
     classes, size = ["a", "b", "c"], 32
@@ -121,7 +114,7 @@ def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(tmp_path, monk
                      "train_seconds": 7.25, "epochs_run": 2})
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    _load_stage("evaluate").main("model.pt", "prepared", "metrics")
+    load_stage("evaluate").main("model.pt", "prepared", "metrics")
 
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert {"accuracy", "macro_f1", "best_val_acc", "train_seconds"} <= set(metrics)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from conftest import ROOT, SHARED, make_image_folder
+from conftest import ROOT, SHARED, load_stage, make_image_folder
 from finetuner.data import images as images_module
 from finetuner.data.images import MAX_PIXELS, ImageError, decode_image
 from finetuner.data.split import DatasetError, split_folder
@@ -227,12 +226,6 @@ def inside(directory: Path):
     finally:
         os.chdir(old)
 
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_params(directory: Path, **changes) -> None:
