@@ -90,7 +90,7 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
             "seconds": seconds, "prep_seconds": prep_seconds, "epochs": len(result.history),
             "best_epoch": result.best_epoch, "params": count_params(model),
             "gflops": gflops(model, params.image_size),
-            "latency_ms": cpu_latency_ms(model, params.image_size)}
+            "latency_ms": cpu_latency_ms(model.eval(), params.image_size)}
 
 
 def main() -> None:

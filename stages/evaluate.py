@@ -35,21 +35,21 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     device = resolve_device(params.device)
     out = Path(metrics_dir)
     checkpoint = load_checkpoint(model_path, device)
-    images, labels, source = test_images(params.evaluate.test_dir, prepared_dir, checkpoint)
+    data = load_prepared(prepared_dir)
+    images, labels, source = test_images(params.evaluate.test_dir, data, checkpoint)
     logits = predict_logits(checkpoint.model, images, device, params.evaluate.batch_size)
     predicted = logits.argmax(1)
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
     info = checkpoint.info
     strategy = info.get("strategy", {})
-    val = load_prepared(prepared_dir)
     val_logits = (logits if source == VAL_SOURCE else  # scored on val already
-                  predict_logits(checkpoint.model, val.images["val"], device,
+                  predict_logits(checkpoint.model, data.images["val"], device,
                                  params.evaluate.batch_size))
-    temperature = fit_temperature(val_logits, val.labels["val"])
+    temperature = fit_temperature(val_logits, data.labels["val"])
     note = calibration_note(temperature, source, strategy.get("refit", False))
     calibration, probabilities = calibration_scores(logits, labels, temperature)
     calibration = {"temperature": temperature, "fitted_on": "val split",
-                   "fit_images": int(len(val.labels["val"])), **calibration, "note": note}
+                   "fit_images": int(len(data.labels["val"])), **calibration, "note": note}
     cost = cost_report(checkpoint.model, checkpoint.image_size,
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     cost.update(onnx_cost(checkpoint.model, checkpoint.image_size))
@@ -64,7 +64,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "calibration": calibration, "cost": cost})
     write_json(out / "calibration.json", calibration_record(
         temperature, model_path, file_sha256(model_path), "val split",
-        int(len(val.labels["val"])), note))
+        int(len(data.labels["val"])), note))
     write_json(out / "per_class.json", metrics["per_class"])
     names = checkpoint.class_names
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
@@ -117,7 +117,7 @@ def onnx_cost(model, image_size: int) -> dict:
 VAL_SOURCE = "val split (it chose the model: not an honest estimate)"
 
 
-def test_images(test_dir: str, prepared_dir: str, checkpoint) -> tuple[np.ndarray, np.ndarray, str]:
+def test_images(test_dir: str, data, checkpoint) -> tuple[np.ndarray, np.ndarray, str]:
     """(uint8 images, labels, where from): ``test_dir`` when set, else the test split, else
     (``data.test_fraction: 0``) the val split, marked as no honest estimate."""
     if test_dir:
@@ -126,7 +126,6 @@ def test_images(test_dir: str, prepared_dir: str, checkpoint) -> tuple[np.ndarra
         for path, reason in skipped:
             print(f"evaluate: skipped {path}: {reason}")
         return images, labels, f"folder {test_dir}"
-    data = load_prepared(prepared_dir)
     if len(data.labels["test"]) == 0:
         print("evaluate: warning: the test split is empty (data.test_fraction: 0) and "
               "evaluate.test_dir is not set; scoring the val split, which chose the model "

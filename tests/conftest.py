@@ -46,6 +46,22 @@ def copy_project(repo: Path) -> Path:
     return repo
 
 
+def noise_prepared(folder: Path, counts: dict[str, int], classes=("a", "b", "c"),
+                   size: int = 32) -> Path:
+    """A prepared folder (as the preprocess stage writes it) of random pixels: ``counts``
+    images per split, labels cycling through ``classes``."""
+    from finetuner.io import write_json
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        np.save(folder / f"{split}_images.npy",
+                rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", np.arange(count) % len(classes))
+    write_json(folder / "meta.json", {"classes": list(classes), "image_size": size,
+                                      "crop_pct": 0.875, "train_views": 1})
+    return folder
+
+
 def load_stage(name: str):
     """The module of ``stages/<name>.py`` (stage scripts are not a package), to call its main."""
     import importlib.util

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_stage, make_image_folder
+from conftest import ROOT, load_stage, make_image_folder, noise_prepared
 from finetuner.cli import main
 from finetuner.evaluation.calibration import (CalibrationError, calibration_record,
                                               coverage_curve, expected_calibration_error,
@@ -124,15 +124,8 @@ def test_the_calibration_file_is_checked_against_the_checkpoint(tmp_path):
 def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
         tmp_path, monkeypatch, capsys):
     classes, size = ["a", "b", "c"], 32
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 30), ("test", 40)):
-        np.save(prepared / f"{split}_images.npy",
-                rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
-        np.save(prepared / f"{split}_labels.npy", np.arange(count) % 3)
-    write_json(prepared / "meta.json", {"classes": classes, "image_size": size, "crop_pct": 0.875,
-                                        "train_views": 1})
+    prepared = noise_prepared(tmp_path / "prepared", {"train": 6, "val": 30, "test": 40},
+                              classes, size)
     history = [{"epoch": 1, "frozen_stages": 5, "train_loss": 1.0, "val_loss": 1.0,
                 "train_acc": 0.5, "val_acc": 0.5}]
     torch.manual_seed(0)

@@ -11,11 +11,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import ROOT, load_stage
+from conftest import ROOT, load_stage, noise_prepared
 from finetuner.evaluation.cost import (cost_report, count_params, cpu_latency_ms,
                                        cpu_throughput, gflops, trainable_params)
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
-from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.checkpoint import save_checkpoint
 
@@ -53,7 +52,7 @@ def test_gflops_on_cpu_equal_those_on_meta_and_grow_with_the_image():
 
 
 def test_cpu_latency_and_throughput_are_positive():
-    model = build_model("resnet18", "none", 3)
+    model = build_model("resnet18", "none", 3).eval()
     assert 0 < cpu_latency_ms(model, 32, runs=5, budget_s=1.0) < 10_000
     assert cpu_throughput(model, 32, batch_size=4, runs=3, budget_s=1.0) > 0
 
@@ -97,15 +96,7 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
 
 def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(tmp_path, monkeypatch):
     classes, size = ["a", "b", "c"], 32
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 3), ("test", 9)):
-        np.save(prepared / f"{split}_images.npy",
-                rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
-        np.save(prepared / f"{split}_labels.npy", np.arange(count) % 3)
-    write_json(prepared / "meta.json", {"classes": classes, "image_size": size, "crop_pct": 0.875,
-                                        "train_views": 1})
+    noise_prepared(tmp_path / "prepared", {"train": 6, "val": 3, "test": 9}, classes, size)
     history = [{"epoch": e, "frozen_stages": depth, "train_loss": 1.0, "val_loss": 1.0,
                 "train_acc": 0.5, "val_acc": 0.5} for e, depth in ((1, 5), (2, 3))]
     model = build_model("resnet18", "none", 3)

@@ -98,7 +98,7 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
 # --- predict ----------------------------------------------------------------------------------
 
 def _load(args) -> Predictor:
-    return load_predictor(args.model, args.runtime, getattr(args, "calibration", None))
+    return load_predictor(args.model, args.runtime, args.calibration)
 
 
 def _predict(args) -> int:
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.set_defaults(run=_evaluate)
+    p.set_defaults(run=_evaluate, calibration=None)
 
     suffixes = "; ".join(f"{name}: {', '.join(ss)}" for name, ss in FORMATS.items())
     p = commands.add_parser("export", help="ONNX, TorchScript or .pt2 model + JSON of its "

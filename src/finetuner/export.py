@@ -18,6 +18,7 @@ logits within :data:`PARITY_TOLERANCE` on a random batch, or nothing is written.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
@@ -95,9 +96,8 @@ def onnx_bytes(model: torch.nn.Module, image_size: int, metadata: dict | None = 
     model = model.cpu().eval()
     example = torch.rand(2, 3, image_size, image_size)  # not 1: the batch size stays symbolic
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _quiet_jit(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
@@ -129,6 +129,14 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None):
     options.log_severity_level = 3  # errors only: no warnings about unused initialisers
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def _quiet_jit():
+    """No FutureWarning that torch.jit is deprecated (torch points to torch.export; we know)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        yield
 
 
 def _first_line(error: Exception) -> str:
@@ -222,8 +230,7 @@ def _exported_program(model: torch.nn.Module, image_size: int):
 
 
 def _traced(model: torch.nn.Module, image_size: int):
-    with warnings.catch_warnings(), torch.no_grad():  # torch now points to torch.export
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+    with _quiet_jit(), torch.no_grad():
         return torch.jit.trace(model.cpu().eval(), torch.rand(1, 3, image_size, image_size))
 
 
@@ -279,11 +286,11 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
     :data:`PARITY_TOLERANCE`; returns the metadata, with ``parity_max_abs_diff`` added.
     """
     out = Path(out)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     model, size = checkpoint.model.cpu().eval(), checkpoint.image_size
     metadata = describe(checkpoint, fmt, temperature, checkpoint_sha256)
     inside = json.dumps(metadata)
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     try:
         diff, save = _EXPORTERS[fmt](model, size, metadata, inside)
     except Exception as error:  # the exporter's limits for some architecture
@@ -293,8 +300,7 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
         raise ExportError(f"{out}: the {fmt} export gives logits up to {diff:.3g} away from the "
                           f"checkpoint's (tolerance {PARITY_TOLERANCE}); nothing written")
     metadata["parity_max_abs_diff"] = diff
-    with atomic_path(out) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+    with atomic_path(out) as tmp, _quiet_jit():
         save(tmp)
     write_json(out.with_name(out.name + ".json"), metadata)
     return metadata

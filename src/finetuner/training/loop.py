@@ -585,7 +585,7 @@ def _epoch_state(run: _Run, epochs_done: int, history: list[dict], lrs: list, be
     return {"done": False, "epochs_done": epochs_done, "stopped_early": stopped,
             "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-            "step": run.step, "depth": run.depth, "history": history, "lrs": lrs,
+            "step": run.step, "history": history, "lrs": lrs,
             "best": {"value": best.value, "epoch": best.epoch, "state": best.state,
                      "stale": best.stale},
             "probe": _probe_state(probe), "seconds": seconds, "rng": rng_state()}
@@ -601,7 +601,6 @@ def _restore(run: _Run, best: _Best, saved: dict) -> None:
             unfreeze(run.optimizer, run.model, run.depth, depth, run.params.lr, t.weight_decay,
                      t.backbone_lr_mult, t.stage_lr_decay)
             run.depth = depth
-    set_frozen_prefix(run.model, run.depth)
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler.load_state_dict(saved["scaler"])
