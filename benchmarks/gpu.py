@@ -24,7 +24,8 @@ import torch
 from finetuner.models import build_model
 from finetuner.params import parse_params
 from finetuner.runtime import available_cores
-from finetuner.training.loop import TrainData, fit
+from finetuner.training.batches import TrainData
+from finetuner.training.loop import fit
 
 
 def random_data(n: int, size: int, classes: int = 10, val: int = 256) -> TrainData:

@@ -146,7 +146,7 @@ def floor(prepared) -> float:
 def run(name: str, config: dict, data: Path, seed: int, work: Path, cache: dict) -> dict:
     from finetuner.models import build_model
     from finetuner.training.distributed import Dist
-    from finetuner.training.loop import TrainData
+    from finetuner.training.batches import TrainData
     from finetuner.training.strategy import train_model
     params = params_for(config if name != "floor" else {"model": {"arch": LITE0}}, seed)
     prepared = prepared_for(data, params, work, cache)

@@ -161,7 +161,8 @@ def train_in_ram(workspace: Path) -> float:
     from finetuner.params import load_params
     from finetuner.runtime import (resolve_device, reuse_freed_memory, seed_everything,
                                    set_threads)
-    from finetuner.training.loop import TrainData, fit
+    from finetuner.training.batches import TrainData
+    from finetuner.training.loop import fit
 
     params = load_params(workspace / "params.yaml")
     set_threads(params.threads)

@@ -50,7 +50,8 @@ def project_fit(prepared, arch: str, freeze_depth, epochs: int, batch_size: int,
                 precision: str = "fp32") -> float:
     from finetuner.models import build_model
     from finetuner.params import parse_params
-    from finetuner.training.loop import TrainData, fit
+    from finetuner.training.batches import TrainData
+    from finetuner.training.loop import fit
     params = parse_params({"lr": 0.001, "freeze_depth": freeze_depth, "model": {"arch": arch},
                            "precision": precision,
                            "train": {"epochs": epochs, "batch_size": batch_size,

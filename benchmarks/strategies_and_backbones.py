@@ -73,7 +73,8 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     from finetuner.evaluation.metrics import predict_arrays
     from finetuner.models import build_model, get_arch
     from finetuner.params import parse_params
-    from finetuner.training.loop import TrainData, fit
+    from finetuner.training.batches import TrainData
+    from finetuner.training.loop import fit
     # constant schedule: the one these figures were measured with (then the default)
     params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"},
                            "train": {"schedule": "constant", **config.get("train", {})}})

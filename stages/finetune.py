@@ -28,7 +28,7 @@ from finetuner.runtime import reuse_freed_memory, seed_everything, set_threads
 from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.live import LiveLog, LiveLogError
-from finetuner.training.loop import TrainData
+from finetuner.training.batches import TrainData
 from finetuner.training.resume import ResumeStore, input_key
 from finetuner.training.strategy import train_model
 

@@ -79,9 +79,9 @@ def ignored(name: str) -> bool:
 
 
 def tiny_data(n_per_class=6, classes=3, views=2, size=32, seed=0):
-    """A :class:`~finetuner.training.loop.TrainData` of noisy solid colours, one per class."""
+    """A :class:`~finetuner.training.batches.TrainData` of noisy solid colours, one per class."""
     import torch
-    from finetuner.training.loop import TrainData
+    from finetuner.training.batches import TrainData
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
     colours = torch.tensor([[220, 30, 30], [30, 220, 30], [30, 30, 220]])[:classes]

@@ -23,7 +23,8 @@ from finetuner.models.checkpoint import load_checkpoint, save_checkpoint
 from finetuner.params import parse_params
 from finetuner.runtime import resolve_precision, thread_count
 from finetuner.training import distributed
-from finetuner.training.loop import TrainData, epoch_order, fit
+from finetuner.training.batches import TrainData, epoch_order
+from finetuner.training.loop import fit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -103,8 +103,17 @@ def test_split_and_preprocess_do_not_rerun_for_training_or_model_code():
             assert not covered(code, deps), f"{name} would rerun when {code} changes"
 
 
+def test_every_training_file_reruns_finetune_and_none_reruns_split_or_preprocess():
+    files = sorted(p.relative_to(ROOT).as_posix() for p in (SRC / PACKAGE / "training").glob("*.py"))
+    assert "src/finetuner/training/batches.py" in files and "src/finetuner/training/prefix.py" in files
+    for path in files:
+        assert covered(path, stages()["finetune"]["deps"]), f"finetune ignores {path}"
+        for name in ("split", "preprocess"):
+            assert not covered(path, stages()[name]["deps"]), f"{name} would rerun for {path}"
+
+
 def test_the_walk_sees_relative_and_package_imports():
     files = project_imports(ROOT / "stages" / "finetune.py")
-    assert "src/finetuner/training/loop.py" in files  # from finetuner.training.loop import ...
+    assert "src/finetuner/training/batches.py" in files  # from finetuner.training.batches import
     assert "src/finetuner/data/rows.py" in files       # relative, two levels down
     assert "src/finetuner/models/__init__.py" in files  # a package's __init__ runs on import

@@ -12,7 +12,9 @@ from finetuner.data.preprocess import SplitViews, canvas_side, eval_view, write_
 from finetuner.data.rows import ArrayRows, CentreRows, FileRows
 from finetuner.models import build_model
 from finetuner.params import ParamsError, parse_params
-from finetuner.training.loop import FrozenPrefix, TrainData, fit
+from finetuner.training.batches import TrainData
+from finetuner.training.loop import fit
+from finetuner.training.prefix import FrozenPrefix
 
 AUGMENT = Augmentation((0.5, 1.0), True, 15.0, 0.2, "trivial")
 
@@ -196,7 +198,7 @@ def test_loader_workers_param():
     assert parse_params({"train": {"loader_workers": 3}}).train.loader_workers == 3
     with pytest.raises(ParamsError, match="loader_workers"):
         parse_params({"train": {"loader_workers": "many"}})
-    from finetuner.training.loop import loader_workers
+    from finetuner.training.batches import loader_workers
     assert loader_workers("auto", torch.device("cpu")) == 0
     assert 1 <= loader_workers("auto", torch.device("cuda")) <= 4
 

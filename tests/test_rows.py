@@ -8,7 +8,7 @@ import torch
 
 from finetuner.data.rows import ArrayRows, CentreRows, ConcatRows, FileRows, RangeRows
 from finetuner.models import build_model
-from finetuner.training.loop import FrozenPrefix, PrefixStore, SpilledCache, prefix_for
+from finetuner.training.prefix import FrozenPrefix, PrefixStore, SpilledCache, prefix_for
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import torch
 
 from conftest import fit_tiny, tiny_data
 from finetuner.models import build_model
-from finetuner.training import loop
+from finetuner.training import batches, loop
 from finetuner.training.optim import make_optimizer, stage_lr, unfreeze
 
 
@@ -109,11 +109,11 @@ def test_class_balance_changes_what_is_seen():
     data.train_labels = torch.tensor([0] * 14 + [1] * 2 + [2] * 2)
     counts = {}
     for balance in (False, True):
-        order = loop.epoch_order(data.train_labels, data.views, 0, 0, balance)
+        order = batches.epoch_order(data.train_labels, data.views, 0, 0, balance)
         counts[balance] = torch.bincount(data.train_labels[order // data.views], minlength=3)
     assert counts[False].tolist() == [14, 2, 2]
     assert counts[True][1:].sum() > counts[False][1:].sum()
-    weights = loop.class_weights(data.train_labels, 3)
+    weights = batches.class_weights(data.train_labels, 3)
     assert weights[1] == pytest.approx(7 * weights[0])
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import fit_tiny
+from conftest import fit_tiny, tiny_data
 from finetuner.models import build_model
 from finetuner.training.freeze import depth_at_epoch
 from finetuner.training.optim import lr_multiplier, make_optimizer
@@ -78,3 +78,55 @@ def test_depth_schedule():
     assert [depth_at_epoch(e, 5, 5, 0, 0, 0) for e in range(3)] == [5, 5, 5]
     assert [depth_at_epoch(e, 4, 5, 0, 2, 1) for e in range(8)] == [4, 4, 3, 3, 2, 2, 1, 1]
     assert [depth_at_epoch(e, 0, 5, 2, 0, 0) for e in range(4)] == [5, 5, 0, 0]
+
+
+# What train_model gave on this machine (CPU, fp32) with the code before training/ was split by
+# concern (commit 486c079, where loop.py held the batches, the frozen-prefix cache and the probe
+# head), per config: the chosen candidate, every candidate's val scores, and each history row's
+# (epoch, frozen_stages, lr, train_loss, train_acc, val_loss, val_acc).  A change in what a step
+# is fed (order, batches, loader), in the cache or in the probe moves these far beyond the
+# tolerance; other CPUs' kernels may move them within it.
+RECORDED = {
+    "demo": ("finetune", {"finetune": (0.4166666666666667, 1.0781407554944356)},
+             [(1, 0, 0.02, 0.988801638285319, 0.4583333333333333, 1.0781407554944356,
+               0.4166666666666667),
+              (2, 0, 0.01, 0.8047453562418619, 0.7083333333333334, 1.0445411205291748,
+               0.20833333333333334)]),
+    "lpft": ("finetune", {"finetune": (0.625, 6.559785233383688)},
+             [(1, 2, 0.02, 2.443777084350586, 0.5416666666666666, 6.559785233383688, 0.625),
+              (2, 2, 0.01, 1.8421134948730469, 0.6666666666666666, 14.034633050362268,
+               0.5416666666666666)]),
+    "auto_refit": ("probe", {"finetune": (0.9583333333333334, 0.24412968009710312),
+                             "probe": (1.0, 0.020217711628541732)},
+                   [(1, 5, 0.0, math.nan, math.nan, 0.020217711628541732, 1.0)]),
+}
+CONFIGS = {  # on top of Lite0 with its ImageNet weights (the demo's), 32 px, 2 epochs of batch 8
+    "demo": {"freeze_depth": 0, "strategy": "finetune"},  # prefix per batch, through the loader
+    "lpft": {"freeze_depth": 2, "strategy": "finetune",  # cached prefix, probe head
+             "train": {"head_init": "probe", "class_balance": "weighted_loss"}},
+    "auto_refit": {"freeze_depth": 3, "strategy": "auto", "lr": 0.003,  # shared and merged
+                   "train": {"head_init": "probe", "refit": True}},  # caches, the refit
+}
+HISTORY_KEYS = ("epoch", "frozen_stages", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_training_gives_the_history_recorded_before_the_split_by_concern(name):
+    from finetuner.params import parse_params
+    from finetuner.training.distributed import Dist
+    from finetuner.training.strategy import train_model
+    raw = {"seed": 0, "lr": 0.02, "model": {"arch": "tf_efficientnet_lite0", "weights": "DEFAULT"},
+           "preprocess": {"image_size": 32}, "train": {"epochs": 2, "batch_size": 8}}
+    for key, value in CONFIGS[name].items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    torch.manual_seed(0)
+    _, outcome = train_model(lambda: build_model("tf_efficientnet_lite0", "DEFAULT", 3),
+                             tiny_data(n_per_class=8), parse_params(raw),
+                             Dist(torch.device("cpu")), progress=False)
+    chosen, candidates, history = RECORDED[name]
+    close = lambda values: pytest.approx(values, rel=1e-4, abs=1e-6, nan_ok=True)  # noqa: E731
+    assert outcome.chosen == chosen
+    assert {k: (c["val_acc"], c["val_loss"]) for k, c in outcome.candidates.items()} == {
+        k: close(v) for k, v in candidates.items()}
+    assert [tuple(row[k] for k in HISTORY_KEYS) for row in outcome.history] == [
+        close(row) for row in history]

@@ -1,15 +1,13 @@
-"""The training loop: frozen-prefix feature cache, validation each epoch, best-epoch weights.
+"""The training loop as named steps: setup, entering a frozen depth, one epoch, validation,
+the best epoch, and the state a killed fit resumes from.
 
-Images are read from disk batch by batch (:mod:`finetuner.data.rows`): memory does not grow
-with the dataset.  With stored views everything a frozen prefix computes is constant across
-epochs (frozen stages run in eval mode, and all augmentation happened in preprocess), so it is
-computed once per stored view, without autograd, and the trainable rest trains on those
-outputs.  When the cache would not fit in ``train.feature_cache_gb`` it spills to a file in the
-store's temporary folder (the finetune stage's), else the prefix runs per batch, still without
-autograd.  Either way the same batches meet the same weights: caching changes the speed, not
-what is learned.  With online augmentation (canvases) every epoch's views are new, so the
-prefix runs per batch.  Batches that are not cached come through a DataLoader
-(``train.loader_workers`` processes; pinned memory on CUDA).
+The prepared data's way through training: the finetune stage wraps the prepared folder as
+:class:`~finetuner.training.batches.TrainData` and hands it to
+:func:`finetuner.training.strategy.train_model`, which calls :func:`fit` (and
+:func:`finetuner.training.probe.probe_head`); each epoch :func:`fit` draws the batches
+(:func:`~finetuner.training.batches.epoch_batches`) and gets their frozen-prefix outputs from
+:class:`~finetuner.training.prefix.FrozenPrefix` (cached, or read by the loader), and the
+trainable rest takes the step here.
 
 Devices and precision: the model and the per-batch data go to ``device``; on CUDA the uint8
 batches are gathered into pinned memory and copied asynchronously.  ``precision`` (see
@@ -22,92 +20,26 @@ from __future__ import annotations
 import copy
 import gc
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.augment import AugmentedRows, BatchMix, draw_seed
-from ..data.rows import ArrayRows, CentreRows, ConcatRows, FileRows, RangeRows, Rows
+from ..data.rows import RangeRows, Rows
 from ..models import StagedClassifier
 from ..params import Params, ParamsError
 from ..runtime import resolve_precision
 from . import distributed
+from .batches import TrainData, class_weights, epoch_batches, loader_workers
 from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
-from .probe import C_GRID, Probe, fit_probe
+from .prefix import FrozenPrefix, PrefixStore, prefix_for
+from .probe import C_GRID, Probe, probe_head
 from .resume import ResumeSlot, rng_state, set_rng_state
-
-
-@dataclass
-class TrainData:
-    """Train and val rows (:mod:`finetuner.data.rows`: read batch by batch, never a whole split
-    in memory; tensors or arrays given here are wrapped): images uint8 (N, H, W, 3); train has
-    ``views`` rows per image.
-
-    Online augmentation: ``train_images`` draws fresh views each epoch (``views`` 1), ``mix``
-    mixes batches, and ``train_plain`` holds each training image's evaluation view, which the
-    probe learns from.  Val may be empty (a refit on train + val): then nothing is validated
-    and the last epoch's weights are the result.
-    """
-    train_images: Rows
-    train_labels: torch.Tensor
-    val_images: Rows
-    val_labels: torch.Tensor
-    views: int
-    num_classes: int
-    mix: BatchMix | None = None
-    train_plain: Rows | None = None
-
-    def __post_init__(self):
-        for name in ("train_images", "val_images", "train_plain"):
-            rows = getattr(self, name)
-            if rows is not None and not isinstance(rows, Rows):
-                setattr(self, name, ArrayRows(rows))
-        self.train_labels, self.val_labels = (torch.as_tensor(self.train_labels),
-                                              torch.as_tensor(self.val_labels))
-
-    @classmethod
-    def from_prepared(cls, prepared, seed: int) -> "TrainData":
-        """Train and val of a :class:`finetuner.data.prepared.Prepared` folder, read from
-        disk; canvases (online mode) get fresh views drawn with ``seed``."""
-        labels = [torch.from_numpy(prepared.labels[s]) for s in ("train", "val")]
-        train, val = prepared.rows("train"), prepared.rows("val")
-        if not prepared.online:
-            return cls(train, labels[0], val, labels[1], prepared.train_views,
-                       len(prepared.class_names))
-        augmentation = prepared.augmentation
-        mix = (BatchMix(augmentation, len(prepared.class_names))
-               if BatchMix.wanted(augmentation) else None)
-        return cls(AugmentedRows(train, prepared.image_size, augmentation, seed), labels[0],
-                   val, labels[1], 1, len(prepared.class_names), mix,
-                   CentreRows(train, prepared.image_size))
-
-    @property
-    def probe_rows(self) -> Rows:
-        """Fixed train rows the probe learns from (``views`` per image)."""
-        return self.train_images if self.train_plain is None else self.train_plain
-
-    def with_val_in_train(self) -> "TrainData":
-        """Train + val as one training set (each val image's one view stands for all its
-        views; online, it gets fresh views too), and no val: what the final refit learns from."""
-        val, plain = self.val_images, None
-        if isinstance(self.train_images, AugmentedRows):
-            val = self.train_images.over(self.val_images, salt=1)
-            plain = ConcatRows([self.train_plain, self.val_images], [1, 1])
-        return TrainData(ConcatRows([self.train_images, val], [1, self.views]),
-                         torch.cat([self.train_labels, self.val_labels]),
-                         ArrayRows(torch.zeros((0,) + tuple(self.val_images.row_shape),
-                                               dtype=torch.uint8)),
-                         self.val_labels[:0], self.views, self.num_classes, self.mix, plain)
 
 
 @dataclass
@@ -123,197 +55,6 @@ class FitResult:
     probe: Probe | None = None  # the head's starting point with train.head_init: probe
 
 
-def to_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC -> uint8 NCHW in channels_last memory (the fast layout on CPU and GPU)."""
-    return images.to(device, non_blocking=True).permute(0, 3, 1, 2)
-
-
-class EpochBatches(torch.utils.data.Dataset):
-    """Item i: batch i of an epoch, (uint8 or mixed float images (B, H, W, 3), targets): class
-    indices, or soft targets (B, classes) when ``mix`` mixed the batch."""
-
-    def __init__(self, rows: Rows, labels: torch.Tensor, batches: list[torch.Tensor],
-                 mix: BatchMix | None, seed: int):
-        self.rows, self.labels, self.batches, self.mix, self.seed = (rows, labels, batches, mix,
-                                                                     seed)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.batches[i]
-        images, targets = self.rows.take(index), self.labels[index]
-        if self.mix is not None:
-            images, targets = self.mix(images, targets, draw_seed(self.seed, i))
-        return images, targets
-
-
-def _loader_worker(_):
-    torch.set_num_threads(1)
-
-
-def loader_workers(setting: int | str, device: torch.device) -> int:
-    """``train.loader_workers``: a number, or auto (none on CPU, where training takes every
-    core; up to 4 on CUDA, so the GPU never waits for a batch)."""
-    if setting != "auto":
-        return int(setting)
-    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
-
-
-class FrozenPrefix:
-    """Outputs of the frozen part for a set of stored rows: cached (in memory, or spilled to a
-    file when over the budget), or computed per batch.
-
-    With ``dist`` (several processes) each rank computes its share of the cache and the shares
-    are all-gathered, so every rank holds the whole cache for the price of 1/world of it.
-    Rows that change every epoch (online augmentation) are never cached.
-    """
-
-    def __init__(self, model: StagedClassifier, images: Rows, depth: int,
-                 device: torch.device, budget_bytes: float, batch_size: int = 64,
-                 dist: Dist | None = None, cache=None, spill_dir: Path | None = None):
-        self.model, self.images, self.depth, self.device = model, images, depth, device
-        self.pin = device.type == "cuda"
-        self.cache = cache  # given: computed earlier from the same frozen weights
-        if cache is not None or depth == 0 or len(images) == 0 or not images.fixed:
-            return  # depth 0: cheaper to redo
-        with torch.no_grad():
-            sample = model.forward_frozen(to_nchw(images.take([0]), device), depth)
-        size = sample.numel() * sample.element_size() * len(images)
-        shared = dist is not None and dist.enabled
-        if size <= budget_bytes:
-            start, stop = distributed.chunk(len(images), dist) if shared else (0, len(images))
-            parts = [self._compute(slice(i, min(i + batch_size, stop)))
-                     for i in range(start, stop, batch_size)]
-            local = torch.cat(parts) if parts else sample[:0]
-            self.cache = distributed.all_gather_rows(local, len(images), dist) if shared else local
-        elif spill_dir is not None and not shared and budget_bytes > 0:
-            self.cache = SpilledCache.compute(self._compute, len(images), sample, batch_size,
-                                              spill_dir)
-
-    @torch.no_grad()
-    def _compute(self, rows) -> torch.Tensor:
-        return self.features(self.images.take(rows, self.pin))
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen prefix of a batch of images (uint8 or [0, 1] float NHWC)."""
-        return self.model.forward_frozen(to_nchw(images, self.device), self.depth)
-
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        if self.cache is not None:
-            return self.cache[index.to(self.cache.device)].to(self.device, non_blocking=True)
-        return self._compute(index)
-
-    def epoch(self, batches: list[torch.Tensor], labels: torch.Tensor, epoch: int, seed: int,
-              mix: BatchMix | None, workers: int):
-        """(frozen-prefix outputs, targets) of each batch of rows, on the device, in order:
-        from the cache, else read (and augmented, and mixed) by a DataLoader."""
-        if self.cache is not None and mix is None:
-            for index in batches:
-                yield self(index), labels[index].to(self.device, non_blocking=True)
-            return
-        self.images.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            EpochBatches(self.images, labels, batches, mix, draw_seed(seed, epoch)),
-            batch_size=None, shuffle=False, num_workers=workers, pin_memory=self.pin,
-            worker_init_fn=_loader_worker)
-        for images, targets in loader:
-            yield self.features(images), targets.to(self.device, non_blocking=True)
-
-
-class SpilledCache:
-    """Frozen-prefix outputs in a file (raw bytes per row, read back with ``preadv``): for a
-    cache over ``train.feature_cache_gb``, reading is still far cheaper than recomputing."""
-
-    def __init__(self, rows: FileRows, shape: tuple[int, ...], dtype: torch.dtype):
-        self.rows, self.shape, self.dtype, self.device = rows, shape, dtype, torch.device("cpu")
-
-    @classmethod
-    def compute(cls, compute, n: int, sample: torch.Tensor, batch_size: int,
-                directory: Path) -> "SpilledCache":
-        row_bytes = sample[0].numel() * sample.element_size()
-        fd, name = tempfile.mkstemp(suffix=".npy", prefix="prefix-", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "|u1", "fortran_order": False, "shape": (n, row_bytes)})
-            for start in range(0, n, batch_size):
-                part = compute(slice(start, min(start + batch_size, n))).cpu().contiguous()
-                f.write(part.view(torch.uint8).numpy().tobytes())
-        return cls(FileRows(name), tuple(sample.shape[1:]), sample.dtype)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        raw = self.rows.take(index)
-        return raw.view(self.dtype).reshape((len(raw),) + self.shape)
-
-
-class PrefixStore(dict):
-    """(depth, "train" or "val") -> cached outputs of the frozen prefix.  Every prefix fit()
-    computes runs stages that have not trained yet (depth only ever decreases), so its outputs
-    depend on the starting weights alone: runs that start from the same weights can share them.
-    ``spill_dir``: where a cache over the budget may spill (None: computed per batch instead)."""
-
-    def __init__(self, spill_dir: str | Path | None = None):
-        super().__init__()
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
-
-
-def prefix_for(store: PrefixStore | None, name: str, model: StagedClassifier,
-               images: Rows, depth: int, device: torch.device, budget: float,
-               dist: Dist | None = None) -> FrozenPrefix:
-    """The frozen prefix of ``images`` at ``depth``: from ``store`` when it has it, else
-    computed (and kept there when it was cached).  Rows that change per epoch skip the store."""
-    if store is not None and images.fixed and (depth, name) in store:
-        return FrozenPrefix(model, images, depth, device, budget, cache=store[depth, name])
-    spill = getattr(store, "spill_dir", None)
-    prefix = FrozenPrefix(model, images, depth, device, budget, dist=dist, spill_dir=spill)
-    if store is not None and prefix.cache is not None:
-        store[depth, name] = prefix.cache
-    return prefix
-
-
-def merged_store(store: PrefixStore, views: int) -> PrefixStore:
-    """``store`` for :meth:`TrainData.with_val_in_train`: val rows appended to train (caches in
-    memory only; spilled ones are computed again).  Empties ``store`` as it goes, so the old
-    and the merged caches are not held both at once."""
-    merged = PrefixStore(getattr(store, "spill_dir", None))
-    for depth, name in list(store):
-        if name == "train" and (depth, "val") in store:
-            train, val = store.pop((depth, "train")), store.pop((depth, "val"))
-            if isinstance(train, torch.Tensor) and isinstance(val, torch.Tensor):
-                merged[depth, "train"] = torch.cat([train, val.repeat_interleave(views, 0)])
-                merged[depth, "val"] = val[:0]
-            del train
-    store.clear()
-    return merged
-
-
-def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere."""
-    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
-    return counts.sum() / (num_classes * counts)
-
-
-def epoch_order(labels: torch.Tensor, views: int, epoch: int, seed: int,
-                balance: bool) -> torch.Tensor:
-    """Row indices into the train views for one epoch: one view per image, shuffled.
-
-    With ``balance`` images are drawn with replacement, each class equally often.
-    """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    n = len(labels)
-    if balance:
-        weights = class_weights(labels, int(labels.max()) + 1)[labels]
-        images = torch.multinomial(weights, n, replacement=True, generator=generator)
-    else:
-        images = torch.randperm(n, generator=generator)
-    view = torch.randint(views, (n,), generator=generator)
-    return images * views + view
-
-
 @torch.no_grad()
 def evaluate_split(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.Tensor,
                    batch_size: int, device: torch.device) -> tuple[float, float]:
@@ -327,42 +68,6 @@ def evaluate_split(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.
         total_loss += F.cross_entropy(logits.float(), target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
     return total_loss / max(1, len(labels)), correct / max(1, len(labels))
-
-
-@torch.no_grad()
-def pooled_features(model: StagedClassifier, prefix: FrozenPrefix,
-                    batch_size: int = 256) -> np.ndarray:
-    """Pooled backbone features (float32 numpy) of every row of ``prefix``, the stages after
-    it run in eval mode."""
-    n, parts = len(prefix.images), []
-    for start in range(0, n, batch_size):
-        x = prefix(torch.arange(start, min(start + batch_size, n)))
-        if prefix.depth < model.num_stages:
-            x = model.pool(model.forward_stages(x, prefix.depth))
-        parts.append(x.float().cpu())
-    return torch.cat(parts).numpy() if parts else np.zeros((0, model.classifier.in_features),
-                                                            np.float32)
-
-
-def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, precision,
-               budget: float, ctx: Dist, grid: tuple[float, ...] = C_GRID, depth: int | None = None,
-               store: PrefixStore | None = None) -> Probe:
-    """Fit the linear probe on the pooled features of every stored train view (its L2
-    strength chosen on val from ``grid``) and load it into ``model.classifier``.
-
-    The features are computed through the frozen prefix at ``depth`` (default: every stage),
-    taken from or added to ``store``: fine-tuning from ``depth`` then reuses that cache.
-    """
-    depth = model.num_stages if depth is None else depth
-    model.eval()
-    with precision.autocast():
-        train = prefix_for(store, "train", model, data.probe_rows, depth, device, budget, ctx)
-        val = prefix_for(store, "val", model, data.val_images, depth, device, budget)
-        train_x, val_x = pooled_features(model, train), pooled_features(model, val)
-    labels = data.train_labels.repeat_interleave(data.views).numpy()
-    probe = fit_probe(train_x, labels, data.num_classes, val_x, data.val_labels.numpy(), grid)
-    probe.load_into(model.classifier)
-    return probe
 
 
 def validate(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.Tensor,
@@ -512,29 +217,18 @@ def _enter_depth(run: _Run, depth: int) -> None:
                                     run.budget)
 
 
-def _epoch_batches(run: _Run, epoch: int) -> list[torch.Tensor]:
-    """The epoch's global batches of row indices (a last batch too small for BatchNorm on
-    every process, fewer than two rows each, is dropped)."""
-    t = run.params.train
-    order = epoch_order(run.data.train_labels, run.data.views, epoch, run.params.seed,
-                        t.class_balance == "sampler")
-    batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2 * run.ctx.world_size:
-        batches.pop()
-    return batches
-
-
 def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     """One pass over the training rows; (mean loss, accuracy) over every process's share."""
     t, ctx, device, data = run.params.train, run.ctx, run.device, run.data
     train_mode(run.model, run.depth, t.freeze_bn)
-    view_labels = data.train_labels.repeat_interleave(data.views)
+    view_labels = data.view_labels
     weight = run.weight_cpu.to(device) if run.weight_cpu is not None else None
     # summed on the device: no host synchronisation per step (it stalls a GPU)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    batches = _epoch_batches(run, epoch)
+    batches = epoch_batches(data, epoch, run.params.seed, t.batch_size,
+                            t.class_balance == "sampler", ctx.world_size)
     local_batches = [distributed.shard(index, ctx) for index in batches]
     feed = run.train_prefix.epoch(local_batches, view_labels, epoch, run.params.seed, data.mix,
                                   run.workers)

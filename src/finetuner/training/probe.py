@@ -1,4 +1,5 @@
-"""The linear probe: an exact softmax head on frozen, pooled backbone features.
+"""The linear probe: an exact softmax head on frozen, pooled backbone features, and
+:func:`probe_head`, which fits it on a model's features and loads it into the model's head.
 
 scikit-learn's ``LogisticRegression`` (L-BFGS, multinomial, L2) fits the head; its L2 strength
 ``C`` is chosen on the validation features from a fixed grid (best accuracy, ties broken by the
@@ -20,6 +21,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+
+from ..models import StagedClassifier
+from .batches import TrainData
+from .distributed import Dist
+from .prefix import FrozenPrefix, PrefixStore, prefix_for
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -102,3 +108,39 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes:
         if best is None or (acc, -loss) > (best.val_acc, -best.val_loss):
             best = Probe(weight, bias, C, acc, loss)
     return best
+
+
+@torch.no_grad()
+def pooled_features(model: StagedClassifier, prefix: FrozenPrefix,
+                    batch_size: int = 256) -> np.ndarray:
+    """Pooled backbone features (float32 numpy) of every row of ``prefix``, the stages after
+    it run in eval mode."""
+    n, parts = len(prefix.images), []
+    for start in range(0, n, batch_size):
+        x = prefix(torch.arange(start, min(start + batch_size, n)))
+        if prefix.depth < model.num_stages:
+            x = model.pool(model.forward_stages(x, prefix.depth))
+        parts.append(x.float().cpu())
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.classifier.in_features),
+                                                            np.float32)
+
+
+def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, precision,
+               budget: float, ctx: Dist, grid: tuple[float, ...] = C_GRID, depth: int | None = None,
+               store: PrefixStore | None = None) -> Probe:
+    """Fit the linear probe on the pooled features of every stored train view (its L2
+    strength chosen on val from ``grid``) and load it into ``model.classifier``.
+
+    The features are computed through the frozen prefix at ``depth`` (default: every stage),
+    taken from or added to ``store``: fine-tuning from ``depth`` then reuses that cache.
+    """
+    depth = model.num_stages if depth is None else depth
+    model.eval()
+    with precision.autocast():
+        train = prefix_for(store, "train", model, data.probe_rows, depth, device, budget, ctx)
+        val = prefix_for(store, "val", model, data.val_images, depth, device, budget)
+        train_x, val_x = pooled_features(model, train), pooled_features(model, val)
+    labels = data.view_labels.numpy()
+    probe = fit_probe(train_x, labels, data.num_classes, val_x, data.val_labels.numpy(), grid)
+    probe.load_into(model.classifier)
+    return probe

@@ -29,8 +29,10 @@ from ..params import Params
 from ..runtime import resolve_precision
 from . import distributed
 from .distributed import Dist
-from .loop import PrefixStore, TrainData, fit, merged_store, probe_head
-from .probe import C_GRID, Probe
+from .batches import TrainData
+from .loop import fit
+from .prefix import PrefixStore, merged_store
+from .probe import C_GRID, Probe, probe_head
 from .resume import ResumeSlot, ResumeStore
 
 
