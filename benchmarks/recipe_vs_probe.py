@@ -86,31 +86,21 @@ def params_for(config: dict, seed: int):
 
 def prepared_for(data: Path, params, work: Path, cache: dict):
     """The split and stored views for these params (shared by configs of the same size)."""
-    from finetuner.data.prepared import load_prepared, prepare
-    from finetuner.data.preprocess import Augmentation
-    from finetuner.data.split import SPLITS, split_folder
-    from finetuner.io import write_csv, write_json
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import split_and_prepare
     from finetuner.models import get_arch
     p, size = params.preprocess, params.image_size
     key = (params.seed, size)
     if key not in cache:
-        out = work / f"s{params.seed}-{size}"
-        (out / "split").mkdir(parents=True)
-        (out / "prepared").mkdir()
-        result = split_folder(data, params.data.val_fraction, params.data.test_fraction,
-                              params.seed, progress=False)
-        for name in SPLITS:
-            write_csv(out / "split" / f"{name}.csv", ["path", "label", "sha256"],
-                      [(i.path, i.label, i.sha256) for i in result.splits[name]])
-        write_json(out / "split" / "summary.json", {"classes": result.classes})
         start = time.perf_counter()
-        prepare(out / "split", data, out / "prepared", size,
-                get_arch(params.model.arch).crop_pct, p.train_views,
-                Augmentation(p.crop_scale, p.hflip, p.rotation, p.color_jitter), params.seed,
-                p.workers)
+        cache[key] = split_and_prepare(
+            data, work / f"s{params.seed}-{size}", val_fraction=params.data.val_fraction,
+            test_fraction=params.data.test_fraction, seed=params.seed, image_size=size,
+            crop_pct=get_arch(params.model.arch).crop_pct, train_views=p.train_views,
+            augmentation=Augmentation(p.crop_scale, p.hflip, p.rotation, p.color_jitter),
+            workers=p.workers)
         print(f"preprocess_seconds={time.perf_counter() - start:.1f} seed={params.seed} "
               f"size={size}", flush=True)
-        cache[key] = load_prepared(out / "prepared")
     return cache[key]
 
 

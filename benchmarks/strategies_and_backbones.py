@@ -47,24 +47,17 @@ for index in (0, 1, 2):  # backbone comparison at one cheap strategy: head only
 
 
 def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict, work: Path):
-    from finetuner.data.prepared import load_prepared, prepare
-    from finetuner.data.preprocess import Augmentation
-    from finetuner.data.split import SPLITS, split_folder
-    from finetuner.io import write_csv, write_json
+    """The split (val 0.15, test 0.2) and stored views for this seed and size, made once."""
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import split_and_prepare
     key = (seed, size, crop_pct)
     if key not in cache:
-        out = work / f"s{seed}-{size}-{crop_pct}"
-        (out / "split").mkdir(parents=True)
-        (out / "prepared").mkdir()
-        result = split_folder(data, 0.15, 0.2, seed, progress=False)
-        for name in SPLITS:
-            write_csv(out / "split" / f"{name}.csv", ["path", "label", "sha256"],
-                      [(i.path, i.label, i.sha256) for i in result.splits[name]])
-        write_json(out / "split" / "summary.json", {"classes": result.classes})
         start = time.perf_counter()
-        prepare(out / "split", data, out / "prepared", size, crop_pct, 5,
-                Augmentation((0.5, 1.0), True, 15.0, 0.2), seed, 2)
-        cache[key] = (load_prepared(out / "prepared"), time.perf_counter() - start)
+        prepared = split_and_prepare(
+            data, work / f"s{seed}-{size}-{crop_pct}", val_fraction=0.15, test_fraction=0.2,
+            seed=seed, image_size=size, crop_pct=crop_pct, train_views=5,
+            augmentation=Augmentation((0.5, 1.0), True, 15.0, 0.2), workers=2)
+        cache[key] = (prepared, time.perf_counter() - start)
     return cache[key]
 
 
@@ -80,7 +73,7 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
                            "train": {"schedule": "constant", **config.get("train", {})}})
     spec = get_arch(params.model.arch)
     prepared, prep_seconds = prepared_for(data, seed, params.image_size, spec.crop_pct, cache, work)
-    tensors = TrainData.from_prepared(prepared)
+    tensors = TrainData.from_prepared(prepared, seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
     model = build_model(params.model.arch, params.model.weights, len(prepared.class_names))

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+import sys
+
+from finetuner.data.folders import labelled_views
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, load_prepared
-from finetuner.data.preprocess import labelled_views
+from finetuner.data.split import DatasetError
 from finetuner.evaluation.calibration import (calibration_record, calibration_scores,
                                               coverage_curve, file_sha256, fit_temperature,
                                               reliability, softmax)
@@ -124,7 +127,7 @@ def test_images(test_dir: str, data, checkpoint) -> tuple[np.ndarray, np.ndarray
         images, labels, skipped = labelled_views(Path(test_dir), checkpoint.class_names,
                                                  checkpoint.image_size, checkpoint.crop_pct)
         for path, reason in skipped:
-            print(f"evaluate: skipped {path}: {reason}")
+            print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
         return images, labels, f"folder {test_dir}"
     if len(data.labels["test"]) == 0:
         print("evaluate: warning: the test split is empty (data.test_fraction: 0) and "
@@ -136,5 +139,5 @@ def test_images(test_dir: str, data, checkpoint) -> tuple[np.ndarray, np.ndarray
 
 if __name__ == "__main__":
     run_stage("evaluate", main, "MODEL PREPARED_DIR METRICS_DIR",
-              (CheckpointError, InputError, ImageError),
+              (CheckpointError, InputError, ImageError, DatasetError),
               interrupted="interrupted")

@@ -90,6 +90,27 @@ def test_predict_reports_non_images_on_stderr_gives_rows_for_images_and_exits_1(
     assert ".thumb.png" not in done.stderr + done.stdout  # hidden: not even looked at
 
 
+def _fifo_and_dangling_link(folder: Path) -> None:
+    os.mkfifo(folder / "pipe.jpg")  # opened by a reader, it would block: the test would hang
+    (folder / "gone.png").symlink_to(folder / "deleted.png")
+
+
+def test_predict_and_evaluate_report_a_fifo_and_a_dangling_link_and_exit_1(
+        always_blue, photos, capsys):
+    (photos / "red" / "notes.txt").unlink()
+    _fifo_and_dangling_link(photos / "green")
+    for command in ("predict", "evaluate"):
+        code, out, err = _run(capsys, command, always_blue, photos)
+        assert code == 1, err
+        assert f"skipped {photos / 'green' / 'pipe.jpg'}: a FIFO (named pipe), not an image" in err
+        assert f"skipped {photos / 'green' / 'gone.png'}: a broken symbolic link" in err
+    assert "accuracy  0.2500  (8 images" in out  # evaluate scored the 8 images all the same
+    code, out, err = _run(capsys, "predict", always_blue, photos / "green" / "pipe.jpg")
+    assert code == 2 and out == ""
+    assert "pipe.jpg: a FIFO (named pipe), not an image file" in err
+    assert "no such file" not in err
+
+
 def test_predict_json_lists_top_k_for_each_image_and_exits_0_when_all_are_images(
         checkpoint, photos, capsys):
     (photos / "red" / "notes.txt").unlink()

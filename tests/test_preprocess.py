@@ -74,18 +74,25 @@ def test_batches_finished_out_of_order_land_in_their_place(splits, tmp_path, mon
         np.testing.assert_array_equal(a, b)
 
 
-def test_labelled_views_of_a_test_folder(tmp_path):
-    """evaluate.test_dir: the evaluation view of every image, labelled by its folder in the
-    model's class order; a file that is not an image is skipped with its reason."""
-    from finetuner.data.images import ImageError
-    from finetuner.data.preprocess import labelled_views
-    folder = make_image_folder(tmp_path / "test", {"b": 2, "a": 3}, size=20)
-    (folder / "a" / "notes.txt").write_text("not an image")
-    (folder / "a" / ".hidden.png").write_bytes(b"")
-    images, labels, skipped = labelled_views(folder, ["b", "a", "c"], 16, 0.875)
-    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
-    assert sorted(labels.tolist()) == [0, 0, 1, 1, 1]
-    assert [Path(p).name for p, _ in skipped] == ["notes.txt"]
-    (folder / "d").mkdir()
-    with pytest.raises(ImageError, match="'d' are not classes of the model.*b, a, c"):
-        labelled_views(folder, ["b", "a", "c"], 16, 0.875)
+def test_augmentation_defaults_are_the_params_defaults():
+    from finetuner.params import PreprocessParams
+    assert Augmentation() == Augmentation.from_params(PreprocessParams())
+    assert Augmentation().to_dict() == Augmentation.from_params(PreprocessParams().__dict__).to_dict()
+
+
+def test_split_and_prepare_makes_what_the_two_stages_make(tmp_path):
+    """The benchmarks' helper: manifests as the split stage writes them, arrays as preprocess."""
+    from finetuner.data.prepared import split_and_prepare
+    from finetuner.data.split import split_folder
+    root = make_image_folder(tmp_path / "images", {"a": 6, "b": 5}, size=20)
+    prepared = split_and_prepare(root, tmp_path / "work", val_fraction=0.2, test_fraction=0.2,
+                                 seed=1, image_size=16, crop_pct=0.875, train_views=2,
+                                 augmentation=AUGMENT, workers=0)
+    splits = split_folder(root, 0.2, 0.2, 1, progress=False).splits
+    assert prepared.class_names == ["a", "b"] and prepared.train_views == 2
+    for name, items in splits.items():
+        assert prepared.labels[name].tolist() == [int(i.label == "b") for i in items]
+        assert prepared.images[name].shape == (len(items) * (2 if name == "train" else 1),
+                                               16, 16, 3)
+    assert (tmp_path / "work" / "split" / "train.csv").read_text().count("\n") == 1 + len(
+        splits["train"])

@@ -25,9 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .data.images import ImageError, decode_image
-from .data.preprocess import eval_view
-from .data.split import is_hidden
+from .data.folders import eval_views, find_files, labelled_files
+from .data.split import DatasetError
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics
@@ -60,39 +59,25 @@ def _probability(text: str) -> float:
     return value
 
 
-def find_files(path: Path) -> list[Path]:
-    """``path`` itself if a file, else every non-hidden file below the folder, sorted."""
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p.relative_to(path)))
-    raise UsageError(f"{path}: no such file or folder")
+class Skipped(list):
+    """The paths skipped so far; each one is reported on stderr with the reason as it comes."""
 
-
-def _skip(path: Path, reason: str, skipped: list[Path]) -> None:
-    print(f"skipped {path}: {reason}", file=sys.stderr)
-    skipped.append(path)
+    def __call__(self, path: Path, reason: str) -> None:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+        self.append(path)
 
 
 def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
-                  skipped: list[Path]) -> Iterator[tuple[list[Path], np.ndarray]]:
+                  skipped: Skipped) -> Iterator[tuple[list[Path], np.ndarray]]:
     """(paths, class probabilities) per batch of the files that are images; others -> ``skipped``.
 
-    Each image is decoded and given the pipeline's evaluation view (resize, centre crop); the
-    probabilities are calibrated by the predictor's temperature, if it has one.
+    Each image is decoded and given the pipeline's evaluation view by
+    :func:`finetuner.data.folders.eval_views`; the probabilities are calibrated by the
+    predictor's temperature, if it has one.
     """
-    paths, arrays = [], []
-    for index, path in enumerate(files):
-        try:
-            image = decode_image(path)
-        except ImageError as error:
-            _skip(path, str(error), skipped)
-        else:
-            paths.append(path)
-            arrays.append(np.asarray(eval_view(image, predictor.image_size, predictor.crop_pct)))
-        if paths and (len(paths) == batch_size or index == len(files) - 1):
-            yield paths, predictor.probabilities(np.stack(arrays))
-            paths, arrays = [], []
+    for paths, views in eval_views(files, predictor.image_size, predictor.crop_pct, batch_size,
+                                   skipped):
+        yield paths, predictor.probabilities(views)
 
 
 # --- predict ----------------------------------------------------------------------------------
@@ -108,11 +93,11 @@ def _predict(args) -> int:
     if threshold is not None and UNKNOWN in names:
         raise UsageError(f"{args.model}: the model has a class named {UNKNOWN!r}, so "
                          "--min-confidence could not be told apart from it")
-    files = [f for path in args.paths for f in find_files(path)]
-    if not files:
+    skipped, results = Skipped(), []
+    files = [f for path in args.paths for f in find_files(path, skipped)]
+    if not files and not skipped:
         raise UsageError(f"no files in {', '.join(map(str, args.paths))}")
     k = min(args.top_k, len(names))
-    skipped, results = [], []
     writer = csv.writer(sys.stdout, lineterminator="\n")
     decided = [] if threshold is None else ["predicted"]
     if not args.json:
@@ -138,30 +123,11 @@ def _predict(args) -> int:
 
 # --- evaluate ---------------------------------------------------------------------------------
 
-def labelled_files(directory: Path, class_names: list[str], skipped: list[Path]) -> dict[Path, int]:
-    """The files of an ImageFolder -> their class indices in ``class_names``."""
-    if not directory.is_dir():
-        raise UsageError(f"{directory}: not a folder (expected one sub-folder per class)")
-    entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
-    folders = [p for p in entries if p.is_dir()]
-    unknown = [p.name for p in folders if p.name not in class_names]
-    if unknown:
-        raise UsageError(f"{directory}: class folder(s) {', '.join(map(repr, unknown))} are not "
-                         f"classes of the model; its classes are: {', '.join(class_names)}")
-    if not folders:
-        raise UsageError(f"{directory}: no class folders; expected one sub-folder per class, "
-                         f"named as the model's classes: {', '.join(class_names)}")
-    for path in entries:
-        if not path.is_dir():
-            _skip(path, "not inside a class folder", skipped)
-    return {f: class_names.index(folder.name) for folder in folders for f in find_files(folder)}
-
-
 def _evaluate(args) -> int:
     predictor = _load(args)
     names = predictor.class_names
-    skipped = []
-    label_of = labelled_files(args.dir, names, skipped)
+    skipped = Skipped()
+    label_of = dict(labelled_files(args.dir, names, skipped))
     labels, predicted = [], []
     for paths, probabilities in predict_files(predictor, list(label_of), args.batch_size, skipped):
         labels += [label_of[p] for p in paths]
@@ -338,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, CheckpointError, ExportError, CalibrationError) as error:
+    except (UsageError, DatasetError, CheckpointError, ExportError, CalibrationError) as error:
         print(f"finetuner {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly

@@ -21,23 +21,28 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import v2 as T
 
+from ..params import PreprocessParams
 from .rows import Rows, as_index
 
 AUTO_AUGMENT = {"none": None, "trivial": T.TrivialAugmentWide, "randaugment": T.RandAugment}
+
+
+_DEFAULTS = PreprocessParams()  # one set of default numbers: the params'
 
 
 @dataclass(frozen=True)
 class Augmentation:
     """Per image: random resized crop (area fraction ``crop_scale``), flip, rotation (degrees),
     colour jitter, and an automatic policy (``auto_augment``); per batch, online only: MixUp and
-    CutMix with these Beta(alpha, alpha) strengths (0: off; both: one of them per batch)."""
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    hflip: bool = False
-    rotation: float = 0.0
-    color_jitter: float = 0.0
-    auto_augment: str = "none"
-    mixup: float = 0.0
-    cutmix: float = 0.0
+    CutMix with these Beta(alpha, alpha) strengths (0: off; both: one of them per batch).
+    The defaults are :class:`finetuner.params.PreprocessParams`'s."""
+    crop_scale: tuple[float, float] = _DEFAULTS.crop_scale
+    hflip: bool = _DEFAULTS.hflip
+    rotation: float = _DEFAULTS.rotation
+    color_jitter: float = _DEFAULTS.color_jitter
+    auto_augment: str = _DEFAULTS.auto_augment
+    mixup: float = _DEFAULTS.mixup
+    cutmix: float = _DEFAULTS.cutmix
 
     @classmethod
     def from_params(cls, p) -> "Augmentation":

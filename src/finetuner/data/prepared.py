@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import read_csv, write_json
+from ..io import read_csv, write_csv, write_json
 from .augment import Augmentation
 from .preprocess import SplitViews, canvas_side, write_views
 from .rows import FileRows
-from .split import SPLITS
+from .split import SPLITS, split_folder
 
 META = "meta.json"
 
@@ -74,6 +74,26 @@ def load_prepared(directory: str | Path) -> Prepared:
                     else Augmentation())
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
                     images, labels, augmentation, directory)
+
+
+def split_and_prepare(data_dir: str | Path, work: str | Path, *, val_fraction: float,
+                      test_fraction: float, seed: int, image_size: int, crop_pct: float,
+                      train_views: int, augmentation: Augmentation,
+                      workers: int = 2) -> Prepared:
+    """What the split and preprocess stages make of ``data_dir``, without DVC or params.yaml
+    (benchmarks): the manifests in ``work/split``, the arrays in ``work/prepared`` (``work``
+    must not hold them yet), read back by :func:`load_prepared`."""
+    split_dir, out_dir = Path(work) / "split", Path(work) / "prepared"
+    split_dir.mkdir(parents=True)
+    out_dir.mkdir()
+    result = split_folder(data_dir, val_fraction, test_fraction, seed, progress=False)
+    for name in SPLITS:
+        write_csv(split_dir / f"{name}.csv", ["path", "label", "sha256"],
+                  [(i.path, i.label, i.sha256) for i in result.splits[name]])
+    write_json(split_dir / "summary.json", {"classes": result.classes})
+    prepare(split_dir, Path(data_dir), out_dir, image_size, crop_pct, train_views, augmentation,
+            seed, workers)
+    return load_prepared(out_dir)
 
 
 class InputError(ValueError):

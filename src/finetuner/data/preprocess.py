@@ -146,33 +146,3 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
         arrays[split].write(start, batch.numpy())
     for array in arrays:
         array.close()
-
-
-def labelled_views(folder: Path, class_names: list[str], size: int, crop_pct: float
-                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """The evaluation views (N, size, size, 3) uint8 and class indices of a labelled folder
-    (one sub-folder per class, named as ``class_names``; hidden files skipped), and the files
-    that were skipped, with the reason.  A folder name that is not a class is an error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ImageError(f"{folder}: not a folder (expected one sub-folder per class)")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [p.name for p in classes if p.name not in class_names]
-    if unknown or not classes:
-        raise ImageError(f"{folder}: class folder(s) {', '.join(map(repr, unknown)) or 'none'}"
-                         f" {'are not classes of the model' if unknown else 'found'}; "
-                         f"expected sub-folders named as the classes: {', '.join(class_names)}")
-    views, labels, skipped = [], [], []
-    for class_dir in classes:
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            if any(part.startswith(".") for part in path.relative_to(folder).parts):
-                continue
-            try:
-                views.append(np.asarray(eval_view(decode_image(path), size, crop_pct)))
-            except ImageError as error:
-                skipped.append((str(path), str(error)))
-                continue
-            labels.append(class_names.index(class_dir.name))
-    if not views:
-        raise ImageError(f"{folder}: no usable image in its class folders")
-    return np.stack(views), np.array(labels, dtype=np.int64), skipped

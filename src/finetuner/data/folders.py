@@ -1,0 +1,140 @@
+"""The one reader of the image files a user points at after training: a labelled folder (one
+sub-folder per class, for ``evaluate.test_dir`` and ``finetuner evaluate``) or any files and
+folders (``finetuner predict``).  Class folders are checked and images decoded here, once, for
+the stage and the command line alike.
+
+Rules:
+
+* hidden files and anything in a hidden folder are left out silently (``.DS_Store``, ``.git``);
+* what is not a regular file is never opened (a FIFO would block the reader forever): FIFOs,
+  sockets, devices, broken links and links to folders (not followed) are reported as skipped,
+  with what they are; so are files that do not decode, and in a labelled folder files outside
+  any class folder;
+* a labelled folder's sub-folders must all be classes of the model (an unknown name is an
+  error naming it and the model's classes); files in deeper folders belong to their class;
+* an image is given the evaluation view of :func:`finetuner.data.preprocess.eval_view`, as the
+  pipeline's val and test images are.
+"""
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .images import ImageError, decode_image
+from .preprocess import eval_view
+from .split import DatasetError, is_hidden
+
+Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (what it is instead), or None.  Only
+    ``lstat``/``stat``: nothing is opened."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "no such file or folder"
+    except OSError as error:
+        return f"cannot read: {error.strerror or type(error).__name__}"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return "a broken symbolic link (its target does not exist)"
+        if stat.S_ISDIR(mode):
+            return "a link to a folder (not followed; copy or move its files in)"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"{kind}, not an image file; nothing was read from it"
+
+
+def find_files(path: Path, skip: Skip) -> list[Path]:
+    """``path`` itself if a regular file, else the regular files below the folder, sorted
+    (hidden ones left out); every other entry below it goes to ``skip`` with what it is.
+    Raises :class:`DatasetError` when ``path`` is neither a file nor a folder, saying what
+    it is."""
+    if path.is_dir():  # a folder, or a link to one named by the user: followed
+        return _walk(path, skip)
+    problem = entry_problem(path)
+    if problem is not None:
+        raise DatasetError(f"{path}: {problem}")
+    return [path]
+
+
+def _walk(folder: Path, skip: Skip) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if is_hidden(path.relative_to(folder)):
+            continue
+        problem = entry_problem(path)
+        if problem is None:
+            files.append(path)
+        elif problem != "a folder":
+            skip(path, problem)
+    return files
+
+
+def labelled_files(folder: Path, class_names: list[str], skip: Skip) -> list[tuple[Path, int]]:
+    """(file, class index in ``class_names``) of every regular file in ``folder``'s class
+    folders, sorted; entries outside a class folder and entries that are not regular files go
+    to ``skip``.  Raises :class:`DatasetError` for a missing folder, no class folder, or a
+    folder name that is not a class."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder (expected one sub-folder per class)")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    classes = [p for p in entries if p.is_dir()]  # a link to a class folder is followed
+    unknown = [p.name for p in classes if p.name not in class_names]
+    if unknown:
+        raise DatasetError(f"{folder}: class folder(s) {', '.join(map(repr, unknown))} are not "
+                           f"classes of the model; its classes are: {', '.join(class_names)}")
+    if not classes:
+        raise DatasetError(f"{folder}: no class folders; expected one sub-folder per class, "
+                           f"named as the model's classes: {', '.join(class_names)}")
+    for path in entries:
+        if path not in classes:
+            problem = entry_problem(path)
+            skip(path, "not inside a class folder" if problem is None else problem)
+    return [(path, class_names.index(class_dir.name))
+            for class_dir in classes for path in _walk(class_dir, skip)]
+
+
+def eval_views(files: list[Path], size: int, crop_pct: float, batch_size: int,
+               skip: Skip) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """(paths, uint8 evaluation views (B, size, size, 3)) per batch of the ``files`` that
+    decode; the others go to ``skip`` with the reason.  Never a batch of none."""
+    paths, views = [], []
+    for index, path in enumerate(files):
+        try:
+            views.append(np.asarray(eval_view(decode_image(path), size, crop_pct)))
+            paths.append(path)
+        except ImageError as error:
+            skip(path, str(error))
+        if paths and (len(paths) == batch_size or index == len(files) - 1):
+            yield paths, np.stack(views)
+            paths, views = [], []
+
+
+def labelled_views(folder: Path, class_names: list[str], size: int, crop_pct: float,
+                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """The evaluation views (N, size, size, 3) uint8 and class indices of a labelled folder,
+    and the entries skipped, with the reason.  No usable image is an error."""
+    skipped: list[tuple[str, str]] = []
+    record = lambda path, reason: skipped.append((str(path), reason))  # noqa: E731
+    label_of = dict(labelled_files(folder, class_names, record))
+    parts, labels = [], []
+    for paths, views in eval_views(list(label_of), size, crop_pct, batch_size, record):
+        parts.append(views)
+        labels += [label_of[p] for p in paths]
+    if not parts:
+        raise DatasetError(f"{folder}: no usable image in its class folders")
+    return np.concatenate(parts), np.array(labels, dtype=np.int64), skipped

@@ -1,0 +1,82 @@
+"""The reader of the folders a user points at (finetuner.data.folders): labelled folders for
+evaluate, any files for predict; entries that are not regular files are reported, never opened."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import load_stage, make_image_folder
+from finetuner.data.folders import entry_problem, find_files, labelled_files, labelled_views
+from finetuner.data.split import DatasetError
+
+
+def odd_entries(folder: Path) -> None:
+    """A FIFO and a dangling link among ``folder``'s files (a reader that opened the FIFO would
+    block: the tests would hang, not fail)."""
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "gone.png").symlink_to(folder / "deleted.png")
+
+
+def test_labelled_views_of_a_test_folder(tmp_path):
+    """evaluate.test_dir: the evaluation view of every image, labelled by its folder in the
+    model's class order; a file that is not an image is skipped with its reason."""
+    folder = make_image_folder(tmp_path / "test", {"b": 2, "a": 3}, size=20)
+    (folder / "a" / "notes.txt").write_text("not an image")
+    (folder / "a" / ".hidden.png").write_bytes(b"")
+    images, labels, skipped = labelled_views(folder, ["b", "a", "c"], 16, 0.875, batch_size=2)
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [1, 1, 1, 0, 0]  # a's files, then b's (folders sorted)
+    assert [Path(p).name for p, _ in skipped] == ["notes.txt"]
+    (folder / "d").mkdir()
+    with pytest.raises(DatasetError, match="'d' are not classes of the model.*b, a, c"):
+        labelled_views(folder, ["b", "a", "c"], 16, 0.875)
+
+
+def test_a_fifo_and_a_dangling_link_are_reported_with_what_they_are(tmp_path):
+    folder = make_image_folder(tmp_path / "test", {"a": 2, "b": 1}, size=20)
+    odd_entries(folder / "a")
+    (folder / "b" / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "loose.png").write_bytes(b"")
+    skipped = []
+    files = labelled_files(folder, ["a", "b"], lambda path, reason: skipped.append((path, reason)))
+    assert [p.name for p, _ in files] == ["img_000.png", "img_001.png", "img_000.png"]
+    reasons = {path.name: reason for path, reason in skipped}
+    assert reasons["pipe.jpg"].startswith("a FIFO (named pipe), not an image file")
+    assert reasons["gone.png"].startswith("a broken symbolic link")
+    assert reasons["elsewhere"].startswith("a link to a folder (not followed")
+    assert reasons["loose.png"] == "not inside a class folder"
+    images, labels, listed = labelled_views(folder, ["a", "b"], 16, 0.875)
+    assert len(images) == 3 and labels.tolist() == [0, 0, 1]
+    assert {Path(p).name for p, _ in listed} == set(reasons)
+
+
+def test_find_files_names_what_a_path_is_when_it_is_not_a_file_or_folder(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    never = lambda path, reason: pytest.fail(f"{path} skipped: {reason}")  # noqa: E731
+    with pytest.raises(DatasetError, match=r"pipe\.jpg: a FIFO \(named pipe\), not an image"):
+        find_files(tmp_path / "pipe.jpg", never)
+    with pytest.raises(DatasetError, match=r"gone\.png: a broken symbolic link"):
+        find_files(tmp_path / "gone.png", never)
+    with pytest.raises(DatasetError, match=r"absent\.png: no such file or folder"):
+        find_files(tmp_path / "absent.png", never)
+    (tmp_path / "photo.png").write_bytes(b"x")
+    assert find_files(tmp_path / "photo.png", never) == [tmp_path / "photo.png"]
+    assert entry_problem(tmp_path / "photo.png") is None
+
+
+def test_the_evaluate_stage_reads_test_dir_through_it_and_reports_skips_on_stderr(tmp_path,
+                                                                                   capsys):
+    from types import SimpleNamespace
+    folder = make_image_folder(tmp_path / "holdout", {"a": 2, "b": 1}, size=20)
+    odd_entries(folder / "b")
+    model = SimpleNamespace(class_names=["a", "b"], image_size=16, crop_pct=0.875)
+    images, labels, source = load_stage("evaluate").test_images(str(folder), None, model)
+    assert images.shape == (3, 16, 16, 3) and labels.tolist() == [0, 0, 1]
+    assert source == f"folder {folder}"
+    err = capsys.readouterr().err
+    assert f"evaluate: skipped {folder / 'b' / 'pipe.jpg'}: a FIFO (named pipe)" in err
+    assert f"evaluate: skipped {folder / 'b' / 'gone.png'}: a broken symbolic link" in err
