@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from finetuner.export import onnx_bytes, onnx_runner, onnx_session  # noqa: E402
+from finetuner.export import onnx_checked, onnx_runner, onnx_session  # noqa: E402
 from finetuner.models import build_model  # noqa: E402
 
 
@@ -52,11 +52,12 @@ def int8_model(data: bytes, folder: Path) -> Path:
 def measure(model: torch.nn.Module, size: int, rounds: int, threads: int,
             images: np.ndarray | None, labels: np.ndarray | None, tag: str) -> None:
     model = model.cpu().eval()
-    data = onnx_bytes(model, size)
+    data, session = onnx_checked(model, size, f"{tag}: the float32 ONNX export",
+                                 "not measured", threads)
     with tempfile.TemporaryDirectory() as folder:
         int8 = int8_model(data, Path(folder))
         runners = {"eager": lambda x: model(torch.from_numpy(x)),
-                   "onnxruntime": onnx_runner(onnx_session(data, threads)),
+                   "onnxruntime": onnx_runner(session),
                    "onnxruntime_int8": onnx_runner(onnx_session(int8, threads))}
         print(f"{tag}_onnx_mb={len(data) / 1e6:.2f} {tag}_int8_mb={int8.stat().st_size / 1e6:.2f}")
         one = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)

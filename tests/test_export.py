@@ -241,3 +241,44 @@ def test_onnxruntime_cost_reports_latency_throughput_and_size():
     cost = onnxruntime_cost(build_model("resnet18", "none", 3), 32, runs=3, budget_s=0.5)
     assert cost["onnxruntime_latency_ms"] > 0 and cost["onnxruntime_images_per_s"] > 0
     assert 40 < cost["onnx_mb"] < 50  # resnet18's 11.2 M float32 weights
+
+
+@pytest.fixture
+def drifting_exporter(monkeypatch):
+    """An ONNX exporter whose graph misses the model's logits by 0.01 (as an exporter bug
+    would): every ONNX path must notice it."""
+    import copy
+    real = export_module.onnx_bytes
+
+    def drifting(model, image_size, metadata=None):
+        drifted = copy.deepcopy(model)
+        with torch.no_grad():
+            drifted.classifier.bias.add_(0.01)
+        return real(drifted, image_size, metadata)
+    monkeypatch.setattr(export_module, "onnx_bytes", drifting)
+
+
+def test_every_onnx_path_refuses_an_export_that_misses_the_logits(
+        drifting_exporter, resnet, photos, tmp_path, capsys):
+    with pytest.raises(ExportError, match="nothing written"):  # finetuner export
+        export_model(load_checkpoint(resnet), tmp_path / "model.onnx", "onnx")
+    with pytest.raises(ExportError, match=r"resnet\.pt: its ONNX export \(made in memory for "
+                                          r"onnxruntime\) gives logits up to 0\.01 away"):
+        load_predictor(resnet, "onnxruntime")  # predict / evaluate --runtime onnxruntime
+    assert main(["predict", str(resnet), str(photos[0]), "--runtime", "onnxruntime"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "run it with --runtime torch" in err
+    with pytest.raises(ExportError, match="the ONNX export gives logits up to 0.01"):
+        onnxruntime_cost(load_checkpoint(resnet).model, SIZE, runs=3, budget_s=0.5)  # evaluate
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_export_py_makes_onnx_models():
+    """Every ONNX model is made by export.onnx_bytes, called only where its logits are checked
+    (export._onnx_measured): a new caller elsewhere would skip the parity check."""
+    root = Path(__file__).resolve().parents[1]
+    callers = sorted(str(p.relative_to(root)) for folder in ("src", "benchmarks", "stages")
+                     for p in (root / folder).rglob("*.py") if "onnx_bytes(" in p.read_text())
+    assert callers == ["src/finetuner/export.py"]
+    source = (root / "src" / "finetuner" / "export.py").read_text()
+    assert source.count("onnx_bytes(") == 2  # its definition and _onnx_measured

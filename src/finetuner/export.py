@@ -14,7 +14,9 @@ it deprecated; when a torch upgrade removes it, ``dynamo=True`` and the ``onnxsc
 dependency replace it (tests/test_export.py checks the result either way).
 
 Each export is checked before it is written: the exported model must give the PyTorch model's
-logits within :data:`PARITY_TOLERANCE` on a random batch, or nothing is written.
+logits within :data:`PARITY_TOLERANCE` on a random batch, or nothing is written.  The ONNX models
+made in memory (``predict --runtime onnxruntime`` on a checkpoint, the evaluate stage's ONNX
+Runtime timing) come from :func:`onnx_checked`, which makes the same check.
 """
 from __future__ import annotations
 
@@ -108,6 +110,33 @@ def onnx_bytes(model: torch.nn.Module, image_size: int, metadata: dict | None = 
         for key, value in entries.items():
             proto.metadata_props.add(key=key, value=json.dumps(value))
     return proto.SerializeToString()
+
+
+def onnx_checked(model: torch.nn.Module, image_size: int, what: str, advice: str,
+                 threads: int | None = None) -> tuple[bytes, object]:
+    """``(ONNX bytes, ONNX Runtime session)`` of ``model`` (on the CPU, eval mode), made in
+    memory; :class:`ExportError` ("``what`` gives logits up to ...; ``advice``") when its logits
+    miss the PyTorch model's by more than :data:`PARITY_TOLERANCE`, as for a written export."""
+    data, session, diff = _onnx_measured(model, image_size, None, threads)
+    check_parity(diff, what, advice)
+    return data, session
+
+
+def _onnx_measured(model: torch.nn.Module, image_size: int, metadata: dict | None = None,
+                   threads: int | None = None) -> tuple[bytes, object, float]:
+    """(ONNX bytes, session, max |logit difference| from ``model``): every ONNX model this
+    project makes, in memory or written, is measured here and checked by the caller."""
+    data = onnx_bytes(model, image_size, metadata)
+    session = onnx_session(data, threads)
+    run = onnx_runner(session)
+    return data, session, _max_diff(lambda x: run(x.numpy()), model, image_size)
+
+
+def check_parity(diff: float, what: str, advice: str) -> None:
+    """:class:`ExportError` unless ``diff`` (max |logit difference|) is within tolerance."""
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{what} gives logits up to {diff:.3g} away from the checkpoint's "
+                          f"(tolerance {PARITY_TOLERANCE}); {advice}")
 
 
 def onnx_runner(session):
@@ -245,10 +274,7 @@ def _max_diff(run, model: torch.nn.Module, image_size: int) -> float:
 
 
 def _onnx(model: torch.nn.Module, size: int, metadata: dict, inside: str):
-    data = onnx_bytes(model, size, metadata)
-    session = onnx_session(data)
-    run = onnx_runner(session)
-    diff = _max_diff(lambda x: run(x.numpy()), model, size)
+    data, _, diff = _onnx_measured(model, size, metadata)
 
     def save(tmp: Path) -> None:
         tmp.write_bytes(data)
@@ -296,9 +322,7 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
     except Exception as error:  # the exporter's limits for some architecture
         raise ExportError(f"{out}: the {fmt} exporter failed for {checkpoint.arch}: "
                           f"{type(error).__name__}: {_first_line(error)}") from None
-    if not diff <= PARITY_TOLERANCE:
-        raise ExportError(f"{out}: the {fmt} export gives logits up to {diff:.3g} away from the "
-                          f"checkpoint's (tolerance {PARITY_TOLERANCE}); nothing written")
+    check_parity(diff, f"{out}: the {fmt} export", "nothing written")
     metadata["parity_max_abs_diff"] = diff
     with atomic_path(out) as tmp, _quiet_jit():
         save(tmp)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration, softmax
-from .export import ExportError, onnx_bytes, onnx_runner, onnx_session, read_onnx
+from .export import ExportError, onnx_checked, onnx_runner, read_onnx
 from .models.checkpoint import load_checkpoint
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -83,8 +83,11 @@ def load_predictor(path: str | Path, runtime: str | None = None,
     temperature = (read_calibration(calibration, file_sha256(path))
                    if calibration is not None else None)
     model = checkpoint.model.cpu().eval()
-    if runtime == "onnxruntime":
-        run = onnx_runner(onnx_session(onnx_bytes(model, checkpoint.image_size), threads))
+    if runtime == "onnxruntime":  # exported in memory, checked as `finetuner export` checks
+        _, session = onnx_checked(model, checkpoint.image_size,
+                                  f"{path}: its ONNX export (made in memory for onnxruntime)",
+                                  "run it with --runtime torch", threads)
+        run = onnx_runner(session)
     else:
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():

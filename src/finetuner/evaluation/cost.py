@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..export import onnx_bytes, onnx_runner, onnx_session
+from ..export import onnx_checked, onnx_runner
 from ..models import StagedClassifier
 from ..training.freeze import set_frozen_prefix
 
@@ -74,10 +74,12 @@ def cpu_throughput(model, image_size: int, batch_size: int = 32, runs: int = 5,
 
 def onnxruntime_cost(model: StagedClassifier, image_size: int, runs: int = 30,
                      budget_s: float = 3.0) -> dict:
-    """The model exported to ONNX (in memory) and timed in ONNX Runtime by :func:`cpu_latency_ms`
-    and :func:`cpu_throughput`, as eager PyTorch is; ``model`` on the CPU."""
-    data = onnx_bytes(model.cpu().eval(), image_size)
-    runner = onnx_runner(onnx_session(data))
+    """The model exported to ONNX (in memory, checked against the model's logits) and timed in
+    ONNX Runtime by :func:`cpu_latency_ms` and :func:`cpu_throughput`, as eager PyTorch is;
+    ``model`` on the CPU."""
+    data, session = onnx_checked(model.cpu().eval(), image_size, "the ONNX export",
+                                 "it is not timed")
+    runner = onnx_runner(session)
     run = lambda batch: runner(batch.numpy())  # noqa: E731
     return {"onnxruntime_latency_ms": round(cpu_latency_ms(run, image_size, runs, budget_s), 2),
             "onnxruntime_images_per_s": round(cpu_throughput(run, image_size), 1),
