@@ -252,3 +252,55 @@ def test_a_bare_state_dict_or_other_object_is_not_a_checkpoint(tmp_path, saved, 
     with pytest.raises(CheckpointError, match="not a finetuner-checkpoint/1 file") as error:
         load_checkpoint(path)
     assert str(error.value).startswith(f"{path}: ") and words in str(error.value)
+
+
+def _torchscript(model, path):
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated: we know
+        torch.jit.save(torch.jit.trace(model, torch.rand(1, 3, 32, 32)), str(path))
+
+
+def _pt2(model, path):
+    program = torch.export.export(model, (torch.rand(2, 3, 32, 32),))
+    with open(path, "wb") as f:  # a file object: torch would warn about the suffix
+        torch.export.save(program, f)
+
+
+def _zip(path):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+
+
+WRONG_FILES = {  # name -> (how to write it, what the message must call it)
+    "random-bytes": (lambda m, p, g: p.write_bytes(b"\x17" + np.random.default_rng(0).bytes(4095)),
+                     "unrecognised bytes: random data"),
+    "truncated": (lambda m, p, g: p.write_bytes(g.read_bytes()[:len(g.read_bytes()) // 2]),
+                  "truncated or corrupt: a zip archive (as torch.save writes) without its end"),
+    "torchscript": (lambda m, p, g: _torchscript(m, p), "a TorchScript archive (torch.jit.save"),
+    "pt2": (lambda m, p, g: _pt2(m, p), "a torch.export .pt2 archive"),
+    "onnx": (lambda m, p, g: p.write_bytes(__import__("finetuner.export").export.onnx_bytes(
+        m, 32)), "an ONNX model (`finetuner export` writes these; predict and evaluate take"),
+    "zip": (lambda m, p, g: _zip(p), "a zip archive that torch.save did not write (it holds "
+                                     "readme.txt)"),
+    "pickle": (lambda m, p, g: p.write_bytes(pickle.dumps({"arch": ARCH}, protocol=2)),
+               "a Python pickle that torch.save did not write"),
+    "png": (lambda m, p, g: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)), "a PNG image"),
+    "text": (lambda m, p, g: p.write_text("arch: resnet18\nlr: 0.1\n"),
+             "a text file (it starts 'arch: resnet18')"),
+    "safetensors": (lambda m, p, g: __import__("safetensors.torch").torch.save_file(
+        {"w": torch.zeros(2)}, str(p)), "a safetensors weights file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRONG_FILES))
+def test_a_wrong_file_is_named_for_what_it_is(tmp_path, model, good_checkpoint, kind):
+    write, words = WRONG_FILES[kind]
+    path = tmp_path / "model.pt"
+    write(model, path, good_checkpoint)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a loadable checkpoint") and "\n" not in message
+    assert words in message and "nothing in the file was executed" in message
