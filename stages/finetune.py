@@ -29,6 +29,7 @@ from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.live import LiveLog, LiveLogError
 from finetuner.training.batches import TrainData
+from finetuner.training.loop import DivergedError
 from finetuner.training.resume import ResumeStore, input_key
 from finetuner.training.strategy import train_model
 
@@ -81,4 +82,5 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("finetune", main, "PREPARED_DIR MODEL_OUT LIVE_DIR", (WeightsError, LiveLogError))
+    run_stage("finetune", main, "PREPARED_DIR MODEL_OUT LIVE_DIR",
+              (WeightsError, LiveLogError, DivergedError))

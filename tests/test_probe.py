@@ -180,3 +180,21 @@ def test_a_diverged_refit_is_dropped_and_the_model_chosen_on_val_kept(monkeypatc
     assert not outcome.refit and "train accuracy 0.000" in outcome.refit_problem
     assert outcome.trained_on == {"train": len(data.train_labels)}
     assert outcome.info()["refit_problem"] == outcome.refit_problem
+
+
+def test_a_refit_whose_loss_turns_nan_is_dropped_and_the_model_chosen_on_val_kept(monkeypatch):
+    real = loop._train_epoch
+
+    def diverging(run, epoch):  # the refit (no val) diverges in its second epoch
+        loss, accuracy = real(run, epoch)
+        return (math.nan if not run.validating and epoch == 1 else loss), accuracy
+
+    monkeypatch.setattr(loop, "_train_epoch", diverging)
+    torch.manual_seed(0)
+    model, outcome = train_model(lambda: build_model("resnet18", "none", 3), tiny_data(),
+                                 params_for(refit=True), Dist(torch.device("cpu")),
+                                 progress=False)
+    assert not outcome.refit and outcome.trained_on == {"train": len(tiny_data().train_labels)}
+    assert outcome.refit_problem.startswith("the refit on train + val diverged: epoch 2 of 2: "
+                                            "the training loss is nan")
+    assert all(math.isfinite(v) for v in model.state_dict()["classifier.weight"].flatten())

@@ -131,3 +131,52 @@ def test_only_the_writer_writes(tmp_path):
     reader = ResumeStore("key", tmp_path, writer=False)
     reader.slot("finetune").save({"done": False})
     assert not (tmp_path / "key").exists()
+
+
+def _nan_from_epoch(monkeypatch, bad: int) -> None:
+    """Epoch ``bad`` (0-based) trains, and its mean loss comes back NaN (as a diverged one)."""
+    real = loop._train_epoch
+
+    def diverging(run, epoch):
+        loss, accuracy = real(run, epoch)
+        return (float("nan") if epoch >= bad else loss), accuracy
+    monkeypatch.setattr(loop, "_train_epoch", diverging)
+
+
+def test_a_nan_loss_stops_fit_naming_the_epoch_and_the_resume_state_keeps_the_one_before(
+        tmp_path, monkeypatch):
+    slot = ResumeStore("key", tmp_path).slot("finetune")
+    saved = []
+    real_save = slot.save
+    monkeypatch.setattr(slot, "save", lambda state: (saved.append(state["epochs_done"]),
+                                                      real_save(state)))
+    _nan_from_epoch(monkeypatch, 2)
+    with pytest.raises(loop.DivergedError) as error:
+        _fit({}, slot)
+    message = str(error.value)
+    assert message.startswith("epoch 3 of 4: the training loss is nan") and "\n" not in message
+    assert "the state after epoch 2 is kept" in message and "lower lr" in message
+    assert saved == [1, 2]  # nothing saved for epoch 3
+    assert torch.load(slot.path, weights_only=True)["epochs_done"] == 2
+
+
+def test_a_nan_loss_stops_the_finetune_stage_with_one_line_and_writes_no_model(
+        tmp_path, monkeypatch):
+    import runpy
+    import sys
+    import yaml
+    from conftest import ROOT, noise_prepared
+    noise_prepared(tmp_path / "prepared", {"train": 12, "val": 3, "test": 3})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "device": "cpu", "threads": 1, "model": {"arch": "resnet18", "weights": "none"},
+        "preprocess": {"image_size": 32}, "train": {"epochs": 3, "batch_size": 8}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["finetune.py", "prepared", "model.pt", "live"])
+    _nan_from_epoch(monkeypatch, 1)
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "stages" / "finetune.py"), run_name="__main__")
+    assert str(stop.value.code).startswith("finetune: error: epoch 2 of 3: the training loss "
+                                           "is nan: training diverged at lr 0.02")
+    assert not (tmp_path / "model.pt").exists()
+    state, = (tmp_path / ".finetuner" / "resume").glob("*/finetune.pt")
+    assert torch.load(state, weights_only=True)["epochs_done"] == 1

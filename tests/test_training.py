@@ -130,3 +130,26 @@ def test_training_gives_the_history_recorded_before_the_split_by_concern(name):
         k: close(v) for k, v in candidates.items()}
     assert [tuple(row[k] for k in HISTORY_KEYS) for row in outcome.history] == [
         close(row) for row in history]
+
+
+def test_a_small_last_batch_is_evened_out_with_the_one_before():
+    from finetuner.training.batches import epoch_batches
+    sizes = {}
+    for n in (16, 17, 18, 20, 7):
+        data = tiny_data(n_per_class=1, classes=1)
+        data.train_labels = torch.zeros(n, dtype=torch.long)
+        batches = epoch_batches(data, 0, 0, 8, False)
+        sizes[n] = [len(b) for b in batches]
+        assert sorted((torch.cat(batches) // data.views).tolist()) == list(range(n))  # all once
+    assert sizes == {16: [8, 8], 17: [8, 5, 4], 18: [8, 5, 5], 20: [8, 8, 4], 7: [7]}
+
+
+def test_from_scratch_training_on_tiny_images_stays_finite_at_lr_0_02():
+    """Lite0 without pretrained weights, 32 px, 18 rows in batches of 8: with a last batch of 2
+    rows (before the batches were evened out) its gradients reached 1e7 and the loss NaN in the
+    second epoch (benchmarks/from_scratch_divergence.py)."""
+    for seed in (0, 1):
+        _, result = fit_tiny({"lr": 0.02, "seed": seed, "train": {"epochs": 4,
+                                                                  "schedule": "cosine"}},
+                             arch="tf_efficientnet_lite0")
+        assert all(math.isfinite(h["train_loss"]) for h in result.history), result.history

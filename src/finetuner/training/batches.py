@@ -120,10 +120,20 @@ def epoch_order(labels: torch.Tensor, views: int, epoch: int, seed: int,
 
 def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int, balance: bool,
                   world_size: int = 1) -> list[torch.Tensor]:
-    """The epoch's global batches of row indices (a last batch too small for BatchNorm on
-    every process, fewer than two rows each, is dropped)."""
+    """The epoch's global batches of row indices, none over ``batch_size`` rows and none under
+    half of it (but a single one).
+
+    A last batch under half the batch size is evened out with the one before it (two batches
+    of about (batch_size + rest) / 2 rows): BatchNorm normalises a training batch by its own
+    statistics, and over a handful of rows, at the 1 x 1 pixels a small image has in the last
+    stages, those are noise whose gradients explode (a batch of 2 after two of 8 took a
+    from-scratch Lite0 at 32 px to NaN at lr 0.02: docs/robustness.md).  A last batch with
+    fewer than two rows per process is still dropped, should one remain.
+    """
     order = epoch_order(data.train_labels, data.views, epoch, seed, balance)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and 2 * len(batches[-1]) < batch_size:
+        batches[-2:] = torch.tensor_split(torch.cat(batches[-2:]), 2)
     if len(batches) > 1 and len(batches[-1]) < 2 * world_size:
         batches.pop()
     return batches

@@ -42,6 +42,19 @@ from .probe import C_GRID, Probe, probe_head
 from .resume import ResumeSlot, rng_state, set_rng_state
 
 
+class DivergedError(ValueError):
+    """An epoch's mean training loss is not a finite number: the run stops, and nothing of that
+    epoch is kept (the resume state still holds the epoch before)."""
+
+
+def _diverged(loss: float, epoch: int, epochs: int, lr: float) -> DivergedError:
+    """The error for a non-finite mean training loss in ``epoch`` (1-based): one line."""
+    kept = f"the state after epoch {epoch - 1} is kept" if epoch > 1 else "nothing is kept"
+    return DivergedError(f"epoch {epoch} of {epochs}: the training loss is {loss}: training "
+                         f"diverged at lr {lr:g}; {kept}, and a rerun with the same params "
+                         "diverges again: lower lr")
+
+
 @dataclass
 class FitResult:
     history: list[dict]
@@ -333,7 +346,8 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     ``resume``: where the training state is saved after every epoch; a state found there (of
     the same inputs: :mod:`finetuner.training.resume`) is continued from, and gives the same
     weights as a run never stopped.  ``on_epoch``: called with each finished epoch's record
-    (the resumed epochs' too, first), e.g. a live log.
+    (the resumed epochs' too, first), e.g. a live log.  An epoch whose mean training loss is
+    not finite raises :class:`DivergedError` before anything of it is saved.
     """
     t = params.train
     ctx = dist if dist is not None else Dist(device)
@@ -373,6 +387,9 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         set_lr(run.optimizer, run.multiplier(run.step))
         lrs.append([g["lr"] for g in run.optimizer.param_groups])  # what it really holds
         train_loss, train_acc = _train_epoch(run, epoch)
+        if not math.isfinite(train_loss):
+            run.bar.close()
+            raise _diverged(train_loss, epoch + 1, t.epochs, params.lr)
         val_loss, val_acc = (validate(model, run.val_prefix, run.val_labels, run.device,
                                       run.precision, ctx, t.batch_size)
                              if run.validating else (math.nan, math.nan))

@@ -30,7 +30,7 @@ from ..runtime import resolve_precision
 from . import distributed
 from .distributed import Dist
 from .batches import TrainData
-from .loop import fit
+from .loop import DivergedError, fit
 from .prefix import PrefixStore, merged_store
 from .probe import C_GRID, Probe, probe_head
 from .resume import ResumeSlot, ResumeStore
@@ -201,8 +201,11 @@ def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Param
     if outcome.chosen == "probe":
         _probe_only(model, data, params, ctx, grid, store)
         return model, None
-    result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, probe_grid=grid,
-                 store=store, resume=resume, on_epoch=on_epoch)
+    try:
+        result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
+                     probe_grid=grid, store=store, resume=resume, on_epoch=on_epoch)
+    except DivergedError as error:
+        return model, f"the refit on train + val diverged: {error}"
     chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "
