@@ -13,10 +13,12 @@ pretrained weights) with SGD (momentum 0.9, cosine) for ``--epochs`` epochs and 
   model with its own head init;
 * ``layout``: channels_last (the project's) or contiguous;
 * ``loss``: the summed loss over the batch size (the project's) or ``F.cross_entropy``'s mean;
-* ``batches``: ``8,8,2`` (the last rows as a batch of their own: the project's rule before the
-  fix), ``8,5,5`` (a last batch under half the batch size evened out with the one before: the
-  fix, :func:`finetuner.training.batches.epoch_batches`), ``8,8`` (the rest dropped, as timm's
-  training script does with ``drop_last``).
+* ``batches``: the sizes of an epoch's batches (``--batches``): ``8,8,2`` (the last rows as a
+  batch of their own: the project's rule before the fix), ``8,5,5`` (a last batch under half
+  the batch size evened out with the one before: the fix,
+  :func:`finetuner.training.batches.epoch_batches`), ``8,8`` (the rest dropped, as timm's
+  training script does with ``drop_last``), and ``8,7,3``, ``8,6,4``: how few rows BatchNorm
+  can take at the 1 x 1 pixels Lite0's last stage has at 32 px.
 
 Last lines: ``finite_<batches>=k/n`` over every variant and seed.
 """
@@ -50,13 +52,12 @@ def tiny(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batches(labels: torch.Tensor, epoch: int, seed: int, rule: str) -> list[torch.Tensor]:
+    """The epoch's order cut into batches of the sizes ``rule`` lists (rows left over: not
+    trained this epoch)."""
     order = epoch_order(labels, VIEWS, epoch, seed, False)
-    out = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
-    if rule == "8,5,5":
-        out[-2:] = torch.tensor_split(torch.cat(out[-2:]), 2)
-    elif rule == "8,8":
-        out = [b for b in out if len(b) == BATCH]
-    return out
+    sizes = [int(n) for n in rule.split(",")]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [order[start:start + n] for start, n in zip(starts, sizes)]
 
 
 def train(model_kind: str, layout: str, loss_kind: str, rule: str, seed: int, lr: float,
@@ -114,13 +115,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batches", nargs="+",
+                        default=["8,8,2", "8,7,3", "8,6,4", "8,5,5", "8,8"],
+                        help="batch sizes of an epoch of 18 rows, e.g. 8,8,2")
     args = parser.parse_args()
     torch.set_num_threads(1)
     variants = [("staged", "channels_last", "sum"), ("staged", "contiguous", "sum"),
                 ("staged", "channels_last", "mean"), ("timm", "contiguous", "mean")]
     counts: dict[str, list[int]] = {}
     for (model, layout, loss), rule, seed in itertools.product(
-            variants, ("8,8,2", "8,5,5", "8,8"), args.seeds):
+            variants, args.batches, args.seeds):
         finite, grad, last = train(model, layout, loss, rule, seed, args.lr, args.epochs)
         counts.setdefault(rule, []).append(int(finite))
         print(f"variant=model:{model},layout:{layout},loss:{loss},batches:{rule} seed={seed} "

@@ -1,9 +1,13 @@
 """A finetune killed with SIGKILL after epoch 2 of 4, rerun by `dvc repro`, goes on from epoch 3
-and ends with the weights of a run never stopped; after a param change it starts afresh.
+and ends with the weights of a run never stopped; after a param change it starts afresh; under
+torchrun (2 Gloo processes) a SIGKILL of rank 1 alone stops the run, and `dvc repro` resumes it
+to the weights of a 2-process run never stopped.
 
 The kill comes from inside the stage, right after epoch 2 is logged (its state is saved just
-before): a ``sitecustomize`` on PYTHONPATH wraps the live log of the finetune script only.  No
-test hook lives in the product.  One project through DVC: slow.
+before): a ``sitecustomize`` on PYTHONPATH wraps the live log of the finetune script only (under
+torchrun: rank 1's call to save the resume state, which only rank 0 writes; rank 1 waits until
+rank 0's file holds the epoch, then kills itself).  No test hook lives in the product.  One
+project through DVC: slow.
 """
 from __future__ import annotations
 
@@ -30,15 +34,42 @@ if sys.argv and sys.argv[0].endswith("finetune.py") and os.environ.get("KILL_AFT
         if record["epoch"] == int(os.environ["KILL_AFTER_EPOCH"]):
             os.kill(os.getpid(), signal.SIGKILL)
     live.LiveLog.epoch = killing
+if (sys.argv and sys.argv[0].endswith("finetune.py") and os.environ.get("KILL_RANK1_AFTER_EPOCH")
+        and os.environ.get("RANK") == "1"):
+    import time
+    import torch
+    import finetuner.training.resume as resume
+    save, after = resume.ResumeSlot.save, int(os.environ["KILL_RANK1_AFTER_EPOCH"])
+    def saving_then_killing(self, state):
+        save(self, state)  # rank 1 writes nothing: rank 0 does
+        if state.get("done") or state["epochs_done"] != after:
+            return
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if torch.load(self.path, weights_only=True)["epochs_done"] == after:
+                    break
+            except (OSError, RuntimeError, KeyError):
+                pass
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    resume.ResumeSlot.save = saving_then_killing
 '''
 
 
-def run(repo: Path, *args: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+def run(repo: Path, *args: str, kill_after: int | None = None,
+        kill_rank1_after: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT"):
+        env.pop(key, None)
+    if kill_after is not None or kill_rank1_after is not None:
+        env.update(PYTHONPATH=os.pathsep.join([str(repo / ".hook"), env.get("PYTHONPATH", "")]))
     if kill_after is not None:
-        env.update(KILL_AFTER_EPOCH=str(kill_after),
-                   PYTHONPATH=os.pathsep.join([str(repo / ".hook"), env.get("PYTHONPATH", "")]))
+        env.update(KILL_AFTER_EPOCH=str(kill_after))
+    if kill_rank1_after is not None:
+        env.update(KILL_RANK1_AFTER_EPOCH=str(kill_rank1_after))
     return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -47,9 +78,9 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout + done.stderr
 
 
-def set_lr(repo: Path, lr: float) -> None:
+def set_params(repo: Path, **values) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["lr"] = lr
+    params.update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -106,11 +137,36 @@ def test_killed_after_epoch_2_dvc_repro_resumes_to_the_same_weights(project, tmp
 
 
 def test_a_param_changed_after_the_kill_starts_from_epoch_1(project):
-    set_lr(project, 0.004)
+    set_params(project, lr=0.004)
     killed = run(project, "dvc", "repro", kill_after=2)
     assert killed.returncode != 0
-    set_lr(project, 0.003)
+    set_params(project, lr=0.003)
     out = ok(run(project, "dvc", "repro"))
     assert "resuming" not in out
     assert [row.split("\t")[0] for row in live_rows(project, "train/loss")] == ["0", "1", "2", "3"]
     assert not (project / ".finetuner" / "resume").exists()  # the lr 0.02 state too
+
+
+def test_rank_1_killed_under_torchrun_then_dvc_repro_resumes_to_the_same_weights(project,
+                                                                                  tmp_path):
+    # batch 16: 8 rows per process, each normalising its own slice (no SyncBatchNorm on CPU)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.update(lr=0.02, nproc_per_node=2)
+    params["train"].update(batch_size=16, epochs=4)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    reference = tmp_path / "reference.pt"  # two processes never stopped, outside DVC's outputs
+    ok(run(project, sys.executable, "stages/finetune.py", "data/prepared", str(reference),
+           str(tmp_path / "live")))
+    assert torch.load(reference, weights_only=True)["info"]["world_size"] == 2
+
+    killed = run(project, "dvc", "repro", kill_rank1_after=2)
+    assert killed.returncode != 0 and not (project / "models" / "model.pt").exists()
+    assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    state, = (project / ".finetuner" / "resume").glob("*/finetune.pt")
+    assert torch.load(state, weights_only=True)["epochs_done"] == 2
+
+    out = ok(run(project, "dvc", "repro"))
+    assert "resuming 'finetune' after epoch 2 of 4" in out and "2 processes on cpu" in out
+    resumed = weights(project / "models" / "model.pt")
+    assert all(torch.equal(resumed[k], v) for k, v in weights(reference).items())
+    assert not (project / ".finetuner" / "resume").exists()
