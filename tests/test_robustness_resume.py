@@ -159,13 +159,13 @@ def test_rank_1_killed_under_torchrun_then_dvc_repro_resumes_to_the_same_weights
            str(tmp_path / "live")))
     assert torch.load(reference, weights_only=True)["info"]["world_size"] == 2
 
-    killed = run(project, "dvc", "repro", kill_rank1_after=2)
+    killed = run(project, "dvc", "repro", "finetune", kill_rank1_after=2)  # evaluate: tested above
     assert killed.returncode != 0 and not (project / "models" / "model.pt").exists()
     assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     state, = (project / ".finetuner" / "resume").glob("*/finetune.pt")
     assert torch.load(state, weights_only=True)["epochs_done"] == 2
 
-    out = ok(run(project, "dvc", "repro"))
+    out = ok(run(project, "dvc", "repro", "finetune"))
     assert "resuming 'finetune' after epoch 2 of 4" in out and "2 processes on cpu" in out
     resumed = weights(project / "models" / "model.pt")
     assert all(torch.equal(resumed[k], v) for k, v in weights(reference).items())
