@@ -45,14 +45,14 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
     info = checkpoint.info
     strategy = info.get("strategy", {})
-    val_logits = (logits if source == VAL_SOURCE else  # scored on val already
-                  predict_logits(checkpoint.model, data.images["val"], device,
-                                 params.evaluate.batch_size))
-    temperature = fit_temperature(val_logits, data.labels["val"])
-    note = calibration_note(temperature, source, strategy.get("refit", False))
+    fit_logits, fit_labels, fitted_on = calibration_set(checkpoint, data, logits, source,
+                                                         device, params.evaluate.batch_size)
+    temperature = fit_temperature(fit_logits, fit_labels)
+    note = calibration_note(temperature, source, fitted_on,
+                            "val" in strategy.get("trained_on", {}))
     calibration, probabilities = calibration_scores(logits, labels, temperature)
-    calibration = {"temperature": temperature, "fitted_on": "val split",
-                   "fit_images": int(len(data.labels["val"])), **calibration, "note": note}
+    calibration = {"temperature": temperature, "fitted_on": fitted_on,
+                   "fit_images": int(len(fit_labels)), **calibration, "note": note}
     cost = cost_report(checkpoint.model, checkpoint.image_size,
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     cost.update(onnx_cost(checkpoint.model, checkpoint.image_size))
@@ -64,10 +64,11 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "strategy": strategy.get("chosen", "finetune"), "refit": strategy.get("refit", False),
         "refit_problem": strategy.get("refit_problem"),
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
+        "cross_validation": _cv_summary(strategy.get("cross_validation")),
         "calibration": calibration, "cost": cost})
     write_json(out / "calibration.json", calibration_record(
-        temperature, model_path, file_sha256(model_path), "val split",
-        int(len(data.labels["val"])), note))
+        temperature, model_path, file_sha256(model_path), fitted_on, int(len(fit_labels)),
+        note))
     write_json(out / "per_class.json", metrics["per_class"])
     names = checkpoint.class_names
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
@@ -87,21 +88,48 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
             if "onnxruntime_latency_ms" in cost else "")
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
           f"on {len(labels)} images of the {source}; ECE {calibration['ece_before']:.4f} -> "
-          f"{calibration['ece_after']:.4f} ({fitted} on val); {cost['gflops']:.3f} GFLOPs, "
+          f"{calibration['ece_after']:.4f} ({fitted} on the {fitted_on}); {cost['gflops']:.3f} GFLOPs, "
           f"{cost['cpu_latency_ms']:.1f} ms per image on CPU{onnx} -> {out}")
     if note:
         print(f"evaluate: calibration: {note}")
 
 
-def calibration_note(temperature: float | None, source: str, refit: bool) -> str | None:
+OUT_OF_FOLD = "out-of-fold predictions of train + val (cross-validation)"
+
+
+def _cv_summary(record: dict | None) -> dict | None:
+    """What the cross-validated probe chose (eval.json): out-of-fold scores, each member's C."""
+    if not record:
+        return None
+    return {"selection": record["selection"], "cv_acc": record["cv_acc"],
+            "cv_loss": record["cv_loss"], "C": [m["C"] for m in record["members"]]}
+
+
+def calibration_set(checkpoint, data, logits: np.ndarray, source: str, device,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(logits, labels, what they are) to fit the temperature on: a cross-validated probe's
+    out-of-fold predictions (no image predicted by a head that learnt from it), else val."""
+    oof = checkpoint.info.get("out_of_fold")
+    if oof is not None:
+        return oof["log_probs"].numpy(), oof["labels"].numpy(), OUT_OF_FOLD
+    val_logits = (logits if source == VAL_SOURCE else  # scored on val already
+                  predict_logits(checkpoint.model, data.images["val"], device, batch_size))
+    return val_logits, data.labels["val"], "val split"
+
+
+def calibration_note(temperature: float | None, source: str, fitted_on: str,
+                     trained_on_val: bool) -> str | None:
     """What to keep in mind about the fitted temperature, if anything."""
     if temperature is None:
-        return ("no temperature fitted: every val prediction is right (or val is empty), so "
-                "no finite temperature minimises its NLL; probabilities are left as they are")
+        return (f"no temperature fitted: every prediction of the {fitted_on} is right (or "
+                "there are none), so no finite temperature minimises its NLL; probabilities "
+                "are left as they are")
+    if fitted_on == OUT_OF_FOLD:
+        return None
     if source == VAL_SOURCE:
         return ("fitted and scored on the same val split: ECE and NLL after are optimistic")
-    if refit:
-        return ("train.refit trained the model on the val split it was fitted on: the "
+    if trained_on_val:
+        return ("the model learnt from the val split the temperature was fitted on: the "
                 "temperature is likely too low (too confident on new photos)")
     return None
 

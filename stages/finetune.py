@@ -45,7 +45,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
         seed_everything(params.seed)
         data = load_prepared(prepared_dir)
         build = lambda: build_model(params.model.arch, params.model.weights,
-                                    len(data.class_names))
+                                    len(data.class_names), params.probe.layers)
         rows = TrainData.from_prepared(data, params.seed)
         resume = None
         if params.train.resume:
@@ -65,16 +65,21 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                              "epochs_run": len(outcome.history),
                              "stopped_early": outcome.stopped_early,
                              "device": str(ctx.device), "precision": outcome.precision,
-                             "world_size": outcome.world_size, "threads_per_process": threads})
+                             "world_size": outcome.world_size, "threads_per_process": threads,
+                             "out_of_fold": outcome.out_of_fold})
             live.close()
             if resume is not None:
                 resume.clear()
             where = (f"{ctx.device}" if not ctx.enabled
                      else f"{ctx.world_size} processes on {ctx.device.type}")
             learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
-            print(f"finetune: best epoch {outcome.best_epoch}, {outcome.chosen} chosen on val "
-                  f"(val acc {outcome.best_val_acc:.4f}"
-                  f"{', refit on train + val' if outcome.refit else ''}), learnt from {learnt} "
+            chosen = (f"{outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
+                      f"{', refit on train + val' if outcome.refit else ''})")
+            if outcome.cross_validation:
+                chosen = (f"{outcome.chosen}, its L2 strength by "
+                          f"{outcome.cross_validation['selection']} (out-of-fold acc "
+                          f"{outcome.best_val_acc:.4f})")
+            print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "
                   f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
                   f"{threads} thread(s) per process -> {model_out}")
     finally:

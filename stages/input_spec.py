@@ -6,7 +6,7 @@ preprocess depends on this file instead of on ``model.arch``: switching to an ar
 with the same input size and crop leaves the file unchanged, so DVC skips preprocess.
 """
 from finetuner.io import write_json
-from finetuner.models import get_arch
+from finetuner.models import input_spec
 from finetuner.params import load_params
 from finetuner.stage import run_stage
 
@@ -14,7 +14,7 @@ from finetuner.stage import run_stage
 def main(out_json: str) -> None:
     params = load_params()
     write_json(out_json, {"image_size": params.image_size,
-                          "crop_pct": get_arch(params.model.arch).crop_pct})
+                          "crop_pct": input_spec(params.model.arch).crop_pct})
 
 
 if __name__ == "__main__":

@@ -282,3 +282,29 @@ def test_only_export_py_makes_onnx_models():
     assert callers == ["src/finetuner/export.py"]
     source = (root / "src" / "finetuner" / "export.py").read_text()
     assert source.count("onnx_bytes(") == 2  # its definition and _onnx_measured
+
+
+def test_an_ensemble_of_multi_layer_probes_exports_with_its_logits(photos, tmp_path):
+    """The photos recipe's kind of model: two backbones, every stage's pooled features."""
+    arch = "resnet18+mobilenet_v3_small"
+    torch.manual_seed(0)
+    model = build_model(arch, "none", len(CLASSES), "all").eval()
+    images = torch.from_numpy(_views(photos)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        for member in model.members:  # heads that spread the logits over the photos
+            features = member.features(images)
+            weight = torch.randn(len(CLASSES), features.shape[1])
+            scale = 4 / ((features - features.mean(0)) @ weight.T).std()
+            member.classifier.weight.copy_(weight * scale)
+            member.classifier.bias.copy_(-(features.mean(0) @ weight.T) * scale)
+    save_checkpoint(tmp_path / "model.pt", model, arch, CLASSES, SIZE, 0.875, {})
+    checkpoint = load_checkpoint(tmp_path / "model.pt")
+    expected = _logits(tmp_path / "model.pt", _views(photos))
+    with torch.no_grad():
+        assert np.allclose(expected, model(images).numpy(), atol=1e-5)  # the loaded model
+    meta = export_model(checkpoint, tmp_path / "model.onnx", "onnx")
+    assert meta["parity_max_abs_diff"] <= 1e-4
+    session, _ = read_onnx(tmp_path / "model.onnx")
+    got = session.run(None, {"images": _views(photos).transpose(0, 3, 1, 2).astype(np.float32)
+                             / 255})[0]
+    assert np.abs(got - expected).max() <= 1e-4 and len(set(expected.argmax(1))) >= 3

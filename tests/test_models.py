@@ -241,3 +241,37 @@ def test_timm_weights_not_cached_offline_say_which_file_to_put_where(tmp_path, m
     message = str(error.value)
     assert str(tmp_path / "models--timm--resnet50d.ra2_in1k") in message
     assert "model.safetensors" in message and "huggingface-cli download timm/resnet50d.ra2_in1k" in message
+
+
+def test_a_probe_on_every_layer_reads_each_stages_average_and_the_last_pool():
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", 4, "all").eval()
+    images = torch.randint(0, 255, (3, 3, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        x, taps = model.normalize(images), []
+        for stage in model.stages:
+            x = stage(x)
+            taps.append(x.mean((2, 3)))
+        features = torch.cat(taps[:-1] + [model.pool(x)], 1)
+        assert model.classifier.in_features == features.shape[1] == 64 + 64 + 128 + 256 + 512
+        assert torch.allclose(model.forward_frozen(images, model.num_stages), features)
+        assert torch.allclose(model(images), model.classifier(features))
+    with pytest.raises(ValueError, match="only be trained as a probe"):
+        model.forward_frozen(images, 2)  # no fine-tune from a frozen prefix: taps would be lost
+
+
+def test_an_ensemble_averages_its_members_probabilities():
+    from finetuner.models import ProbeEnsemble, input_spec, member_names
+    torch.manual_seed(0)
+    ensemble = build_model("resnet18+mobilenet_v3_small", "none", 3, "all").eval()
+    assert isinstance(ensemble, ProbeEnsemble) and len(ensemble.members) == 2
+    assert member_names("resnet18+mobilenet_v3_small") == ["resnet18", "mobilenet_v3_small"]
+    images = torch.randint(0, 255, (4, 3, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        mean = torch.stack([m(images).softmax(1) for m in ensemble.members]).mean(0)
+        assert torch.allclose(ensemble(images).softmax(1), mean, atol=1e-6)
+        assert torch.allclose(ensemble(images).exp().sum(1), torch.ones(4), atol=1e-5)
+    # one input for all: the largest native size among the members, with its crop
+    spec = input_spec("tf_efficientnet_lite0+tf_efficientnet_lite2")
+    assert (spec.size, spec.crop_pct) == (get_arch("tf_efficientnet_lite2").input_size,
+                                          get_arch("tf_efficientnet_lite2").crop_pct)

@@ -218,16 +218,17 @@ def test_the_demo_preset_gives_the_demo_its_values():
 
 
 def test_the_photos_preset_fills_preset_and_absent_keys_and_a_value_wins():
-    from finetuner.models import get_arch
+    from finetuner.models import input_spec
     from finetuner.params import PRESETS
     params = parse_params({"preset": "photos", "lr": "preset", "train": {"epochs": 3}})
     recipe = PRESETS["photos"]
-    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"] == "auto"
+    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"] == "probe"
+    assert params.probe.layers == "all" and "+" in params.model.arch
     assert params.train.epochs == 3  # a value written in params.yaml beats the preset
     assert params.train.refit is recipe["train.refit"]
     assert params.preprocess.hflip is recipe["preprocess.hflip"]
-    # photos: image_size auto = the native size of the preset's architecture
-    assert params.image_size == get_arch(recipe["model.arch"]).input_size
+    # photos: image_size auto = the largest native size of the preset's backbones
+    assert params.image_size == input_spec(recipe["model.arch"]).size == 260
 
 
 def test_auto_keeps_its_own_meaning_under_a_preset():
@@ -277,3 +278,21 @@ def test_the_registry_error_becomes_a_params_error_naming_the_key():
     with pytest.raises(ParamsError, match=r"params.yaml: 'model.arch': 'resnet19' is not a known"):
         parse_params({"model": {"arch": "resnet19"}})
     assert parse_params({"model": {"arch": "resnet19"}}, models=False).model.arch == "resnet19"
+
+
+def test_an_ensemble_or_every_layer_needs_the_probe_and_cross_validation():
+    base = {"model": {"arch": "resnet18+mobilenet_v3_small", "weights": "none"},
+            "preprocess": {"image_size": 64}}
+    assert parse_params({**base, "strategy": "probe"}).model.arch == "resnet18+mobilenet_v3_small"
+    with pytest.raises(ParamsError, match="'model.arch' is 'resnet18\\+mobilenet_v3_small', an "
+                                          "ensemble.*only strategy: probe"):
+        parse_params({**base, "strategy": "finetune"})
+    with pytest.raises(ParamsError, match="'probe.folds' is 0"):
+        parse_params({**base, "strategy": "probe", "probe": {"folds": 0}})
+    with pytest.raises(ParamsError, match="'probe.layers' is 'all', which only strategy: probe"):
+        parse_params({"strategy": "auto", "probe": {"layers": "all"}})
+    with pytest.raises(ParamsError, match="'model.arch'.*'resnet19' is not a known architecture"):
+        parse_params({**base, "model": {"arch": "resnet18+resnet19"}, "strategy": "probe"})
+    with pytest.raises(ParamsError, match="'model.weights'.*ensemble"):
+        parse_params({**base, "model": {"arch": "resnet18+mobilenet_v3_small",
+                                        "weights": "my.pt"}, "strategy": "probe"})

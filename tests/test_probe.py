@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from conftest import tiny_data
+from conftest import make_image_folder, tiny_data
 from finetuner.evaluation.metrics import predict_arrays
 from finetuner.models import build_model
 from finetuner.params import parse_params
@@ -52,10 +52,10 @@ def test_a_class_missing_from_the_training_features_is_never_predicted():
     assert (probe.logits(x).argmax(1) != 2).all()
 
 
-def params_for(strategy="finetune", **train):
-    return parse_params({"model": {"arch": "resnet18", "weights": "none"},
+def params_for(strategy="finetune", probe=None, model=None, **train):
+    return parse_params({"model": model or {"arch": "resnet18", "weights": "none"},
                          "preprocess": {"image_size": 32}, "strategy": strategy, "lr": 0.001,
-                         "train": {"epochs": 2, "batch_size": 8, **train}})
+                         "train": {"epochs": 2, "batch_size": 8, **train}, "probe": probe or {}})
 
 
 def test_lp_ft_first_step_starts_from_the_probe_head(monkeypatch):
@@ -101,8 +101,9 @@ def test_without_val_fit_keeps_the_last_epoch():
 @pytest.mark.parametrize("strategy", ["probe", "auto"])
 def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
     data = tiny_data()
+    params = params_for(strategy, probe={"folds": 0})  # probe.folds 0: C chosen on val
     model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data,
-                                 params_for(strategy), Dist(torch.device("cpu")), progress=False)
+                                 params, Dist(torch.device("cpu")), progress=False)
     assert set(outcome.candidates) == ({"probe"} if strategy == "probe"
                                        else {"probe", "finetune"})
     assert outcome.probe_C is not None
@@ -198,3 +199,93 @@ def test_a_refit_whose_loss_turns_nan_is_dropped_and_the_model_chosen_on_val_kep
     assert outcome.refit_problem.startswith("the refit on train + val diverged: epoch 2 of 2: "
                                             "the training loss is nan")
     assert all(math.isfinite(v) for v in model.state_dict()["classifier.weight"].flatten())
+
+
+def test_cross_validation_chooses_c_by_out_of_fold_log_likelihood():
+    from finetuner.training.probe import fit_probe_cv
+    x, y = blobs(n=90)
+    groups = np.arange(len(y))
+    cv = fit_probe_cv(x, y, groups, 3, folds=5, grid=(0.001, 0.1, 10.0), seed=0)
+    assert cv.folds == 5 and cv.oof.shape == (90, 3)
+    assert cv.probe.val_acc == pytest.approx((cv.oof.argmax(1) == y).mean())
+    assert cv.probe.val_loss == pytest.approx(-np.log(cv.oof[np.arange(90), y]).mean())
+    for C in (0.001, 10.0):  # the chosen C has the best out-of-fold log-likelihood
+        other = fit_probe_cv(x, y, groups, 3, folds=5, grid=(C,), seed=0)
+        assert other.probe.val_loss >= cv.probe.val_loss - 1e-12
+    # fitted on every row at the chosen C: scikit-learn's own fit gives the same classes
+    reference = LogisticRegression(C=cv.probe.C, max_iter=2000, tol=1e-5).fit(
+        (x - x.mean(0)) / x.std(0), y)
+    assert ((cv.probe.logits(x)).argmax(1) == reference.predict((x - x.mean(0)) / x.std(0))).all()
+
+
+def test_cross_validation_is_deterministic_and_never_splits_an_image():
+    from finetuner.training.probe import fit_probe_cv
+    x, y = blobs(n=60)
+    # every image has 3 rows (views): nearly identical copies of one another.  Were an image's
+    # rows split over folds, its held-out view would be predicted by a probe that saw its
+    # twins, and the out-of-fold score of random labels would look far better than chance.
+    rng = np.random.default_rng(1)
+    random_labels = rng.integers(0, 3, 60)
+    rows = np.repeat(x, 3, 0) + rng.normal(0, 1e-3, (180, x.shape[1]))
+    groups = np.repeat(np.arange(60), 3)
+    first = fit_probe_cv(rows, np.repeat(random_labels, 3), groups, 3, folds=5, seed=3)
+    again = fit_probe_cv(rows, np.repeat(random_labels, 3), groups, 3, folds=5, seed=3)
+    assert first.probe.C == again.probe.C and np.array_equal(first.oof, again.oof)
+    assert np.array_equal(first.probe.weight, again.probe.weight)
+    assert first.probe.val_acc < 0.6  # chance is 1/3; leaked twins would give ~1.0
+
+
+def test_cross_validation_falls_back_when_a_class_has_one_image():
+    from finetuner.training.probe import CV_GRID, fit_probe_cv
+    x, y = blobs(n=10)
+    y[:] = 0
+    y[0], y[1] = 1, 2  # classes 1 and 2 have one image each: no fold can hold them out
+    cv = fit_probe_cv(x, y, np.arange(10), 3, folds=5)
+    assert cv.folds == 0 and cv.probe.C == CV_GRID[len(CV_GRID) // 2]
+    assert np.isnan(cv.probe.val_acc)
+
+
+def _prepared_with_test_labels(tmp_path, image_folder, test_labels=None):
+    """A prepared folder of ``image_folder`` (val 0.2, test 0.3); the test labels replaced."""
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import load_prepared, split_and_prepare
+    prepared = split_and_prepare(image_folder, tmp_path, val_fraction=0.2, test_fraction=0.3,
+                                 seed=0, image_size=32, crop_pct=0.875, train_views=2,
+                                 augmentation=Augmentation(), workers=0)
+    if test_labels is not None:
+        labels = prepared.labels["test"]
+        np.save(tmp_path / "prepared" / "test_labels.npy", test_labels(labels))
+    return load_prepared(tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet18+mobilenet_v3_small"])
+def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch):
+    """Poisoned test labels change nothing it chooses or learns."""
+    image_folder = make_image_folder(tmp_path / "images", {"r": 12, "g": 12, "b": 12})
+    from finetuner.training.batches import TrainData
+
+    def run(prepared):
+        params = params_for("probe", model={"arch": arch, "weights": "none"},
+                            probe={"layers": "all", "folds": 3})
+        torch.manual_seed(0)
+        model, outcome = train_model(lambda: build_model(arch, "none", 3, "all"),
+                                     TrainData.from_prepared(prepared, 0), params,
+                                     Dist(torch.device("cpu")), progress=False)
+        return model, outcome
+
+    clean = _prepared_with_test_labels(tmp_path / "clean", image_folder)
+    poisoned = _prepared_with_test_labels(tmp_path / "poisoned", image_folder,
+                                          lambda labels: (labels + 1) % 3)
+    assert not np.array_equal(clean.labels["test"], poisoned.labels["test"])
+    model_a, outcome_a = run(clean)
+    model_b, outcome_b = run(poisoned)
+    assert outcome_a.cross_validation == outcome_b.cross_validation
+    assert outcome_a.trained_on == {"train": len(clean.labels["train"]),
+                                    "val": len(clean.labels["val"])}
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    members = outcome_a.cross_validation["members"]
+    assert len(members) == len(arch.split("+")) and all(m["C"] > 0 for m in members)
+    # the out-of-fold record covers every train and val image once
+    assert len(outcome_a.out_of_fold["labels"]) == len(clean.labels["train"]) + len(
+        clean.labels["val"])

@@ -181,6 +181,22 @@ class EvaluateParams:
         _range(f"{prefix}.gallery_size", self.gallery_size, 0, 100)
 
 
+PROBE_LAYERS = ("last", "all")  # models.classifier.LAYERS (params import no model code)
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    """The linear probe of ``strategy: probe``: which pooled features it reads, and how its L2
+    strength is chosen."""
+    layers: str = "last"  # last: the last stage's pool; all: every stage's, concatenated
+    folds: int = 5        # k-fold cross-validation on train + val; 0: chosen on val, then refit
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.layers", self.layers, PROBE_LAYERS)
+        if self.folds != 0:
+            _range(f"{prefix}.folds", self.folds, 2, 20)
+
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -201,6 +217,7 @@ class Params:
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    probe: ProbeParams = field(default_factory=ProbeParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def validate(self, prefix: str = "") -> None:
@@ -222,6 +239,20 @@ class Params:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
+        self._validate_probe_only()
+
+    def _validate_probe_only(self) -> None:
+        """Settings that only a probe can train: an ensemble (``a+b``), every layer's features."""
+        if "+" in self.model.arch:
+            if self.strategy != "probe":
+                _fail("model.arch", f"is {self.model.arch!r}, an ensemble of several backbones;"
+                      f" only strategy: probe trains one (strategy is {self.strategy!r})")
+            if self.probe.folds == 0:
+                _fail("probe.folds", "is 0 (L2 strength chosen on val), but an ensemble's "
+                      "members are chosen by cross-validation: set 2 or more (5 is usual)")
+        if self.probe.layers == "all" and self.strategy != "probe":
+            _fail("probe.layers", f"is 'all', which only strategy: probe trains (strategy is "
+                  f"{self.strategy!r}); a fine-tune reads the last stage's pool")
 
     def check_model(self) -> None:
         """The checks that need the architecture registry (and so torch and timm): model.arch
@@ -229,7 +260,8 @@ class Params:
         image_size at least its minimum.  The registry's own errors become params errors here;
         :func:`load_params` runs this unless ``models=False`` (split and preprocess, which must
         not import model code)."""
-        from .models.registry import ArchError, check_arch, get_arch, weights_problem
+        from .models.registry import (ArchError, check_arch, get_arch, input_spec, member_names,
+                                      weights_problem)
         try:
             check_arch(self.model.arch)
         except ArchError as error:
@@ -237,6 +269,12 @@ class Params:
         problem = weights_problem(self.model.arch, self.model.weights)
         if problem:
             _fail("model.weights", problem)
+        min_size = input_spec(self.model.arch).min_size
+        if isinstance(self.preprocess.image_size, int) and self.preprocess.image_size < min_size:
+            _fail("preprocess.image_size", f"is {self.preprocess.image_size}; {self.model.arch} "
+                  f"needs at least {min_size} px")
+        if len(member_names(self.model.arch)) > 1:
+            return  # an ensemble trains as a probe: nothing is frozen or unfrozen
         spec = get_arch(self.model.arch)
         if not isinstance(self.freeze_depth, str) and self.freeze_depth > spec.num_stages:
             _fail("freeze_depth", f"is {self.freeze_depth}; {self.model.arch} has "
@@ -244,9 +282,6 @@ class Params:
         if self.train.unfreeze_floor > self.resolved_freeze_depth:
             _fail("train.unfreeze_floor", f"is {self.train.unfreeze_floor}; must be <= "
                   f"freeze_depth ({self.resolved_freeze_depth})")
-        if isinstance(self.preprocess.image_size, int) and self.preprocess.image_size < spec.min_size:
-            _fail("preprocess.image_size", f"is {self.preprocess.image_size}; {self.model.arch} "
-                  f"needs at least {spec.min_size} px")
 
     @property
     def resolved_freeze_depth(self) -> int:
@@ -259,9 +294,9 @@ class Params:
     @property
     def image_size(self) -> int:
         """The input size: preprocess.image_size, or the architecture's native size."""
-        from .models.registry import get_arch
+        from .models.registry import input_spec
         if self.preprocess.image_size == "auto":
-            return get_arch(self.model.arch).input_size
+            return input_spec(self.model.arch).size
         return int(self.preprocess.image_size)
 
 
@@ -393,16 +428,17 @@ PRESETS: dict[str, dict[str, object]] = {
         "preprocess.crop_scale": [0.7, 1.0], "preprocess.hflip": False,
         "preprocess.rotation": 10, "model.arch": "tf_efficientnet_lite0",
         "train.epochs": 10, "train.head_init": "random", "train.refit": False,
-        "train.freeze_bn": False,
+        "train.freeze_bn": False, "probe.layers": "last",
     },
     "photos": {
-        "lr": 0.003, "freeze_depth": 4, "strategy": "auto",
+        "lr": 0.003, "freeze_depth": 4, "strategy": "probe",
         "data.val_fraction": 0.15, "data.test_fraction": 0.2,
-        "preprocess.image_size": "auto", "preprocess.train_views": 5,
+        "preprocess.image_size": "auto", "preprocess.train_views": 1,
         "preprocess.crop_scale": [0.5, 1.0], "preprocess.hflip": True,
-        "preprocess.rotation": 15, "model.arch": "tf_efficientnet_lite2",
+        "preprocess.rotation": 15,
+        "model.arch": "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2",
         "train.epochs": 6, "train.head_init": "probe", "train.refit": True,
-        "train.freeze_bn": True,
+        "train.freeze_bn": True, "probe.layers": "all",
     },
 }
 

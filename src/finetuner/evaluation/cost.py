@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..export import onnx_checked, onnx_runner
-from ..models import StagedClassifier
+from ..models import ProbeEnsemble, StagedClassifier
 from ..training.freeze import set_frozen_prefix
 
 
@@ -22,8 +22,11 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def trainable_params(model: StagedClassifier, frozen_stages: int) -> int:
-    """Parameters that train with ``frozen_stages`` frozen; the model's flags are left alone."""
+def trainable_params(model: StagedClassifier | ProbeEnsemble, frozen_stages: int) -> int:
+    """Parameters that train with ``frozen_stages`` frozen; the model's flags are left alone.
+    An ensemble's members are probes: only their heads train."""
+    if isinstance(model, ProbeEnsemble):
+        return sum(count_params(member.classifier) for member in model.members)
     flags = [p.requires_grad for p in model.parameters()]
     set_frozen_prefix(model, frozen_stages)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -20,7 +20,7 @@ def predict_logits(model: StagedClassifier, images: np.ndarray | torch.Tensor,
         batch = batch.to(device).permute(0, 3, 1, 2)
         out.append(model(batch).float().cpu())
     return (torch.cat(out).numpy() if out
-            else np.zeros((0, model.classifier.out_features), np.float32))
+            else np.zeros((0, model.num_classes), np.float32))
 
 
 def predict_arrays(model: StagedClassifier, images: np.ndarray | torch.Tensor,

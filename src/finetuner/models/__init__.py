@@ -1,8 +1,11 @@
-"""Backbones: one registry of architectures and one uniform, staged classifier."""
+"""Backbones: one registry of architectures and one uniform, staged classifier (or an
+ensemble of them)."""
 from .classifier import StagedClassifier
-from .registry import (ArchError, archs_by_family, build_model, check_arch, get_arch,
-                       list_archs)
+from .ensemble import ProbeEnsemble
+from .registry import (ArchError, InputSpec, archs_by_family, build_model, check_arch, get_arch,
+                       input_spec, list_archs, member_names)
 from .spec import ArchSpec, WeightsError
 
-__all__ = ["ArchError", "ArchSpec", "StagedClassifier", "WeightsError", "archs_by_family",
-           "build_model", "check_arch", "get_arch", "list_archs"]
+__all__ = ["ArchError", "ArchSpec", "InputSpec", "ProbeEnsemble", "StagedClassifier",
+           "WeightsError", "archs_by_family", "build_model", "check_arch", "get_arch",
+           "input_spec", "list_archs", "member_names"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_path
-from .classifier import StagedClassifier
+from .classifier import LAYERS, StagedClassifier
+from .ensemble import ProbeEnsemble
 from .registry import ArchError, build_model, check_arch
 
 FORMAT = "finetuner-checkpoint/1"
@@ -29,7 +30,7 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    model: StagedClassifier
+    model: StagedClassifier | ProbeEnsemble
     arch: str
     class_names: list[str]
     image_size: int
@@ -37,10 +38,11 @@ class Checkpoint:
     info: dict  # params used, best epoch, training time, ...
 
 
-def save_checkpoint(path: str | Path, model: StagedClassifier, arch: str, class_names: list[str],
-                    image_size: int, crop_pct: float, info: dict) -> None:
+def save_checkpoint(path: str | Path, model: StagedClassifier | ProbeEnsemble, arch: str,
+                    class_names: list[str], image_size: int, crop_pct: float, info: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "arch": arch, "class_names": list(class_names),
+    payload = {"format": FORMAT, "arch": arch, "layers": model.layers,
+               "class_names": list(class_names),
                "image_size": int(image_size), "crop_pct": float(crop_pct),
                "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
                "info": info, "state_dict": state}
@@ -97,7 +99,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except ArchError as error:
         raise CheckpointError(f"{path}: architecture {error}") from None
     try:
-        model = build_model(payload["arch"], "none", len(payload["class_names"]))
+        layers = payload.get("layers", "last")  # absent in checkpoints before layers existed
+        if layers not in LAYERS:
+            raise CheckpointError(f"{path}: field 'layers' is {layers!r}; allowed: "
+                                  f"{', '.join(LAYERS)}")
+        model = build_model(payload["arch"], "none", len(payload["class_names"]), layers)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not match architecture "

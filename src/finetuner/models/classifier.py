@@ -3,18 +3,34 @@
 A backbone is cut into freezable *stages* run in order, then a *pool* to a feature vector, then
 a new linear *classifier*.  Input normalisation is part of the model, so a checkpoint or an
 export takes images as floats in [0, 1] (or uint8) and needs no other preprocessing constants.
+
+``layers``: which pooled features the classifier reads.  ``last``: the pool of the last stage
+(the usual head).  ``all``: the global average of every earlier stage's output too,
+concatenated before the last stage's pool (mid-level features: edges, textures, parts), as
+in Head2Toe (Evci et al., ICML 2022); the linear probe of ``preset: photos`` reads them.  A
+model with ``layers: all`` is a probe: it cannot be fine-tuned from a frozen prefix, since the
+earlier stages' outputs would be lost.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+LAYERS = ("last", "all")
+
 
 class StagedClassifier(nn.Module):
     def __init__(self, stages: list[nn.Module], pool: nn.Module, num_features: int,
                  num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, layers: str = "last",
+                 stage_channels: tuple[int, ...] = ()):
+        """``stage_channels``: each stage's output channels, needed with ``layers: all``."""
         super().__init__()
+        if layers not in LAYERS:
+            raise ValueError(f"layers is {layers!r}; allowed: {', '.join(LAYERS)}")
+        self.layers = layers
+        if layers == "all":
+            num_features += sum(stage_channels[:-1])
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.stages = nn.ModuleList(stages)
@@ -25,6 +41,10 @@ class StagedClassifier(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self.stages)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float input of stage 0."""
@@ -49,8 +69,21 @@ class StagedClassifier(nn.Module):
         With every stage frozen that includes the pool, so only the classifier is left.
         ``forward_trainable(forward_frozen(x, d), d) == forward(x)``.
         """
-        x = self.forward_stages(self.normalize(images), 0, depth)
-        return self.pool(x) if depth >= self.num_stages else x
+        if depth >= self.num_stages:
+            return self.features(images)
+        if self.layers == "all":
+            raise ValueError("a model with layers: all reads every stage's output; it can "
+                             "only be trained as a probe (every stage frozen)")
+        return self.forward_stages(self.normalize(images), 0, depth)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector the classifier reads (see ``layers``)."""
+        x, taps = self.normalize(images), []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if self.layers == "all" and i < len(self.stages) - 1:
+                taps.append(x.mean((2, 3)))
+        return torch.cat(taps + [self.pool(x)], 1) if taps else self.pool(x)
 
     def forward_trainable(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         if depth >= self.num_stages:
@@ -58,4 +91,4 @@ class StagedClassifier(nn.Module):
         return self.forward_head(self.forward_stages(x, depth))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_stages(self.normalize(images)))
+        return self.classifier(self.dropout(self.features(images)))

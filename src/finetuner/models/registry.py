@@ -15,10 +15,15 @@ a name both know, such as ``resnet50``, is torchvision's):
 
 ``weights: none`` is random initialisation; any other value that is not a weights name is a
 path to a local state-dict file of the original architecture.
+
+Several names joined by ``+`` (``tf_efficientnet_lite0+tf_efficientnet_lite2``) name an
+ensemble (:class:`~finetuner.models.ensemble.ProbeEnsemble`): every member is built the same
+way and all read one input size, the largest native size among them (:func:`input_spec`).
 """
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 import functools
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from torch import nn
 
 from . import timm_archs, torchvision_archs
 from .classifier import StagedClassifier
+from .ensemble import ProbeEnsemble
 from .spec import ArchSpec, WeightsError
 
 SOURCES = {"torchvision": torchvision_archs, "timm": timm_archs}
@@ -63,8 +69,41 @@ def archs_by_family() -> dict[tuple[str, str], list[str]]:
     return grouped
 
 
+MEMBER_SEPARATOR = "+"
+
+
+def member_names(name: str) -> list[str]:
+    """The architectures of ``name``: one, or an ensemble's members (``a+b``)."""
+    return name.split(MEMBER_SEPARATOR)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the input images must be for ``arch`` (an ensemble: for all its members)."""
+    size: int      # native input size
+    crop_pct: float
+    min_size: int
+
+
+def input_spec(name: str) -> InputSpec:
+    """An architecture's native input; an ensemble's is its largest member's (with that
+    member's centre-crop fraction), and no smaller than any member's minimum."""
+    specs = [get_arch(n) for n in member_names(name)]
+    largest = max(specs, key=lambda s: s.input_size)
+    return InputSpec(largest.input_size, largest.crop_pct, max(s.min_size for s in specs))
+
+
 def check_arch(name: str) -> None:
-    """Raise :class:`ArchError` naming the closest known architectures if ``name`` is not one."""
+    """Raise :class:`ArchError` naming the closest known architectures if ``name`` is not one
+    (for an ensemble, if one of its members is not)."""
+    members = member_names(name)
+    if len(members) > 1:
+        for member in members:
+            check_arch(member)
+        if len(set(members)) < len(members):
+            raise ArchError(name, [], f"{name!r} names a member twice; each backbone of an "
+                            "ensemble must differ")
+        return
     archs = list_archs()
     if name not in _source_of():
         lowered = {a.lower(): a for a in archs}
@@ -80,6 +119,10 @@ def check_arch(name: str) -> None:
 
 @functools.cache
 def get_arch(name: str) -> ArchSpec:
+    """One architecture's spec (an ensemble has none: see :func:`member_names`)."""
+    if len(member_names(name)) > 1:
+        raise ArchError(name, [], f"{name!r} is an ensemble; its members have specs of their "
+                        "own")
     check_arch(name)
     return SOURCES[_source_of()[name]].spec(name)
 
@@ -90,6 +133,12 @@ WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors")
 def weights_problem(arch: str, weights: str) -> str | None:
     """Why ``weights`` cannot be used with ``arch`` (None when it can be): checked at params
     time, so a typo fails before any work, with the closest weights names of ``arch``."""
+    members = member_names(arch)
+    if len(members) > 1:
+        if weights.upper() == "DEFAULT" or weights.lower() == "none":
+            return next(filter(None, (weights_problem(m, weights) for m in members)), None)
+        return (f"is {weights!r}, but {arch} is an ensemble: each member loads its own "
+                "weights, so only DEFAULT or none apply")
     spec = get_arch(arch)
     if weights.lower() == "none" or weights in spec.weight_names:
         return None
@@ -143,11 +192,29 @@ def _load_weights(spec: ArchSpec, base: nn.Module, weights: str) -> None:
         raise WeightsError(f"{path}: does not fit {spec.name}: {error}") from None
 
 
-def build_model(arch: str, weights: str, num_classes: int) -> StagedClassifier:
-    """The backbone ``arch`` with ``weights`` loaded and a new ``num_classes`` head."""
+def build_model(arch: str, weights: str, num_classes: int,
+                layers: str = "last") -> StagedClassifier | ProbeEnsemble:
+    """The backbone ``arch`` with ``weights`` loaded and a new ``num_classes`` head reading
+    ``layers`` (:class:`StagedClassifier`); for ``a+b`` an ensemble of such models."""
+    members = member_names(arch)
+    if len(members) > 1:
+        return ProbeEnsemble([build_model(m, weights, num_classes, layers) for m in members])
     spec = get_arch(arch)
     base = spec.build_base()
     _load_weights(spec, base, weights)
     parts = spec.cut(base)
+    channels = _stage_channels(parts.stages, spec.min_size) if layers == "all" else ()
     return StagedClassifier(parts.stages, parts.pool, parts.num_features, num_classes,
-                            spec.mean, spec.std, parts.dropout)
+                            spec.mean, spec.std, parts.dropout, layers, channels)
+
+
+@torch.no_grad()
+def _stage_channels(stages: list[nn.Module], size: int) -> tuple[int, ...]:
+    """Each stage's output channels, from one small image run through them in eval mode."""
+    x, channels = torch.zeros(1, 3, size, size), []
+    for stage in stages:
+        mode = stage.training
+        x = stage.eval()(x)
+        stage.train(mode)
+        channels.append(x.shape[1])
+    return tuple(channels)

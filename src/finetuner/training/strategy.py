@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from ..models import StagedClassifier
 from ..params import Params
 from ..runtime import resolve_precision
@@ -32,7 +34,7 @@ from .distributed import Dist
 from .batches import TrainData
 from .loop import DivergedError, fit
 from .prefix import PrefixStore, merged_store
-from .probe import C_GRID, Probe, probe_head
+from .probe import C_GRID, Probe, cv_probe_heads, probe_head
 from .resume import ResumeSlot, ResumeStore
 
 
@@ -51,6 +53,8 @@ class Outcome:
     stopped_early: bool = False
     trained_on: dict[str, int] = field(default_factory=dict)  # split -> images learnt from
     refit_problem: str | None = None  # why a diverged refit was dropped
+    cross_validation: dict | None = None  # the probe's choice by CV (probe.folds)
+    out_of_fold: dict | None = None  # its out-of-fold log-probabilities and labels (tensors)
 
     @property
     def best_val_acc(self) -> float:
@@ -60,7 +64,7 @@ class Outcome:
         """The checkpoint's and eval.json's record of the choice."""
         return {"chosen": self.chosen, "candidates": self.candidates, "probe_C": self.probe_C,
                 "refit": self.refit, "refit_problem": self.refit_problem,
-                "trained_on": self.trained_on}
+                "trained_on": self.trained_on, "cross_validation": self.cross_validation}
 
 
 def _probe_only(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
@@ -113,6 +117,9 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
 
     refit = params.train.refit and len(data.val_labels) > 0
     store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
+    if params.strategy == "probe" and params.probe.folds:
+        model = build()
+        return model, _cross_validated_probe(model, data, params, ctx, start)
     if params.strategy == "probe":
         model = build()
         probe = _probe_only(model, data, params, ctx, C_GRID, store)
@@ -169,6 +176,34 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
             outcome.trained_on["val"] = len(data.val_labels)
     outcome.seconds = time.perf_counter() - start
     return model, outcome
+
+
+def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
+                           start: float) -> Outcome:
+    """``strategy: probe`` with ``probe.folds``: the probe (of each ensemble member) fitted on
+    train + val, C chosen by cross-validation there; no refit is needed."""
+    precision = resolve_precision(params.precision, ctx.device)
+    record = cv_probe_heads(model, data, ctx.device, precision,
+                            params.train.feature_cache_gb * 1e9, ctx, params.probe.folds,
+                            params.seed)
+    scores = {"val_acc": record["cv_acc"], "val_loss": record["cv_loss"]}
+    seconds = time.perf_counter() - start
+    history = [{"epoch": 1, "frozen_stages": _stages(model), "lr": 0.0,
+                "train_loss": float("nan"), "train_acc": float("nan"), **scores,
+                "seconds": seconds}]
+    oof = {"log_probs": torch.from_numpy(record.pop("oof_log_probs")),
+           "labels": torch.from_numpy(record.pop("oof_labels"))}
+    Cs = [m["C"] for m in record["members"]]
+    outcome = Outcome("probe", {"probe": scores}, history, 1, seconds, precision.name,
+                      ctx.world_size, Cs[0] if len(Cs) == 1 else None, False)
+    outcome.cross_validation, outcome.out_of_fold = record, oof
+    outcome.trained_on = {"train": len(data.train_labels), "val": len(data.val_labels)}
+    return outcome
+
+
+def _stages(model) -> int:
+    """Every stage of the model (of each member): a probe freezes them all."""
+    return min(m.num_stages for m in getattr(model, "members", [model]))
 
 
 def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
