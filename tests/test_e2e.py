@@ -198,7 +198,8 @@ def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
 
 def test_photos_preset_keeps_every_photo_for_training_and_scores_a_separate_folder(project):
     """The real-photo recipe through DVC: test_fraction 0, an external labelled test folder,
-    the choice on val recorded, the final model refit on train + val."""
+    the ensemble of probes fitted on train + val with C by cross-validation, its out-of-fold
+    score in the live log (a probe has no epochs, but the log DVC declares must exist)."""
     make_image_folder(project / "data" / "holdout", {"a": 3, "b": 3, "c": 2}, size=24, seed=5)
     out = sh(project, "dvc", "exp", "run", "-S", "preset=photos", "-S", "data.test_fraction=0",
              "-S", "evaluate.test_dir=data/holdout", "-S", "preprocess.image_size=32",
@@ -210,10 +211,11 @@ def test_photos_preset_keeps_every_photo_for_training_and_scores_a_separate_fold
              for name in ("train", "val")}
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
-    assert metrics["strategy"] in ("probe", "finetune") and metrics["refit"] is True
+    assert metrics["strategy"] == "probe"
     assert metrics["trained_images"] == split["train"] + split["val"]
+    cv = metrics["cross_validation"]
+    assert cv["selection"].startswith("5-fold cross-validation") and len(cv["C"]) == 3
     live = project / "dvclive" / "plots" / "metrics"
-    assert len((live / "train" / "loss.tsv").read_text().splitlines()) == 1 + 2  # selection run
-    refit_rows = live / "refit" / "train" / "loss.tsv"  # a refit probe has no epochs
-    assert (len(refit_rows.read_text().splitlines()) == 1 + 2 if metrics["strategy"] == "finetune"
-            else not refit_rows.exists())
+    rows = (live / "val" / "acc.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 1 and float(rows[1].split("\t")[-1]) == pytest.approx(cv["cv_acc"])
+    assert not (live / "train" / "loss.tsv").exists()  # no gradient step, no training loss

@@ -119,7 +119,9 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
     if params.strategy == "probe" and params.probe.folds:
         model = build()
-        return model, _cross_validated_probe(model, data, params, ctx, start)
+        outcome = _cross_validated_probe(model, data, params, ctx, start)
+        _log_rows(on_epoch, outcome.history)
+        return model, outcome
     if params.strategy == "probe":
         model = build()
         probe = _probe_only(model, data, params, ctx, C_GRID, store)
@@ -128,6 +130,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                           _probe_history(probe, model.num_stages, time.perf_counter() - start),
                           1, 0.0, resolve_precision(params.precision, ctx.device).name,
                           ctx.world_size, probe.C, refit)
+        _log_rows(on_epoch, outcome.history)
     else:
         if params.strategy == "auto":
             params = dataclasses.replace(
@@ -204,6 +207,13 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
 def _stages(model) -> int:
     """Every stage of the model (of each member): a probe freezes them all."""
     return min(m.num_stages for m in getattr(model, "members", [model]))
+
+
+def _log_rows(on_epoch: Callable[[str, dict], None] | None, history: list[dict]) -> None:
+    """A probe has no epochs: its one history row (val, or out-of-fold, scores) goes to the
+    live log as the selection run's only step, so the log exists for every strategy."""
+    for row in history if on_epoch else ():
+        on_epoch("finetune", row)
 
 
 def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
