@@ -211,14 +211,16 @@ def tiny_data(n_per_class=6, classes=3, views=2, size=32, seed=0):
 
 def fit_tiny(overrides: dict, data=None, use_cache=True, arch="resnet18"):
     """``fit`` a randomly initialised ``arch`` (3 classes, 32 px, 3 epochs of batch 8, lr 0.01,
-    constant schedule: fixed here, not taken from the params defaults) on :func:`tiny_data`,
+    constant schedule without warmup, best epoch by val accuracy: fixed here, not taken from
+    the params defaults) on :func:`tiny_data`,
     params ``overrides`` on top; returns ``(model, result)``."""
     import torch
     from finetuner.models import build_model
     from finetuner.params import parse_params
     from finetuner.training.loop import fit
     raw = {"lr": 0.01, "model": {"arch": arch, "weights": "none"}, "preprocess": {"image_size": 32},
-           "train": {"epochs": 3, "batch_size": 8, "schedule": "constant"}}
+           "train": {"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_epochs": 0,
+                     "monitor": "val_acc"}}
     for key, value in overrides.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)

@@ -44,7 +44,7 @@ class DataParams:
     """Where the labelled image folder is and how it is split."""
     dir: str = "data/digits"
     val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    test_fraction: float = 0.2
 
     def validate(self, prefix: str) -> None:
         if not self.dir.strip():
@@ -123,7 +123,7 @@ class TrainParams:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "cosine"
-    warmup_epochs: int = 0
+    warmup_epochs: int = 1
     step_size: int = 7
     gamma: float = 0.1
     backbone_lr_mult: float = 1.0
@@ -132,7 +132,7 @@ class TrainParams:
     unfreeze_every: int = 0
     unfreeze_floor: int = 0
     early_stopping_patience: int = 0
-    monitor: str = "val_acc"
+    monitor: str = "val_loss"
     class_balance: str = "none"
     feature_cache_gb: float = 2.0
     loader_workers: int | str = "auto"  # processes reading batches; auto: 0 on CPU, <= 4 on CUDA
@@ -205,7 +205,7 @@ class Params:
     """The whole of params.yaml."""
     preset: str = "demo"  # the conf/preset params.yaml was composed from: a record only
     seed: int = 0
-    lr: float = 0.02
+    lr: float = 0.01
     freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
     strategy: str = "finetune"  # finetune, probe (linear probe only), auto (chosen on val)
     device: str = "auto"
