@@ -119,7 +119,9 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
     if params.strategy == "probe" and params.probe.folds:
         model = build()
-        return model, _cross_validated_probe(model, data, params, ctx, start)
+        outcome = _cross_validated_probe(model, data, params, ctx, start)
+        _log_probe(on_epoch, outcome)
+        return model, outcome
     if params.strategy == "probe":
         model = build()
         probe = _probe_only(model, data, params, ctx, C_GRID, store)
@@ -128,6 +130,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                           _probe_history(probe, model.num_stages, time.perf_counter() - start),
                           1, 0.0, resolve_precision(params.precision, ctx.device).name,
                           ctx.world_size, probe.C, refit)
+        _log_probe(on_epoch, outcome)
     else:
         if params.strategy == "auto":
             params = dataclasses.replace(
@@ -199,6 +202,13 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     outcome.cross_validation, outcome.out_of_fold = record, oof
     outcome.trained_on = {"train": len(data.train_labels), "val": len(data.val_labels)}
     return outcome
+
+
+def _log_probe(on_epoch: Callable[[str, dict], None] | None, outcome: Outcome) -> None:
+    """A probe trains no epochs: its one history row (val or out-of-fold scores) is the live
+    log's one step, so the log (an output DVC expects) exists for every strategy."""
+    if on_epoch:
+        on_epoch("finetune", outcome.history[0])
 
 
 def _stages(model) -> int:
