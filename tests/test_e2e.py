@@ -220,11 +220,14 @@ def flat(mapping: dict, prefix: str = "") -> dict:
     return out
 
 
+ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"
+
+
 def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(project):
     """The real-photo recipe through DVC's Hydra composition: `dvc exp show` has each key's
     value as it ran (never the word `preset`), `dvc params diff` against the demo commit lists
-    every key that differs; test_fraction 0, an external labelled test folder, the choice on
-    val recorded, the final model refit on train + val."""
+    every key that differs; test_fraction 0, an external labelled test folder, the ensemble of
+    probes fitted on train + val (L2 strength by cross-validation there), scored on the folder."""
     make_image_folder(project / "data" / "holdout", {"a": 3, "b": 3, "c": 2}, size=24, seed=5)
     sh(project, "python", "-m", "finetuner.presets")  # the demo, as committed
     commit_all(project, "the demo")
@@ -240,8 +243,9 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
         sh(project, "git", "show", f"{demo}:params.yaml"))).keys()
     assert "preset" not in [v for k, v in flat(shown).items() if k != "preset"]
     assert shown["preset"] == "photos" and shown["lr"] == 0.001
-    assert shown["model"]["arch"] == "tf_efficientnet_lite2" and shown["freeze_depth"] == 4
-    assert shown["strategy"] == "auto" and shown["train"]["refit"] is True
+    assert shown["model"]["arch"] == ENSEMBLE and shown["freeze_depth"] == 4
+    assert shown["strategy"] == "probe" and shown["probe"] == {"layers": "all", "folds": 5}
+    assert shown["train"]["refit"] is True and shown["preprocess"]["train_views"] == 1
     with open(project / "conf" / "preset" / "photos.yaml") as f:
         recipe = flat(yaml.safe_load(f))
     overridden = {"lr", "data.test_fraction", "preprocess.image_size", "train.epochs"}
@@ -250,7 +254,7 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
     row = next(r for r in table if r["Experiment"] == "photos-lr")
     # the table's columns: params.yaml:lr (dvclive/metrics.json has an lr too), model.arch, ...
     assert (row["params.yaml:lr"], row["model.arch"], row["freeze_depth"]) == (
-        "0.001", "tf_efficientnet_lite2", "4")
+        "0.001", ENSEMBLE, "4")
 
     commit_all(project, "the photos experiment")  # exp run left it in the workspace
     diff = dvc_json(project, "params", "diff", demo, "HEAD")["params.yaml"]
@@ -258,7 +262,8 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
     differ = {key for key, value in flat(ran).items() if old[key] != value}
     assert set(diff) == differ
     assert {key for key in recipe if old[key] != recipe[key]} - overridden <= differ
-    assert diff["model.arch"] == {"old": "tf_efficientnet_lite0", "new": "tf_efficientnet_lite2"}
+    assert diff["model.arch"] == {"old": "tf_efficientnet_lite0", "new": ENSEMBLE}
+    assert diff["probe.layers"] == {"old": "last", "new": "all"}
 
     with open(project / "data" / "split" / "test.csv") as f:
         assert list(csv.DictReader(f)) == []
@@ -266,10 +271,11 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
              for name in ("train", "val")}
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
-    assert metrics["strategy"] in ("probe", "finetune") and metrics["refit"] is True
+    # the probes learnt from train + val (their L2 strength by cross-validation there): no refit
+    assert metrics["strategy"] == "probe" and metrics["refit"] is False
     assert metrics["trained_images"] == split["train"] + split["val"]
-    live = project / "dvclive" / "plots" / "metrics"
-    assert len((live / "train" / "loss.tsv").read_text().splitlines()) == 1 + 2  # selection run
-    refit_rows = live / "refit" / "train" / "loss.tsv"  # a refit probe has no epochs
-    assert (len(refit_rows.read_text().splitlines()) == 1 + 2 if metrics["strategy"] == "finetune"
-            else not refit_rows.exists())
+    live = project / "dvclive" / "plots" / "metrics"  # a probe is one step of the live log
+    with open(live / "val" / "acc.tsv") as f:
+        (step,) = list(csv.DictReader(f, delimiter="\t"))
+    assert float(step["acc"]) == metrics["best_val_acc"]  # its out-of-fold accuracy
+    assert not (live / "train" / "loss.tsv").exists() and not (live / "refit").exists()
