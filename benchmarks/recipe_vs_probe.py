@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,33 +39,12 @@ SETS = {"hymenoptera": SHARED / "hymenoptera" / "train", "trashnet": SHARED / "t
 FLOOR_ARCHS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 
-def overrides(pairs: list[str]) -> dict:
-    """``-S probe.folds=3`` -> {"probe": {"folds": 3}} (values parsed as YAML)."""
-    out: dict = {}
-    for pair in pairs:
-        key, _, text = pair.partition("=")
-        *outer, leaf = key.split(".")
-        node = out
-        for part in outer:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
-    return out
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def recipe_params(seed: int, test_fraction: float, extra: dict):
-    """params.yaml under the photos preset (as `dvc exp run -S preset=photos` gives it), the
-    seed, the benchmark's test fraction and ``extra`` on top."""
-    from finetuner.params import parse_params
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mine = {"preset": "photos", "seed": seed, "data": {"test_fraction": test_fraction}}
-    return parse_params(merge(merge(raw, mine), extra))
+def recipe_params(seed: int, test_fraction: float, extra: list[str]):
+    """The photos preset as `dvc exp run -S preset=photos` composes it from conf/, with the
+    seed, the benchmark's test fraction and the ``-S`` overrides ``extra`` on top."""
+    from finetuner.presets import preset_params
+    return preset_params("photos", [f"seed={seed}", f"data.test_fraction={test_fraction}",
+                                    *extra], ROOT / "conf")
 
 
 def accuracy(model, images, labels) -> float:
@@ -149,7 +127,6 @@ def main() -> None:
     from finetuner.runtime import reuse_freed_memory, set_threads
     set_threads(0)
     reuse_freed_memory()  # as the finetune stage does
-    extra = overrides(args.set)
     for set_name in args.sets:
         data = SETS[set_name]
         if not data.is_dir():
@@ -157,7 +134,7 @@ def main() -> None:
             continue
         recipe, floor, seconds = [], [], []
         for seed in args.seeds:
-            params = recipe_params(seed, args.test_fraction, extra)
+            params = recipe_params(seed, args.test_fraction, args.set)
             with tempfile.TemporaryDirectory() as tmp:
                 acc, secs, cv = recipe_accuracy(params, data, Path(tmp))
                 floors = {a: floor_accuracy(a, Path(tmp), data, seed) for a in FLOOR_ARCHS}

@@ -22,6 +22,7 @@ from finetuner.evaluation.calibration import (calibration_record, calibration_sc
                                               coverage_curve, file_sha256, fit_temperature,
                                               reliability, softmax)
 from finetuner.evaluation.cost import cost_report, onnxruntime_cost
+from finetuner.evaluation.intervals import metric_intervals
 from finetuner.evaluation.metrics import classification_metrics, predict_logits
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png, reliability_png
 from finetuner.io import write_csv, write_json
@@ -43,6 +44,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     logits = predict_logits(checkpoint.model, images, device, params.evaluate.batch_size)
     predicted = logits.argmax(1)
     metrics = classification_metrics(labels, predicted, checkpoint.class_names)
+    interval = metric_intervals(labels, predicted, len(checkpoint.class_names))
     info = checkpoint.info
     strategy = info.get("strategy", {})
     fit_logits, fit_labels, fitted_on = calibration_set(checkpoint, data, logits, source,
@@ -57,7 +59,9 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     cost.update(onnx_cost(checkpoint.model, checkpoint.image_size))
     write_json(out / "eval.json", {
-        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "accuracy": metrics["accuracy"], "accuracy_ci95": interval["accuracy"],
+        "macro_f1": metrics["macro_f1"], "macro_f1_ci95": interval["macro_f1"],
+        "ci95": interval["method"],
         "best_val_acc": info["best_val_acc"], "train_seconds": round(info["train_seconds"], 1),
         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
         "test_images": int(len(labels)), "evaluated_on": source,
@@ -86,8 +90,10 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     fitted = "no temperature fitted" if temperature is None else f"temperature {temperature:.3g}"
     onnx = (f", ONNX Runtime {cost['onnxruntime_latency_ms']:.1f} ms"
             if "onnxruntime_latency_ms" in cost else "")
-    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {len(labels)} images of the {source}; ECE {calibration['ece_before']:.4f} -> "
+    low, high = interval["accuracy"]["low"], interval["accuracy"]["high"]
+    print(f"evaluate: accuracy {metrics['accuracy']:.4f} (95 % {low:.3f}-{high:.3f}), "
+          f"macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} images of the {source}; "
+          f"ECE {calibration['ece_before']:.4f} -> "
           f"{calibration['ece_after']:.4f} ({fitted} on the {fitted_on}); {cost['gflops']:.3f} GFLOPs, "
           f"{cost['cpu_latency_ms']:.1f} ms per image on CPU{onnx} -> {out}")
     if note:

@@ -6,6 +6,7 @@ need it, so test files without torch do not pay for it.
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,41 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+# pytest-xdist runs the tests in one worker per core (pyproject's addopts): each worker, and the
+# stages it starts, gets its share of the cores as torch threads, so the workers do not fight
+# over the cores (set before any test imports torch; OMP_NUM_THREADS set by hand wins)
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
+
+
+# the long chains first, so pytest-xdist starts them at once and spreads the short tests around
+# them (a long chain started last would leave the other worker idle at the end)
+FIRST = ["test_e2e.py", "test_robustness_resume.py", "test_robustness_faults.py",
+         "test_distributed.py", "test_online.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: order kept
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name``, made by ``build(folder)`` once per test session and shared by every
+    pytest-xdist worker (the first to ask builds it under a file lock; the others wait, then
+    reuse it).  Treat it as read-only: copy it to change it."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / f"built-{name}", root / f"built-{name}.done"
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 20, seed: int = 0) -> Path:
@@ -31,11 +67,11 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 20, seed:
     return root
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", "conf", "vendor"]
 
 
 def copy_project(repo: Path) -> Path:
-    """The pipeline's files (not its data or outputs) copied into ``repo``."""
+    """The pipeline's files (not its data or outputs, nor .dvc/) copied into ``repo``."""
     repo.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -44,6 +80,66 @@ def copy_project(repo: Path) -> Path:
         else:
             shutil.copy(source, repo / name)
     return repo
+
+
+def edit_yaml(path: Path, changes: dict) -> None:
+    """Update the YAML file ``path`` with the nested ``changes`` (comments are dropped; a
+    Hydra ``# @package`` first line is kept)."""
+    import yaml
+
+    def merge(node: dict, extra: dict) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                merge(node.setdefault(key, {}), value)
+            else:
+                node[key] = value
+
+    text = path.read_text()
+    first = text.splitlines()[0] + "\n" if text.startswith("# @package") else ""
+    data = yaml.safe_load(text)
+    merge(data, changes)
+    path.write_text(first + yaml.safe_dump(data, sort_keys=False))
+
+
+def tiny_conf(repo: Path, base: dict | None = None, demo: dict | None = None) -> None:
+    """The copied project's conf/ made tiny (images of ``data/images``, 32 px, 2 views, 2
+    epochs of batch 8 at a constant lr, no pretrained weights), ``base`` and ``demo`` changes on
+    top; then its params.yaml written from it, as `python -m finetuner.presets` writes it."""
+    from finetuner.presets import params_yaml
+    edit_yaml(repo / "conf" / "config.yaml", {
+        "data": {"dir": "data/images"}, "preprocess": {"workers": 0},
+        "model": {"weights": "none"}, "train": {"batch_size": 8, "schedule": "constant"}})
+    edit_yaml(repo / "conf" / "preset" / "demo.yaml", {
+        "preprocess": {"image_size": 32, "train_views": 2},
+        "train": {"epochs": 2, "warmup_epochs": 0}})
+    edit_yaml(repo / "conf" / "config.yaml", base or {})
+    edit_yaml(repo / "conf" / "preset" / "demo.yaml", demo or {})
+    (repo / "params.yaml").write_text(params_yaml(conf=repo / "conf"))
+
+
+PLOTS_TEMPLATE = ROOT / "vendor" / "vega" / "offline.html"
+
+
+def offline_plots_page(html: str) -> dict[str, dict]:
+    """Check a page DVC wrote with the offline template (.dvc/config's plots.html_template):
+    no script from the network, Vega, Vega-Lite and vega-embed inline before the plots, under
+    3 MB; return each Vega plot's spec by its id."""
+    import json
+    import re
+    assert len(html.encode()) < 3e6, f"{len(html.encode()) / 1e6:.1f} MB"
+    sources = re.findall(r"<script\b[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]*)", html, re.I)
+    assert not [s for s in sources if re.match(r"(https?:)?//", s, re.I)], sources
+    assert "cdn.jsdelivr" not in html
+    template = PLOTS_TEMPLATE.read_text(encoding="utf-8")
+    libraries = template[template.index("<!-- vega "):template.rindex("</script>") + 9]
+    assert libraries in html  # the three libraries, with their licences, as vendored
+    body = html[html.rindex("<body>"):]
+    specs = {}
+    for match in re.finditer(r"var spec = (.*?);\s*vegaEmbed\('#([^']+)', spec\);", body, re.S):
+        specs[match.group(2)] = json.loads(match.group(1))
+    assert specs, "no Vega plot in the page"
+    assert html.index(libraries) < html.rindex("<body>")  # loaded before any plot draws
+    return specs
 
 
 def noise_prepared(folder: Path, counts: dict[str, int], classes=("a", "b", "c"),
@@ -71,6 +167,25 @@ def load_stage(name: str):
     return module
 
 
+def stage_exit(cwd: Path, script: Path, args: list[str], monkeypatch):
+    """Run the stage script ``script ARGS`` as ``__main__`` in this process (no new interpreter:
+    torch is already imported), in ``cwd``; return its exit code: SystemExit's, which for an
+    error is the one line that `python stages/...` prints before exiting with status 1.
+    torch's thread count is restored (a stage sets its own)."""
+    import runpy
+
+    import torch
+    threads = torch.get_num_threads()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr("sys.argv", [f"stages/{script.name}", *args])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    return stop.value.code
+
+
 def ignored(name: str) -> bool:
     """Whether the project's .gitignore hides ``name`` (so neither git nor `dvc exp` sees it)."""
     patterns = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()
@@ -96,14 +211,16 @@ def tiny_data(n_per_class=6, classes=3, views=2, size=32, seed=0):
 
 def fit_tiny(overrides: dict, data=None, use_cache=True, arch="resnet18"):
     """``fit`` a randomly initialised ``arch`` (3 classes, 32 px, 3 epochs of batch 8, lr 0.01,
-    constant schedule: fixed here, not taken from the params defaults) on :func:`tiny_data`,
+    constant schedule without warmup, best epoch by val accuracy: fixed here, not taken from
+    the params defaults) on :func:`tiny_data`,
     params ``overrides`` on top; returns ``(model, result)``."""
     import torch
     from finetuner.models import build_model
     from finetuner.params import parse_params
     from finetuner.training.loop import fit
     raw = {"lr": 0.01, "model": {"arch": arch, "weights": "none"}, "preprocess": {"image_size": 32},
-           "train": {"epochs": 3, "batch_size": 8, "schedule": "constant"}}
+           "train": {"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_epochs": 0,
+                     "monitor": "val_acc"}}
     for key, value in overrides.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)
@@ -115,6 +232,45 @@ def fit_tiny(overrides: dict, data=None, use_cache=True, arch="resnet18"):
     result = fit(model, data or tiny_data(), params, torch.device("cpu"), progress=False,
                  use_cache=use_cache)
     return model, result
+
+
+EVALUATED_CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory) -> Path:
+    """One run of the evaluate stage, shared by tests/test_cost.py and tests/test_calibration.py
+    (read-only): ``model.pt``, a resnet18 of random weights with an over-confident head (its
+    weights x 40: large logits, mostly wrong on noise), whose history ends at 3 frozen stages
+    after 7.25 s of training; ``prepared/`` of noise, 6 train, 30 val and 40 test images of
+    32 px; the project's params.yaml; the stage's outputs in ``metrics/`` and what it printed
+    in ``evaluate.log``."""
+    def build(folder: Path) -> None:
+        import contextlib
+
+        import torch
+        from finetuner.models import build_model
+        from finetuner.models.checkpoint import save_checkpoint
+        noise_prepared(folder / "prepared", {"train": 6, "val": 30, "test": 40},
+                       EVALUATED_CLASSES, 32)
+        history = [{"epoch": e, "frozen_stages": depth, "train_loss": 1.0, "val_loss": 1.0,
+                    "train_acc": 0.5, "val_acc": 0.5} for e, depth in ((1, 5), (2, 3))]
+        torch.manual_seed(0)
+        model = build_model("resnet18", "none", 3)
+        with torch.no_grad():
+            model.classifier.weight.mul_(40)
+        save_checkpoint(folder / "model.pt", model, "resnet18", EVALUATED_CLASSES, 32, 0.875,
+                        {"history": history, "best_epoch": 2, "best_val_acc": 0.5,
+                         "train_seconds": 7.25, "epochs_run": 2})
+        shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+        threads = torch.get_num_threads()
+        with pytest.MonkeyPatch.context() as patch, \
+                open(folder / "evaluate.log", "w") as log, contextlib.redirect_stdout(log):
+            patch.chdir(folder)
+            load_stage("evaluate").main("model.pt", "prepared", "metrics")
+        torch.set_num_threads(threads)
+
+    return built_once(tmp_path_factory, "evaluated", build)
 
 
 @pytest.fixture

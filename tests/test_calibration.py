@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_stage, make_image_folder, noise_prepared
+from conftest import make_image_folder
 from finetuner.cli import main
 from finetuner.evaluation.calibration import (CalibrationError, calibration_record,
                                               coverage_curve, expected_calibration_error,
@@ -122,32 +121,17 @@ def test_the_calibration_file_is_checked_against_the_checkpoint(tmp_path):
 
 
 def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
-        tmp_path, monkeypatch, capsys):
-    classes, size = ["a", "b", "c"], 32
-    prepared = noise_prepared(tmp_path / "prepared", {"train": 6, "val": 30, "test": 40},
-                              classes, size)
-    history = [{"epoch": 1, "frozen_stages": 5, "train_loss": 1.0, "val_loss": 1.0,
-                "train_acc": 0.5, "val_acc": 0.5}]
-    torch.manual_seed(0)
-    model = build_model("resnet18", "none", 3)
-    with torch.no_grad():  # an over-confident head: large logits, mostly wrong on noise
-        model.classifier.weight.mul_(40)
-    save_checkpoint(tmp_path / "model.pt", model, "resnet18", classes, size, 0.875,
-                    {"history": history, "best_epoch": 1, "best_val_acc": 0.5,
-                     "train_seconds": 1.0, "epochs_run": 1})
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    before = (tmp_path / "model.pt").read_bytes()
-    load_stage("evaluate").main("model.pt", "prepared", "metrics")
-    metrics = tmp_path / "metrics"
-    assert (tmp_path / "model.pt").read_bytes() == before  # finetune's output, never rewritten
+        evaluated, tmp_path, capsys):
+    """The shared evaluate run (conftest.evaluated: an over-confident head on noise)."""
+    checkpoint, prepared = evaluated / "model.pt", evaluated / "prepared"
+    metrics = evaluated / "metrics"
     cost = json.loads((metrics / "eval.json").read_text())["cost"]
     assert {"cpu_latency_ms", "cpu_images_per_s", "onnxruntime_latency_ms",
             "onnxruntime_images_per_s"} <= set(cost), cost
 
     calibration = json.loads((metrics / "eval.json").read_text())["calibration"]
     record = json.loads((metrics / "calibration.json").read_text())
-    assert record["checkpoint_sha256"] == file_sha256(tmp_path / "model.pt")
+    assert record["checkpoint_sha256"] == file_sha256(checkpoint)  # the stage left it as it was
     assert record["temperature"] == calibration["temperature"] and calibration["temperature"] > 1
     assert calibration["fitted_on"] == "val split" and calibration["fit_images"] == 30
     assert calibration["bins"] == 15
@@ -155,7 +139,7 @@ def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
     test = np.load(prepared / "test_images.npy")
     labels = np.load(prepared / "test_labels.npy")
     with torch.no_grad():
-        logits = load_checkpoint("model.pt").model(
+        logits = load_checkpoint(checkpoint).model(
             torch.from_numpy(test).permute(0, 3, 1, 2)).numpy()
     temperature = calibration["temperature"]
     assert calibration["nll_before"] == pytest.approx(nll(logits, labels), rel=1e-4)
@@ -178,14 +162,14 @@ def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
 
     cost = json.loads((metrics / "eval.json").read_text())["cost"]
     assert cost["onnxruntime_latency_ms"] > 0 and cost["onnxruntime_images_per_s"] > 0
-    assert "ECE" in capsys.readouterr().out
+    assert "ECE" in (evaluated / "evaluate.log").read_text()
 
     # predict applies the file's temperature: probabilities = softmax(logits / T)
     photos = make_image_folder(tmp_path / "photos", {"a": 2})
-    assert main(["predict", "model.pt", str(photos), "--json", "--top-k", "3",
-                 "--calibration", "metrics/calibration.json"]) == 0
+    assert main(["predict", str(checkpoint), str(photos), "--json", "--top-k", "3",
+                 "--calibration", str(metrics / "calibration.json")]) == 0
     results = json.loads(capsys.readouterr().out)
-    assert main(["predict", "model.pt", str(photos), "--json", "--top-k", "3"]) == 0
+    assert main(["predict", str(checkpoint), str(photos), "--json", "--top-k", "3"]) == 0
     plain = json.loads(capsys.readouterr().out)
     for calibrated, raw in zip(results, plain):
         raw_probs = np.array([t["prob"] for t in raw["top"]])

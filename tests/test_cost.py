@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import ROOT, load_stage, noise_prepared
 from finetuner.evaluation.cost import (cost_report, count_params, cpu_latency_ms,
                                        cpu_throughput, gflops, trainable_params)
 from finetuner.evaluation.plots import confusion_png, curves_png, mistakes_png
@@ -94,31 +92,29 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
 
 
 
-def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(tmp_path, monkeypatch):
-    classes, size = ["a", "b", "c"], 32
-    noise_prepared(tmp_path / "prepared", {"train": 6, "val": 3, "test": 9}, classes, size)
-    history = [{"epoch": e, "frozen_stages": depth, "train_loss": 1.0, "val_loss": 1.0,
-                "train_acc": 0.5, "val_acc": 0.5} for e, depth in ((1, 5), (2, 3))]
-    model = build_model("resnet18", "none", 3)
-    save_checkpoint(tmp_path / "model.pt", model, "resnet18", classes, size, 0.875,
-                    {"history": history, "best_epoch": 2, "best_val_acc": 0.5,
-                     "train_seconds": 7.25, "epochs_run": 2})
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    load_stage("evaluate").main("model.pt", "prepared", "metrics")
-
-    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
+    from finetuner.models.checkpoint import load_checkpoint
+    model = load_checkpoint(evaluated / "model.pt").model
+    metrics = json.loads((evaluated / "metrics" / "eval.json").read_text())
     assert {"accuracy", "macro_f1", "best_val_acc", "train_seconds"} <= set(metrics)
-    assert metrics["train_seconds"] == 7.2 and metrics["test_images"] == 9
+    assert metrics["train_seconds"] == 7.2 and metrics["test_images"] == 40
+    # the 95 % intervals sit beside their metrics: Wilson's for accuracy on these 40 images
+    from finetuner.evaluation.intervals import wilson_interval
+    low, high = wilson_interval(round(metrics["accuracy"] * 40), 40)
+    assert metrics["accuracy_ci95"] == {"low": low, "high": high}
+    assert low <= metrics["accuracy"] <= high
+    assert metrics["macro_f1_ci95"]["low"] <= metrics["macro_f1"] <= metrics["macro_f1_ci95"]["high"]
+    assert "bootstrapped over the 40 test images" in metrics["ci95"]
     cost = metrics["cost"]
     assert cost["params_total"] == count_params(model)
     # frozen_stages of the last epoch (3): layer3, layer4 and the head train
     assert cost["params_trainable"] == sum(
         p.numel() for p in [*model.stages[3:].parameters(), *model.classifier.parameters()])
     assert cost["gflops"] > 0 and cost["cpu_latency_ms"] > 0 and cost["cpu_images_per_s"] > 0
-    assert cost["checkpoint_mb"] == pytest.approx((tmp_path / "model.pt").stat().st_size / 1e6,
+    assert cost["checkpoint_mb"] == pytest.approx((evaluated / "model.pt").stat().st_size / 1e6,
                                                   abs=0.01)
-    per_class = json.loads((tmp_path / "metrics" / "per_class.json").read_text())
-    assert set(per_class) == set(classes) and sum(c["support"] for c in per_class.values()) == 9
+    per_class = json.loads((evaluated / "metrics" / "per_class.json").read_text())
+    assert set(per_class) == {"a", "b", "c"}
+    assert sum(c["support"] for c in per_class.values()) == 40
     for name in ("confusion.png", "curves.png", "mistakes.png"):
-        assert _png_size(tmp_path / "metrics" / name)[0] > 0
+        assert _png_size(evaluated / "metrics" / name)[0] > 0

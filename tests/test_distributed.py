@@ -139,6 +139,7 @@ def two_process_results(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one worker: torchrun runs once for all of them
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_learn_what_one_process_learns(two_process_results, name):
     torch.set_num_threads(1)
@@ -162,6 +163,7 @@ def test_two_processes_learn_what_one_process_learns(two_process_results, name):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
 def test_trainable_batchnorm_on_cpu_keeps_the_ranks_identical(two_process_results):
     ranks = [torch.load(two_process_results / f"batchnorm.rank{r}.pt") for r in (0, 1)]
     for key, value in ranks[0]["state"].items():

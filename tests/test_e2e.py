@@ -1,8 +1,8 @@
 """End to end through DVC: the project copied into a temp git repo with tiny data."""
 from __future__ import annotations
 
-import configparser
 import csv
+import io
 import json
 import os
 import shutil
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, make_image_folder
+from conftest import ROOT, copy_project, make_image_folder, offline_plots_page, tiny_conf
 
-pytestmark = pytest.mark.slow
+# one pytest-xdist worker runs the module, in order: its tests go on from one another's state
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -30,61 +31,56 @@ def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-def cache_type() -> str:
-    config = configparser.ConfigParser()
-    config.read(ROOT / ".dvc" / "config")
-    return config.get("cache", "type")
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    """The project in a temp git repo with tiny images: conf/ made tiny (every `dvc exp run -S`
+    composes params.yaml from it) and the project's own .dvc/config (its link type, Hydra
+    composition, the offline plots template)."""
     repo = copy_project(tmp_path_factory.mktemp("project"))
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["dir"] = "data/images"
-    params["preprocess"].update(image_size=32, train_views=2, workers=0)
-    params["model"]["weights"] = "none"
-    params["train"].update(epochs=2, batch_size=8, schedule="constant")
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    tiny_conf(repo)
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "test@example.com")
     sh(repo, "git", "config", "user.name", "test")
     sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
-    sh(repo, "dvc", "config", "cache.type", cache_type())  # the project's link type
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
     return repo
 
 
-def test_repro_then_an_lr_experiment_reruns_only_finetune_and_evaluate(project):
+def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_evaluate(project):
     first = sh(project, "dvc", "repro")
     assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(first)
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
     assert (project / "models" / "model.pt").stat().st_size > 0
-    # outputs are hard links into DVC's cache, not second copies (docs/scale.md)
+    # outputs are hard links into DVC's cache, not second copies (docs/scale.md): the project's
+    # cache.type, from its .dvc/config
     assert (project / "models" / "model.pt").stat().st_nlink == 2
     assert (project / "data" / "prepared" / "train_images.npy").stat().st_nlink == 2
     assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "baseline")
 
-    out = sh(project, "dvc", "exp", "run", "-S", "lr=0.001")
+    out = sh(project, "dvc", "exp", "run", "-S", "lr=0.001", "-S", "freeze_depth=2")
     assert ran_stages(out) == {"finetune", "evaluate"}
     with open(project / "dvclive" / "plots" / "metrics" / "lr.tsv") as f:  # DVCLive's log
         assert [float(row["lr"]) for row in csv.DictReader(f, delimiter="\t")] == [0.001] * 2
     shown = sh(project, "dvc", "exp", "show", "--json")  # DVC reads the live metrics
     assert '"dvclive/metrics.json"' in shown and '"step": 1' in shown
-    accuracy = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]["accuracy"]
-    points = accuracy[0]["content"]["data"]["values"]  # DVC's plot of DVCLive's files
+    assert '"accuracy_ci95"' in shown and '"macro_f1_ci95"' in shown  # the 95 % intervals
+    # `dvc plots show` writes a page that draws offline (the template of .dvc/config), with
+    # DVC's plot of DVCLive's files in it
+    sh(project, "dvc", "plots", "show", "-o", "plots_page")
+    specs = offline_plots_page((project / "plots_page" / "index.html").read_text())
+    points = specs["accuracy"]["data"]["values"]
     assert sorted((p["filename"], p["step"]) for p in points) == [
         ("train/acc.tsv", "0"), ("train/acc.tsv", "1"), ("val/acc.tsv", "0"), ("val/acc.tsv", "1")]
+    assert {"loss", "accuracy", "confusion", "coverage"} <= set(specs)
+    shutil.rmtree(project / "plots_page")
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
     assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
-
-    out = sh(project, "dvc", "exp", "run", "-S", "freeze_depth=2")
-    assert ran_stages(out) == {"finetune", "evaluate"}
 
 
 def test_another_arch_with_the_same_input_size_skips_preprocess(project):
@@ -118,8 +114,8 @@ def dvc_json(repo: Path, *args: str):
     return json.loads(done.stdout)
 
 
-def experiments(shown) -> dict[str, dict]:
-    """name -> {"lr": ..., "accuracy": ...} of every row of `dvc exp show --json`."""
+def rows_of(shown) -> dict[str, dict]:
+    """name -> the ``data`` (params, metrics, ...) of every row of `dvc exp show --json`."""
     rows = {}
 
     def walk(node):
@@ -129,15 +125,27 @@ def experiments(shown) -> dict[str, dict]:
         elif isinstance(node, dict):
             data = node.get("data")
             if isinstance(data, dict) and isinstance(data.get("params"), dict) and node.get("name"):
-                params = data["params"].get("params.yaml", {}).get("data", {})
-                metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data", {})
-                rows[node["name"]] = {"lr": params.get("lr"), "accuracy": metrics.get("accuracy")}
+                rows[node["name"]] = data
             for value in node.values():
                 if isinstance(value, (list, dict)):
                     walk(value)
 
     walk(shown)
     return rows
+
+
+def params_of(shown) -> dict[str, dict]:
+    """name -> the params.yaml values of every row of `dvc exp show --json`."""
+    return {name: data["params"].get("params.yaml", {}).get("data", {})
+            for name, data in rows_of(shown).items()}
+
+
+def experiments(shown) -> dict[str, dict]:
+    """name -> {"lr": ..., "accuracy": ...} of every row of `dvc exp show --json`."""
+    return {name: {"lr": data["params"].get("params.yaml", {}).get("data", {}).get("lr"),
+                   "accuracy": (data.get("metrics") or {}).get("metrics/eval.json", {})
+                   .get("data", {}).get("accuracy")}
+            for name, data in rows_of(shown).items()}
 
 
 def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path):
@@ -169,24 +177,30 @@ def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path)
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
 
 
+def experiment_refs(repo: Path) -> set[str]:
+    """The git refs of finished experiments (queued and failed ones live under celery/)."""
+    refs = sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
+    return {ref for ref in refs if not ref.startswith("refs/exps/celery/")}
+
+
 def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
     sh(project, "dvc", "repro")
     commit_all(project, "before the sweep")  # queued runs start from a commit
     sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.003,0.004")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                OMP_NUM_THREADS="1")  # two workers on the cores: one thread each
+    before = experiment_refs(project)
     subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, check=True,
                    capture_output=True)
     deadline = time.monotonic() + 900
-    try:
-        while True:
-            status = sh(project, "dvc", "queue", "status")
-            if not any(word in status for word in ("Queued", "Running")):
-                break
-            assert time.monotonic() < deadline, f"queue still busy after 900 s:\n{status}"
-            time.sleep(3)
+    try:  # git's refs say cheaply when both are done (or one failed); `dvc queue status` costs
+        while (len(experiment_refs(project) - before) < 2  # a second of CPU a call
+               and not sh(project, "git", "for-each-ref", "refs/exps/celery/failed").strip()):
+            assert time.monotonic() < deadline, sh(project, "dvc", "queue", "status")
+            time.sleep(1)
     finally:
         subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    status = sh(project, "dvc", "queue", "status")
     assert "Failed" not in status, status
     rows = experiments(dvc_json(project, "exp", "show"))
     swept = {row["lr"]: name for name, row in rows.items() if row["lr"] in (0.003, 0.004)}
@@ -196,26 +210,74 @@ def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
     assert "1 thread(s) per process" in log, log
 
 
-def test_photos_preset_keeps_every_photo_for_training_and_scores_a_separate_folder(project):
-    """The real-photo recipe through DVC: test_fraction 0, an external labelled test folder,
-    the ensemble of probes fitted on train + val with C by cross-validation, its out-of-fold
-    score in the live log (a probe has no epochs, but the log DVC declares must exist)."""
+def flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"
+
+
+def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(project):
+    """The real-photo recipe through DVC's Hydra composition: `dvc exp show` has each key's
+    value as it ran (never the word `preset`), `dvc params diff` against the demo commit lists
+    every key that differs; test_fraction 0, an external labelled test folder, the ensemble of
+    probes fitted on train + val (L2 strength by cross-validation there), scored on the folder."""
     make_image_folder(project / "data" / "holdout", {"a": 3, "b": 3, "c": 2}, size=24, seed=5)
-    out = sh(project, "dvc", "exp", "run", "-S", "preset=photos", "-S", "data.test_fraction=0",
-             "-S", "evaluate.test_dir=data/holdout", "-S", "preprocess.image_size=32",
-             "-S", "train.epochs=2")
+    sh(project, "python", "-m", "finetuner.presets")  # the demo, as committed
+    commit_all(project, "the demo")
+    demo = sh(project, "git", "rev-parse", "HEAD").strip()
+    out = sh(project, "dvc", "exp", "run", "-n", "photos-lr", "-S", "preset=photos",
+             "-S", "lr=0.001", "-S", "data.test_fraction=0", "-S", "evaluate.test_dir=data/holdout",
+             "-S", "preprocess.image_size=32", "-S", "train.epochs=2")
     assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+
+    ran = yaml.safe_load((project / "params.yaml").read_text())  # what DVC composed
+    shown = params_of(dvc_json(project, "exp", "show"))["photos-lr"]
+    assert shown == ran and flat(shown).keys() == flat(yaml.safe_load(
+        sh(project, "git", "show", f"{demo}:params.yaml"))).keys()
+    assert "preset" not in [v for k, v in flat(shown).items() if k != "preset"]
+    assert shown["preset"] == "photos" and shown["lr"] == 0.001
+    assert shown["model"]["arch"] == ENSEMBLE and shown["freeze_depth"] == 4
+    assert shown["strategy"] == "probe" and shown["probe"] == {"layers": "all", "folds": 5}
+    assert shown["train"]["refit"] is True and shown["preprocess"]["train_views"] == 1
+    with open(project / "conf" / "preset" / "photos.yaml") as f:
+        recipe = flat(yaml.safe_load(f))
+    overridden = {"lr", "data.test_fraction", "preprocess.image_size", "train.epochs"}
+    assert all(flat(shown)[key] == value for key, value in recipe.items() if key not in overridden)
+    table = list(csv.DictReader(io.StringIO(sh(project, "dvc", "exp", "show", "--csv"))))
+    row = next(r for r in table if r["Experiment"] == "photos-lr")
+    # the table's columns: params.yaml:lr (dvclive/metrics.json has an lr too), model.arch, ...
+    assert (row["params.yaml:lr"], row["model.arch"], row["freeze_depth"]) == (
+        "0.001", ENSEMBLE, "4")
+
+    commit_all(project, "the photos experiment")  # exp run left it in the workspace
+    diff = dvc_json(project, "params", "diff", demo, "HEAD")["params.yaml"]
+    old = flat(yaml.safe_load(sh(project, "git", "show", f"{demo}:params.yaml")))
+    differ = {key for key, value in flat(ran).items() if old[key] != value}
+    assert set(diff) == differ
+    assert {key for key in recipe if old[key] != recipe[key]} - overridden <= differ
+    assert diff["model.arch"] == {"old": "tf_efficientnet_lite0", "new": ENSEMBLE}
+    assert diff["probe.layers"] == {"old": "last", "new": "all"}
+
     with open(project / "data" / "split" / "test.csv") as f:
         assert list(csv.DictReader(f)) == []
     split = {name: sum(1 for _ in open(project / "data" / "split" / f"{name}.csv")) - 1
              for name in ("train", "val")}
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
-    assert metrics["strategy"] == "probe"
+    # the probes learnt from train + val (their L2 strength by cross-validation there): no refit
+    assert metrics["strategy"] == "probe" and metrics["refit"] is False
     assert metrics["trained_images"] == split["train"] + split["val"]
-    cv = metrics["cross_validation"]
+    cv = metrics["cross_validation"]  # what the cross-validation chose: one C a member
     assert cv["selection"].startswith("5-fold cross-validation") and len(cv["C"]) == 3
-    live = project / "dvclive" / "plots" / "metrics"
-    rows = (live / "val" / "acc.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 1 and float(rows[1].split("\t")[-1]) == pytest.approx(cv["cv_acc"])
-    assert not (live / "train" / "loss.tsv").exists()  # no gradient step, no training loss
+    live = project / "dvclive" / "plots" / "metrics"  # a probe is one step of the live log
+    with open(live / "val" / "acc.tsv") as f:
+        (step,) = list(csv.DictReader(f, delimiter="\t"))
+    assert float(step["acc"]) == metrics["best_val_acc"]  # its out-of-fold accuracy
+    assert not (live / "train" / "loss.tsv").exists() and not (live / "refit").exists()

@@ -22,29 +22,17 @@ def flat(mapping: dict, prefix: str = "") -> dict:
 
 
 def test_the_defaults_are_what_the_project_params_yaml_runs_with():
-    """One rule: a key params.yaml leaves out takes the value params.yaml would give it.  Keys
-    params.yaml sets to `preset` get the demo preset's value (params.yaml's preset); `preset`
-    itself defaults to none (an absent preset names none), which fills nothing."""
-    from conftest import ROOT
-    project = to_dict(load_params(ROOT / "params.yaml", models=False))
-    defaults = to_dict(Params())
-    assert (project.pop("preset"), defaults.pop("preset")) == ("demo", "none")
-    disagree = {key: {"default": value, "params.yaml": flat(project)[key]}
-                for key, value in flat(defaults).items() if value != flat(project)[key]}
-    assert not disagree, f"dataclass defaults that params.yaml overrides: {disagree}"
-    assert parse_params({}) == Params()  # the defaults are valid, also for the registry
-
-
-def test_params_yaml_lists_every_key_and_leaves_to_the_preset_exactly_the_preset_keys():
-    """So no key of the shipped pipeline silently falls back to a default, and every key a preset
-    fills is one params.yaml hands to it."""
+    """One rule: a key params.yaml leaves out takes the value the committed params.yaml (conf/'s
+    demo, tests/test_presets.py) gives it, and params.yaml lists every key."""
     import yaml
     from conftest import ROOT
-    from finetuner.params import PRESET, PRESETS
-    raw = flat(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert sorted(raw) == sorted(flat(to_dict(Params())))
-    assert {key for key, value in raw.items() if value == PRESET} == set(PRESETS["demo"])
-    assert all(set(table) == set(PRESETS["demo"]) for table in PRESETS.values())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert sorted(flat(raw)) == sorted(flat(to_dict(Params())))
+    project = flat(to_dict(load_params(ROOT / "params.yaml", models=False)))
+    disagree = {key: {"default": value, "params.yaml": project[key]}
+                for key, value in flat(to_dict(Params())).items() if value != project[key]}
+    assert not disagree, f"dataclass defaults that params.yaml overrides: {disagree}"
+    assert parse_params({}) == Params()  # the defaults are valid, also for the registry
 
 
 @pytest.mark.parametrize("raw, closest", [
@@ -185,15 +173,13 @@ def test_unreadable_params_files(tmp_path, text, words):
         load_params(tmp_path / "missing.yaml")
 
 
-def test_every_stage_checks_params_before_any_work(tmp_path):
+def test_every_stage_checks_params_before_any_work(tmp_path, monkeypatch):
     """Each params-reading stage of dvc.yaml, run with a typo in params.yaml and none of its
-    inputs, fails on the params (a stage that started work first would fail on its inputs)."""
-    import subprocess
-    import sys
-
+    inputs, fails on the params (a stage that started work first would fail on its inputs).
+    The scripts run as ``__main__`` in this process (conftest.stage_exit)."""
     import yaml
 
-    from conftest import ROOT
+    from conftest import ROOT, stage_exit
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     commands = {name: stage["cmd"].replace("${data.dir}", "data/images")
                 for name, stage in stages.items() if stage.get("params")}
@@ -202,46 +188,35 @@ def test_every_stage_checks_params_before_any_work(tmp_path):
     for name, command in commands.items():
         argv = command.split()
         assert argv[0] == "python" and argv[1].startswith("stages/"), command
-        done = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode != 0, name
-        assert "unknown key 'learning_rate'; did you mean 'lr'?" in done.stderr, (name, done.stderr)
+        code = stage_exit(tmp_path, ROOT / argv[1], argv[2:], monkeypatch)
+        assert isinstance(code, str), (name, code)  # a message: exit status 1
+        assert "unknown key 'learning_rate'; did you mean 'lr'?" in code, (name, code)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], name
 
 
-def test_the_demo_preset_gives_the_demo_its_values():
-    from conftest import ROOT
-    params = load_params(ROOT / "params.yaml")
-    assert params.preset == "demo" and params.lr == 0.02 and params.image_size == 64
-    assert params.strategy == "finetune" and not params.preprocess.hflip
-    assert params.data.val_fraction == 0.1 and params.data.test_fraction == 0.1
-
-
-def test_the_photos_preset_fills_preset_and_absent_keys_and_a_value_wins():
-    from finetuner.models import input_spec
-    from finetuner.params import PRESETS
-    params = parse_params({"preset": "photos", "lr": "preset", "train": {"epochs": 3}})
-    recipe = PRESETS["photos"]
-    assert params.lr == recipe["lr"] and params.strategy == recipe["strategy"] == "probe"
-    assert params.probe.layers == "all" and "+" in params.model.arch
-    assert params.train.epochs == 3  # a value written in params.yaml beats the preset
-    assert params.train.refit is recipe["train.refit"]
-    assert params.preprocess.hflip is recipe["preprocess.hflip"]
-    # photos: image_size auto = the largest native size of the preset's backbones
-    assert params.image_size == input_spec(recipe["model.arch"]).size == 260
-
-
-def test_auto_keeps_its_own_meaning_under_a_preset():
-    params = parse_params({"preset": "demo", "strategy": "auto",
-                           "preprocess": {"image_size": "auto"}})
+def test_auto_keeps_its_own_meaning():
+    params = parse_params({"strategy": "auto", "preprocess": {"image_size": "auto"}})
     assert params.strategy == "auto" and params.image_size == 224  # demo's Lite0, native
 
 
-def test_preset_without_a_preset_says_where_its_value_comes_from():
-    with pytest.raises(ParamsError, match="'train.epochs' is 'preset', but 'preset' is none"):
-        parse_params({"train": {"epochs": "preset"}})
-    with pytest.raises(ParamsError, match="'preset' is 'photo'; allowed: none, demo, photos"):
-        parse_params({"preset": "photo"})
+@pytest.mark.parametrize("raw, key", [
+    ({"preset": "demo", "lr": "preset"}, "'lr'"),
+    ({"preset": "photos", "train": {"epochs": "preset"}}, "'train.epochs'"),
+    ({"freeze_depth": "preset"}, "'freeze_depth'"),  # int | str: not taken for a name
+])
+def test_a_params_yaml_of_before_conf_says_how_to_write_it_again(raw, key):
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert key in str(error.value) and "python -m finetuner.presets" in str(error.value)
+
+
+def test_a_key_no_preset_set_names_conf():
+    with pytest.raises(ParamsError, match=r"'lr' is \?\?\? \(missing\).*conf/preset/"):
+        parse_params({"lr": "???"})
+    with pytest.raises(ParamsError, match="'preset' is empty"):
+        parse_params({"preset": " "})
+    # a record of where the values came from: it changes no other value
+    assert parse_params({"preset": "photos"}) == Params(preset="photos")
 
 
 def test_test_fraction_zero_is_allowed_and_strategy_is_checked():

@@ -102,8 +102,12 @@ def test_without_val_fit_keeps_the_last_epoch():
 def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
     data = tiny_data()
     params = params_for(strategy, probe={"folds": 0})  # probe.folds 0: C chosen on val
+    logged = []  # the live log's steps (the finetune stage's DVCLive, a DVC output)
     model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data,
-                                 params, Dist(torch.device("cpu")), progress=False)
+                                 params, Dist(torch.device("cpu")), progress=False,
+                                 on_epoch=lambda phase, record: logged.append((phase, record)))
+    assert logged and {phase for phase, _ in logged} == {"finetune"}
+    assert len(logged) == (1 if strategy == "probe" else params.train.epochs)
     assert set(outcome.candidates) == ({"probe"} if strategy == "probe"
                                        else {"probe", "finetune"})
     assert outcome.probe_C is not None
@@ -268,9 +272,12 @@ def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch):
         params = params_for("probe", model={"arch": arch, "weights": "none"},
                             probe={"layers": "all", "folds": 3})
         torch.manual_seed(0)
+        logged = []  # a probe trains no epochs: one step of the live log, its CV scores
         model, outcome = train_model(lambda: build_model(arch, "none", 3, "all"),
                                      TrainData.from_prepared(prepared, 0), params,
-                                     Dist(torch.device("cpu")), progress=False)
+                                     Dist(torch.device("cpu")), progress=False,
+                                     on_epoch=lambda *step: logged.append(step))
+        assert logged == [("finetune", outcome.history[0])]
         return model, outcome
 
     clean = _prepared_with_test_labels(tmp_path / "clean", image_folder)

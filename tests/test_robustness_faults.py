@@ -21,7 +21,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, copy_project, ignored, make_image_folder
+from conftest import ROOT, copy_project, ignored, make_image_folder, stage_exit
+
+# one worker runs the module in order: the determinism test reuses the kill tests' reruns
+pytestmark = pytest.mark.xdist_group("robustness_faults")
 from finetuner.models.checkpoint import load_checkpoint
 from finetuner.params import ParamsError
 
@@ -107,8 +110,16 @@ def leftovers(repo: Path, outputs: list[str]) -> list[str]:
 
 # --- finetune interrupted ---------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def fresh_runs() -> list[Path]:
+    """Checkpoints of finetune runs from scratch with ``set_params(epochs=2)`` made by this
+    module's tests (the reruns after a kill), kept for the determinism test."""
+    return []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(project, sig):
+def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(project, sig,
+                                                                          fresh_runs):
     for output in FINETUNE_OUTS:
         (project / output).unlink(missing_ok=True)
     set_params(project, epochs=5000)  # still training when the signal comes
@@ -134,6 +145,8 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     with open(project / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv") as f:
         assert len(list(csv.DictReader(f, delimiter="\t"))) == 2
     assert leftovers(project, FINETUNE_OUTS) == []
+    fresh_runs.append(shutil.copy(project / "models" / "model.pt",
+                                  project / f"fresh_{sig.name}.pt"))
 
 
 ERROR_OUTS = ["models/error.pt", "metrics/error_live"]
@@ -151,7 +164,9 @@ ERROR_OUTS = ["models/error.pt", "metrics/error_live"]
      "'device' is 'cuda:7'"),
 ], ids=["device", "nproc", "no-prepared", "weights-file", "no-checkpoint", "eval-device"])
 def test_finetune_and_evaluate_report_errors_in_one_line_and_write_nothing(
-        project, script, args, change, message):
+        project, script, args, change, message, monkeypatch):
+    """The stage script itself (its ``__main__``, run in this process: the torch it imports is
+    already loaded) exits with one line naming the problem, as `python stages/...` does."""
     if not (project / "models" / "model.pt").is_file():
         run_stage(project, "finetune", *FINETUNE_ARGS)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -159,13 +174,12 @@ def test_finetune_and_evaluate_report_errors_in_one_line_and_write_nothing(
         params[key] = {**params[key], **value} if isinstance(value, dict) else value
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        done = run_stage(project, script, *args, check=False)
+        code = stage_exit(project, project / "stages" / f"{script}.py", args, monkeypatch)
     finally:
         set_params(project)
-    assert done.returncode == 1, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"{script}: error:") and message in last, done.stderr
-    assert "Traceback" not in done.stderr
+    # sys.exit(text): Python prints the text as the last line of stderr and exits with status 1
+    assert isinstance(code, str) and "\n" not in code, code
+    assert code.startswith(f"{script}: error:") and message in code, code
     assert not any((project / path).exists()
                    for path in ERROR_OUTS + ["metrics/error"]), "an output was written"
 
@@ -193,16 +207,20 @@ def test_run_stage_checks_arguments_and_turns_errors_and_ctrl_c_into_exit_codes(
         run_stage("x", main, "A B")
 
 
-def test_same_params_and_seed_give_identical_training_on_cpu(project):
+def test_same_params_and_seed_give_identical_training_on_cpu(project, fresh_runs):
+    """Two finetune processes from scratch with the same params and seed (the reruns of the
+    kill tests above, or made here when those did not run) train the same weights."""
     set_params(project, epochs=2)
+    while len(fresh_runs) < 2:
+        out = project / f"fresh_{len(fresh_runs)}.pt"
+        run_stage(project, "finetune", "data/prepared", out.name, f"live_{len(fresh_runs)}")
+        fresh_runs.append(out)
     runs = []
-    for name in ("first", "second"):
-        run_stage(project, "finetune", "data/prepared", f"models/{name}.pt", f"live_{name}")
-        checkpoint = load_checkpoint(project / "models" / f"{name}.pt")
+    for path in fresh_runs[:2]:
+        checkpoint = load_checkpoint(path)
         history = [{k: v for k, v in row.items() if k != "seconds"}
                    for row in checkpoint.info["history"]]
-        model = checkpoint.model
-        runs.append((history, model.state_dict()))
+        runs.append((history, checkpoint.model.state_dict()))
     (first_history, first_state), (second_history, second_state) = runs
     assert repr(first_history) == repr(second_history)
     assert all(math.isfinite(row["train_loss"]) for row in first_history)  # lr 0.02, scratch
@@ -215,13 +233,13 @@ def test_same_params_and_seed_give_identical_training_on_cpu(project):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_preprocess_killed_mid_way_leaves_no_output_and_the_rerun_works(project, sig):
     many = project / "data" / "many"
-    if not many.is_dir():
+    set_params(project, image_size=128, train_views=64)  # ~100 images x 64 views: slow enough
+    if not many.is_dir():  # made once for both signals
         make_image_folder(many, {"a": 40, "b": 40, "c": 40}, size=24, seed=3)
         run_stage(project, "split", "data/many", "data/split_many")
+        run_stage(project, "input_spec", "data/input_spec_many.json")
     out = project / "data" / "prepared_many"
     shutil.rmtree(out, ignore_errors=True)
-    set_params(project, image_size=128, train_views=64)  # ~100 images x 64 views: slow enough
-    run_stage(project, "input_spec", "data/input_spec_many.json")
     process, log = start_stage(project, "preprocess", "data/many", "data/split_many",
                                "data/input_spec_many.json", "data/prepared_many")
     temps = lambda: list((project / "data").glob(".prepared_many.tmp-*"))

@@ -22,7 +22,8 @@ import yaml
 
 from conftest import copy_project, make_image_folder
 
-pytestmark = pytest.mark.slow
+# one pytest-xdist worker runs the module, in order (the second test goes on from the first)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("robustness_resume")]
 
 KILL_HOOK = '''
 import os, signal, sys
@@ -121,13 +122,14 @@ def test_killed_after_epoch_2_dvc_repro_resumes_to_the_same_weights(project, tmp
            str(tmp_path / "live")))
     assert not (project / ".finetuner" / "resume").exists()  # removed when the stage ends
 
-    killed = run(project, "dvc", "repro", kill_after=2)
+    # `dvc repro evaluate`: the pipeline up to evaluate, without the demo's data stage
+    killed = run(project, "dvc", "repro", "evaluate", kill_after=2)
     assert killed.returncode != 0 and not (project / "models" / "model.pt").exists()
     states = list((project / ".finetuner" / "resume").glob("*/finetune.pt"))
     assert len(states) == 1 and torch.load(states[0], weights_only=True)["epochs_done"] == 2
     assert len(live_rows(project, "train/loss")) == 2  # the log of a crashed run is kept
 
-    out = ok(run(project, "dvc", "repro"))
+    out = ok(run(project, "dvc", "repro", "evaluate"))
     assert "resuming 'finetune' after epoch 2 of 4" in out
     assert "Running stage 'evaluate'" in out
     resumed = weights(project / "models" / "model.pt")
@@ -138,10 +140,10 @@ def test_killed_after_epoch_2_dvc_repro_resumes_to_the_same_weights(project, tmp
 
 def test_a_param_changed_after_the_kill_starts_from_epoch_1(project):
     set_params(project, lr=0.004)
-    killed = run(project, "dvc", "repro", kill_after=2)
+    killed = run(project, "dvc", "repro", "finetune", kill_after=2)
     assert killed.returncode != 0
     set_params(project, lr=0.003)
-    out = ok(run(project, "dvc", "repro"))
+    out = ok(run(project, "dvc", "repro", "finetune"))  # evaluate: the test above
     assert "resuming" not in out
     assert [row.split("\t")[0] for row in live_rows(project, "train/loss")] == ["0", "1", "2", "3"]
     assert not (project / ".finetuner" / "resume").exists()  # the lr 0.02 state too

@@ -126,7 +126,8 @@ def test_training_gives_the_history_recorded_before_the_split_by_concern(name, t
     from finetuner.training.distributed import Dist
     from finetuner.training.strategy import train_model
     raw = {"seed": 0, "lr": 0.02, "model": {"arch": "tf_efficientnet_lite0", "weights": "DEFAULT"},
-           "preprocess": {"image_size": 32}, "train": {"epochs": 2, "batch_size": 8}}
+           "preprocess": {"image_size": 32},  # the schedule and monitor it was recorded with
+           "train": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0, "monitor": "val_acc"}}
     for key, value in CONFIGS[name].items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
     torch.manual_seed(0)

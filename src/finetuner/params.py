@@ -5,7 +5,6 @@ wrong types and out-of-range values fail with what is allowed, before any heavy 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -45,7 +44,7 @@ class DataParams:
     """Where the labelled image folder is and how it is split."""
     dir: str = "data/digits"
     val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    test_fraction: float = 0.2
 
     def validate(self, prefix: str) -> None:
         if not self.dir.strip():
@@ -124,7 +123,7 @@ class TrainParams:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "cosine"
-    warmup_epochs: int = 0
+    warmup_epochs: int = 1
     step_size: int = 7
     gamma: float = 0.1
     backbone_lr_mult: float = 1.0
@@ -133,7 +132,7 @@ class TrainParams:
     unfreeze_every: int = 0
     unfreeze_floor: int = 0
     early_stopping_patience: int = 0
-    monitor: str = "val_acc"
+    monitor: str = "val_loss"
     class_balance: str = "none"
     feature_cache_gb: float = 2.0
     loader_workers: int | str = "auto"  # processes reading batches; auto: 0 on CPU, <= 4 on CUDA
@@ -204,9 +203,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
-    preset: str = "none"  # demo, photos: the values of the keys set to `preset` (PRESETS)
+    preset: str = "demo"  # the conf/preset params.yaml was composed from: a record only
     seed: int = 0
-    lr: float = 0.02
+    lr: float = 0.01
     freeze_depth: int | str = 0  # 0 trains everything; "all" (or the stage count) only the head
     strategy: str = "finetune"  # finetune, probe (linear probe only), auto (chosen on val)
     device: str = "auto"
@@ -221,7 +220,8 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def validate(self, prefix: str = "") -> None:
-        _choice("preset", self.preset, ["none", *PRESETS])
+        if not self.preset.strip():
+            _fail("preset", "is empty; it names the conf/preset file params.yaml came from")
         _range("seed", self.seed, 0, 2**31 - 1)
         _range("lr", self.lr, 0, 10, low_open=True)
         if isinstance(self.freeze_depth, str):
@@ -305,6 +305,7 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _convert(key: str, value, hint):
     """Check ``value`` against the annotation ``hint``; return it in that type."""
+    _placeholder(key, value)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -415,66 +416,23 @@ def _build(cls, raw: dict, prefix: str = ""):
     return cls(**values)
 
 
-# The values a key set to ``preset`` takes under each ``preset``: the keys whose good value
-# depends on the data.  demo: scikit-learn's 8x8 digits (tiny, never mirrored); photos: the
-# real-photo recipe, chosen on two unlike photo sets (docs/params.md "Presets",
-# docs/recipe.md).  A key with a value of its own keeps it, whatever the preset.
-PRESET = "preset"  # the value that means "the preset's value"
-PRESETS: dict[str, dict[str, object]] = {
-    "demo": {
-        "lr": 0.02, "freeze_depth": 0, "strategy": "finetune",
-        "data.val_fraction": 0.1, "data.test_fraction": 0.1,
-        "preprocess.image_size": 64, "preprocess.train_views": 4,
-        "preprocess.crop_scale": [0.7, 1.0], "preprocess.hflip": False,
-        "preprocess.rotation": 10, "model.arch": "tf_efficientnet_lite0",
-        "train.epochs": 10, "train.head_init": "random", "train.refit": False,
-        "train.freeze_bn": False, "probe.layers": "last",
-    },
-    "photos": {
-        "lr": 0.003, "freeze_depth": 4, "strategy": "probe",
-        "data.val_fraction": 0.15, "data.test_fraction": 0.2,
-        "preprocess.image_size": "auto", "preprocess.train_views": 1,
-        "preprocess.crop_scale": [0.5, 1.0], "preprocess.hflip": True,
-        "preprocess.rotation": 15,
-        "model.arch": "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2",
-        "train.epochs": 6, "train.head_init": "probe", "train.refit": True,
-        "train.freeze_bn": True, "probe.layers": "all",
-    },
-}
+# params.yaml is composed from conf/ (src/finetuner/presets.py): every value concrete.  Two
+# values that are no values: OLD_PRESET, how a params.yaml of before conf/ asked for a preset's
+# value, and MISSING, what Hydra leaves where conf/config.yaml says ??? and no preset set it.
+OLD_PRESET = "preset"
+MISSING = "???"
 
 
-def apply_preset(raw: dict) -> dict:
-    """A copy of ``raw`` with every preset key whose value is ``preset`` (or that is absent,
-    under a named preset) given the preset's value."""
-    preset = raw.get("preset", "none")
-    if preset != "none":
-        _choice("preset", preset, ["none", *PRESETS])
-    else:
-        for key in _keys_set_to_preset(raw):
-            _fail(key, f"is 'preset', but 'preset' is none; set preset to "
-                  f"{' or '.join(PRESETS)}, or give {key} a value")
-    out = copy.deepcopy(raw)
-    for dotted, value in PRESETS.get(preset, {}).items():
-        *outer, leaf = dotted.split(".")
-        node = out
-        for part in outer:
-            if not isinstance(node.get(part, {}), dict):
-                break  # a section that is not a mapping: _build says what is wrong
-            node = node.setdefault(part, {})
-        else:
-            if node.get(leaf, PRESET) == PRESET:
-                node[leaf] = copy.deepcopy(value)
-    return out
-
-
-def _keys_set_to_preset(raw: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            keys += _keys_set_to_preset(value, f"{prefix}{key}.")
-        elif value == PRESET and key != "preset":
-            keys.append(prefix + str(key))
-    return keys
+def _placeholder(key: str, value) -> None:
+    """Refuse a value that only stands for one (see OLD_PRESET and MISSING)."""
+    if value == OLD_PRESET and key != "preset":
+        _fail(key, "is 'preset', a params.yaml written before the presets moved to conf/: "
+              "params.yaml now holds the values themselves.  Write it again from conf/ with "
+              "`python -m finetuner.presets` (the demo; `python -m finetuner.presets photos` "
+              "for the photos preset), or give this key a value (docs/params.md, Presets)")
+    if value == MISSING:
+        _fail(key, "is ??? (missing): conf/config.yaml leaves it to the preset, and "
+              "conf/preset/<name>.yaml did not set it; set it there or with -S key=value")
 
 
 def parse_params(raw: dict | None, models: bool = True) -> Params:
@@ -484,7 +442,7 @@ def parse_params(raw: dict | None, models: bool = True) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
-    params = _build(Params, apply_preset(raw))
+    params = _build(Params, raw)
     params.validate()
     if models:
         params.check_model()

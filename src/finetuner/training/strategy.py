@@ -120,7 +120,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     if params.strategy == "probe" and params.probe.folds:
         model = build()
         outcome = _cross_validated_probe(model, data, params, ctx, start)
-        _log_rows(on_epoch, outcome.history)
+        _log_probe(on_epoch, outcome)
         return model, outcome
     if params.strategy == "probe":
         model = build()
@@ -130,7 +130,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                           _probe_history(probe, model.num_stages, time.perf_counter() - start),
                           1, 0.0, resolve_precision(params.precision, ctx.device).name,
                           ctx.world_size, probe.C, refit)
-        _log_rows(on_epoch, outcome.history)
+        _log_probe(on_epoch, outcome)
     else:
         if params.strategy == "auto":
             params = dataclasses.replace(
@@ -204,16 +204,16 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     return outcome
 
 
+def _log_probe(on_epoch: Callable[[str, dict], None] | None, outcome: Outcome) -> None:
+    """A probe trains no epochs: its one history row (val or out-of-fold scores) is the live
+    log's one step, so the log (an output DVC expects) exists for every strategy."""
+    if on_epoch:
+        on_epoch("finetune", outcome.history[0])
+
+
 def _stages(model) -> int:
     """Every stage of the model (of each member): a probe freezes them all."""
     return min(m.num_stages for m in getattr(model, "members", [model]))
-
-
-def _log_rows(on_epoch: Callable[[str, dict], None] | None, history: list[dict]) -> None:
-    """A probe has no epochs: its one history row (val, or out-of-fold, scores) goes to the
-    live log as the selection run's only step, so the log exists for every strategy."""
-    for row in history if on_epoch else ():
-        on_epoch("finetune", row)
 
 
 def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
