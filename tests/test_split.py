@@ -136,7 +136,8 @@ def test_files_listed_in_ignore_are_skipped_with_their_reason(with_copies):
     root, _ = with_copies
     ignore = {"circles/copy_0.jpg": "a copy of img_000 (audit)", "circles/gone.jpg": "deleted"}
     result = split_folder(root, 0.2, 0.2, 0, progress=False, ignore=ignore)
-    assert ("circles/copy_0.jpg", "ignored (data.ignore): a copy of img_000 (audit)") in result.skipped
+    reason = "ignored (data.ignore): a copy of img_000 (audit)"
+    assert ("circles/copy_0.jpg", reason) in result.skipped
     assert "circles/copy_0.jpg" not in {i.path for items in result.splits.values() for i in items}
     assert any("'circles/gone.jpg'" in w and "not in" in w for w in result.warnings)
 
