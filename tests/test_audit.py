@@ -67,7 +67,7 @@ def test_findings_come_by_kind_most_certain_first_and_the_summary_counts_them():
     labels = np.repeat([0, 1], 15)
     labels[[3, 5]] = 1  # two flipped
     regional = rng.normal(size=(30, 32))
-    regional[29] = regional[28]
+    regional[29] = regional[28] + 0.01 * rng.normal(size=32)  # a near copy
     paths = [f"{'ab'[n // 15]}/{n}.png" for n in range(30)]
     splits = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
     splits[28] = "val"
@@ -84,6 +84,7 @@ def test_findings_come_by_kind_most_certain_first_and_the_summary_counts_them():
     summary = result.summary()
     assert summary["label"] == 2 and summary["near_duplicate_pairs_across_splits"] == 1
     assert list(COLUMNS) == list(twin.record()) and len(twin.row()) == len(COLUMNS)
+    assert json.loads(json.dumps([f.record() for f in result.findings]))  # plain numbers
 
 
 def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ def near_duplicate_pairs(regional: np.ndarray, ratio: float) -> list[tuple[int, 
     pairs = {}
     for i, column in zip(*np.nonzero(dist[:, :k] <= ratio * reference[:, None])):
         j, d = int(index[i, column]), dist[i, column]
-        worst = 0.0 if d <= SAME else max(d / reference[i], d / reference[j])
+        worst = 0.0 if d <= SAME else float(max(d / reference[i], d / reference[j]))
         if worst <= ratio:
             pairs[(min(i, j), max(i, j))] = 1.0 - worst
     return [(i, j, score) for (i, j), score in sorted(pairs.items())]

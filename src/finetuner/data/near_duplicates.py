@@ -5,7 +5,9 @@ and groups of images that must stay in one split.
   DCT of a 32 x 32 grey thumbnail) as a 64-bit integer.  A re-encoded or resized copy differs
   from its original in a few bits; a copy cropped by a few percent, in more.
 * :func:`nearest`: every row's ``k`` nearest rows under any distance computed a block of rows
-  at a time, so memory holds ``block x N`` distances, never ``N x N``.
+  at a time, never ``N x N``: a block holds about :data:`BLOCK_DISTANCES` distances (16 MB),
+  however many rows there are, so the search's memory does not grow with N beyond its
+  ``N x k`` answer.
 * :func:`hash_pairs`: pairs whose hashes differ in at most ``max_bits`` bits *and* that are
   among each other's ``guard - 1`` nearest hashes.  The guard keeps dense domains (every chest
   X-ray looks alike at 32 x 32 px) from chaining many images into one group; photos are far
@@ -25,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 HASH_SIDE = 32       # pHash reads a 32 x 32 thumbnail: decoding at that short side is enough
 MAX_BITS = 10        # of 64: measured on the shared sets with resized + JPEG + cropped copies
 GUARD = 3            # a pair's hashes are closer than each one's 3rd-nearest hash
+BLOCK_DISTANCES = 1 << 22  # float32 distances computed at once
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -33,16 +36,18 @@ def perceptual_hash(image: Image.Image) -> int:
 
 
 def nearest(count: int, k: int, distances: Callable[[slice], np.ndarray],
-            block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+            block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(distances, indices), each (count, k), of every row's ``k`` nearest other rows, nearest
     first; ``distances(rows)`` gives the (len(rows), count) distances of a block of rows to all
-    rows.  Fewer than ``k`` other rows: the missing columns are inf and -1."""
+    rows (``block`` rows at a time; default: :data:`BLOCK_DISTANCES` / count).  Fewer than
+    ``k`` other rows: the missing columns are inf and -1."""
     k_found = max(0, min(k, count - 1))
-    dist = np.full((count, k), np.inf)
+    block = block or max(1, BLOCK_DISTANCES // max(count, 1))
+    dist = np.full((count, k), np.inf, dtype=np.float32)
     index = np.full((count, k), -1, dtype=np.int64)
     for start in range(0, count, block):
         rows = slice(start, min(count, start + block))
-        d = np.asarray(distances(rows), dtype=np.float64)
+        d = np.asarray(distances(rows), dtype=np.float32)
         own = np.arange(rows.start, rows.stop)
         d[own - rows.start, own] = np.inf  # not its own neighbour
         if k_found == 0:
