@@ -1,5 +1,6 @@
 """Stage audit: likely wrong labels, near-duplicates (across splits too) and outliers of the
-split images, from the frozen backbone's features of their prepared evaluation views.
+split images, from the frozen backbone's features of their prepared evaluation views (for an
+ensemble ``model.arch``, its first member's: ``finetuner.audit.features.audit_arch``).
 
     python stages/audit.py SPLIT_DIR PREPARED_DIR SUSPECTS_CSV METRICS_DIR
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetuner.audit.features import Features, eval_rows, split_features
+from finetuner.audit.features import Features, audit_arch, eval_rows, split_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
 from finetuner.data.prepared import InputError, load_prepared
@@ -33,7 +34,8 @@ def main(split_dir: str, prepared_dir: str, suspects_csv: str, metrics_dir: str)
     start = time.perf_counter()
     prepared = load_prepared(prepared_dir)
     paths, splits = manifest(Path(split_dir), prepared)
-    model = build_model(params.model.arch, params.model.weights, len(prepared.class_names))
+    arch = audit_arch(params.model.arch)  # an ensemble's first member, at the views' size
+    model = build_model(arch, params.model.weights, len(prepared.class_names))
     features = Features.concatenate([split_features(model, prepared, split, device=device)
                                      for split in SPLITS])
     feature_seconds = time.perf_counter() - start
@@ -54,7 +56,7 @@ def main(split_dir: str, prepared_dir: str, suspects_csv: str, metrics_dir: str)
     summary = result.summary()
     seconds = time.perf_counter() - start
     write_json(Path(metrics_dir) / "audit.json", {
-        **summary, "arch": params.model.arch,
+        **summary, "arch": arch,
         "seconds": round(seconds, 1), "feature_seconds": round(feature_seconds, 1)})
     print(f"audit: {summary['images']} images: {summary['label']} likely wrong label(s), "
           f"{summary['near_duplicate']} near-duplicate pair(s) "

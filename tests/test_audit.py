@@ -20,6 +20,7 @@ from finetuner.cli import main
 from finetuner.data.near_duplicates import groups, hash_pairs, nearest, perceptual_hash
 
 ARCH = "tf_efficientnet_lite0"  # small, and its ImageNet weights come with the package
+ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite2"  # as the photos preset: Lite0 at 260 px
 
 
 # --- the search, without model code -----------------------------------------------------------
@@ -87,17 +88,21 @@ def test_findings_come_by_kind_most_certain_first_and_the_summary_counts_them():
     assert json.loads(json.dumps([f.record() for f in result.findings]))  # plain numbers
 
 
-def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", [ARCH, "tf_efficientnet_lite0+mobilenet_v3_small"])
+def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch,
+                                                                          arch):
+    """An ensemble model.arch (the photos preset's kind): the audit reads its first member."""
     noise_prepared(tmp_path / "prepared", {"train": 9, "val": 3, "test": 0})
     for split, count in (("train", 9), ("val", 3), ("test", 0)):
         rows = [f"{'abc'[n % 3]}/{split}{n}.png,{'abc'[n % 3]},0" for n in range(count)]
         (tmp_path / "split").mkdir(exist_ok=True)
         (tmp_path / "split" / f"{split}.csv").write_text("\n".join(["path,label,sha256", *rows]))
-    (tmp_path / "params.yaml").write_text("preset: demo\nmodel:\n  weights: none\n")
+    (tmp_path / "params.yaml").write_text(
+        f"preset: demo\nstrategy: probe\nmodel:\n  arch: {arch}\n  weights: none\n")
     monkeypatch.chdir(tmp_path)
     load_stage("audit").main("split", "prepared", "audit/suspects.csv", "metrics")
     counts = json.loads((tmp_path / "metrics" / "audit.json").read_text())
-    assert counts["images"] == 12 and counts["arch"] == "tf_efficientnet_lite0"
+    assert counts["images"] == 12 and counts["arch"] == ARCH
     with open(tmp_path / "audit" / "suspects.csv") as f:
         assert tuple(csv.DictReader(f).fieldnames) == COLUMNS
     assert (tmp_path / "metrics" / "audit.png").stat().st_size > 0
@@ -105,17 +110,18 @@ def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_pa
 
 # --- `finetuner audit` on tiny generated images -----------------------------------------------
 
-def run_cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["audit", *args])
-    return code, out.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     """A folder with one flipped label, an exact and a resized copy, a blank image; the CSV
-    `finetuner audit` prints for it."""
+    `finetuner audit` prints for it with an ensemble's name, as the photos preset's
+    (its first member reads the views at the ensemble's size), and the summary on stderr."""
     root = make_shapes_folder(tmp_path_factory.mktemp("audit") / "set", 10)
     rng = np.random.default_rng(7)
     shapes_image("circles", rng).save(root / "squares" / "flipped.jpg", quality=95)
@@ -123,15 +129,16 @@ def faulty(tmp_path_factory):
     jpeg_copy(Image.open(root / "triangles" / "img_001.jpg")).save(
         root / "triangles" / "resized_copy.jpg")
     Image.new("RGB", (96, 96), "white").save(root / "circles" / "blank.jpg")
-    code, out = run_cli(str(root), "--arch", ARCH)
-    return code, list(csv.DictReader(io.StringIO(out)))
+    code, out, err = run_cli(str(root), "--arch", ENSEMBLE)
+    return code, list(csv.DictReader(io.StringIO(out))), err
 
 
 def test_the_cli_prints_the_suspects_as_csv_and_exits_0(faulty):
-    code, rows = faulty
+    code, rows, err = faulty
     assert code == 0 and rows
     assert list(rows[0]) == list(COLUMNS)
     assert all(row["split"] == "" for row in rows)  # outside the pipeline: no splits
+    assert f"({ARCH} at 260 px)" in err
 
 
 def test_a_flipped_label_is_found_with_its_true_class_suggested(faulty):
@@ -155,7 +162,7 @@ def test_a_blank_image_is_an_outlier(faulty):
 def test_the_cli_exits_0_with_a_json_list_for_a_clean_folder(tmp_path):
     root = make_shapes_folder(tmp_path / "clean", 3)
     shutil.rmtree(root / "triangles")
-    code, out = run_cli(str(root), "--arch", ARCH, "--json")
+    code, out, _ = run_cli(str(root), "--arch", ARCH, "--json")
     assert code == 0 and isinstance(json.loads(out), list)
 
 

@@ -34,7 +34,8 @@ from .evaluation.calibration import CalibrationError, file_sha256, read_calibrat
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics
 from .export import FORMATS, ExportError, export_model, format_for
-from .models import ArchError, archs_by_family, build_model, check_arch, get_arch, list_archs
+from .models import (ArchError, archs_by_family, build_model, check_arch, get_arch, input_spec,
+                     list_archs)
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.spec import WeightsError
 from .params import PRESETS, AuditParams
@@ -251,7 +252,7 @@ def _list_families(as_json: bool) -> int:
 # --- audit ------------------------------------------------------------------------------------
 
 def _audit(args) -> int:
-    from .audit.features import folder_batches, image_features
+    from .audit.features import audit_arch, folder_batches, image_features
     from .audit.findings import COLUMNS, audit
     from .data.split import DatasetError, scan_folder
     try:
@@ -265,14 +266,15 @@ def _audit(args) -> int:
     if len(classes) < 2:
         raise UsageError(f"{args.dir}: images in {len(classes)} class folder(s); the audit "
                          "needs a labelled folder with at least 2 (one sub-folder per class)")
-    spec = get_arch(args.arch)
+    # as the stage: the views at the input size of --arch, an ensemble's first member reads them
+    spec, arch = input_spec(args.arch), audit_arch(args.arch)
     try:
-        model = build_model(args.arch, args.weights, len(classes))
+        model = build_model(arch, args.weights, len(classes))
     except WeightsError as error:
         raise UsageError(str(error)) from None
     paths = [item.path for item in items]
     features = image_features(model, folder_batches([args.dir / p for p in paths],
-                                                    spec.input_size, spec.crop_pct,
+                                                    spec.size, spec.crop_pct,
                                                     args.batch_size))
     result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
                    paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
@@ -284,9 +286,9 @@ def _audit(args) -> int:
         writer.writerow(COLUMNS)
         writer.writerows(f.row() for f in result.findings)
     counts = result.summary()
-    print(f"audit: {counts['images']} images of {args.dir} ({args.arch}): {counts['label']} "
-          f"likely wrong label(s), {counts['near_duplicate']} near-duplicate pair(s), "
-          f"{counts['outlier']} outlier(s); skipped {len(skipped)}", file=sys.stderr)
+    print(f"audit: {counts['images']} images of {args.dir} ({arch} at {spec.size} px): "
+          f"{counts['label']} likely wrong label(s), {counts['near_duplicate']} near-duplicate "
+          f"pair(s), {counts['outlier']} outlier(s); skipped {len(skipped)}", file=sys.stderr)
     return 0
 
 
@@ -351,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "a labelled folder, as CSV or JSON (no checkpoint needed)")
     p.add_argument("dir", type=Path, metavar="DIR", help="one sub-folder per class")
     p.add_argument("--arch", default=PRESETS["photos"]["model.arch"],
-                   help="the backbone whose ImageNet features are compared, at its native size "
+                   help="the backbone whose ImageNet features are compared, at its native size; "
+                        "for an ensemble a+b, a's at the ensemble's size, as the audit stage "
                         "(default: the photos preset's, %(default)s)")
     p.add_argument("--weights", default="DEFAULT", help="as model.weights (default: DEFAULT)")
     p.add_argument("--near-duplicate-ratio", type=_probability,

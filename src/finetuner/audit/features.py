@@ -31,10 +31,19 @@ from ..data.images import decode_image
 from ..data.prepared import Prepared
 from ..data.preprocess import eval_view
 from ..data.rows import CentreRows, Rows
-from ..models import StagedClassifier
+from ..models import StagedClassifier, member_names
 
 REGION_GRID = 4
 MAX_REGIONAL = 2048
+
+
+def audit_arch(arch: str) -> str:
+    """The backbone whose features the audit reads for ``model.arch``: ``arch`` itself, or an
+    ensemble's first member (``a+b+c`` -> ``a``), at the ensemble's input size.  Measured on
+    the shared sets, the first member of the photos preset (Lite0) finds as many injected
+    faults as the three members' features side by side, at a quarter of their cost
+    (docs/audit.md)."""
+    return member_names(arch)[0]
 
 
 @dataclass(frozen=True)

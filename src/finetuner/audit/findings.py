@@ -87,7 +87,8 @@ class Audit:
                                    else round(self.probe_accuracy, 4))}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (zero rows left as they are), float32."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
@@ -97,7 +98,7 @@ def near_duplicate_pairs(regional: np.ndarray, ratio: float) -> list[tuple[int, 
     count = len(regional)
     if count < 2:
         return []
-    x = _unit(regional - regional.mean(0))
+    x = unit_rows(regional - regional.mean(0))
     k = min(REFERENCE, count - 1)
     dist, index = nearest(count, k, lambda rows: 1.0 - x[rows] @ x.T)
     reference = np.maximum(dist[:, k - 1], SAME)
