@@ -69,6 +69,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "refit_problem": strategy.get("refit_problem"),
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
         "cross_validation": _cv_summary(strategy.get("cross_validation")),
+        "near_duplicates": data.near_duplicates,  # groups the split kept together (or not)
         "calibration": calibration, "cost": cost})
     write_json(out / "calibration.json", calibration_record(
         temperature, model_path, file_sha256(model_path), fitted_on, int(len(fit_labels)),

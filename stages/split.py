@@ -1,4 +1,5 @@
-"""Stage split: verify the image folder and write stratified train/val/test manifests.
+"""Stage split: verify the image folder and write stratified train/val/test manifests, the
+skipped files with reasons, and the near-duplicate pairs its perceptual hash found.
 
     python stages/split.py DATA_DIR OUT_DIR
 """
@@ -12,20 +13,30 @@ from finetuner.stage import run_stage
 
 def main(data_dir: str, out_dir: str) -> None:
     params = load_params(models=False)  # no model code in this stage
-    result = split_folder(data_dir, params.data.val_fraction, params.data.test_fraction,
-                          params.seed)
+    data = params.data
+    result = split_folder(data_dir, data.val_fraction, data.test_fraction, params.seed,
+                          group_near_duplicates=data.group_near_duplicates, ignore=data.ignore)
+    near = result.near_duplicate_summary()
     with atomic_path(out_dir, directory=True) as tmp:
         for name in SPLITS:
             write_csv(tmp / f"{name}.csv", ["path", "label", "sha256"],
                       [(i.path, i.label, i.sha256) for i in result.splits[name]])
         write_csv(tmp / "skipped.csv", ["path", "reason"], result.skipped)
+        write_csv(tmp / "near_duplicates.csv", ["path", "other", "differing_bits"],
+                  result.near_duplicates)
         write_json(tmp / "summary.json", {
             "classes": result.classes,
             "counts": {name: len(result.splits[name]) for name in SPLITS},
-            "skipped": len(result.skipped), "warnings": result.warnings})
+            "skipped": len(result.skipped), "near_duplicates": near,
+            "warnings": result.warnings})
     counts = ", ".join(f"{name} {len(result.splits[name])}" for name in SPLITS)
     print(f"split: {len(result.classes)} classes; {counts}; skipped {len(result.skipped)} "
           f"(listed in {out_dir}/skipped.csv)")
+    kept = ("kept in one split" if result.grouped else
+            f"{near['groups_split_apart']} of them across splits (data.group_near_duplicates "
+            "is off)")
+    print(f"split: {near['groups']} group(s) of near-duplicate files by perceptual hash, "
+          f"{kept} (listed in {out_dir}/near_duplicates.csv)")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 

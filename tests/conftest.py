@@ -67,6 +67,51 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 20, seed:
     return root
 
 
+SHAPES = ("circles", "squares", "triangles")
+
+
+def shapes_image(kind: str, rng: np.random.Generator, size: int = 96) -> Image.Image:
+    """Eight to twelve small ``kind`` (one of :data:`SHAPES`) scattered at random on a plain
+    background, in random contrasting colours: what an ImageNet backbone tells apart by kind,
+    every image distinct, and a resized copy keeps its layout (what a perceptual hash and
+    regional features see)."""
+    from PIL import ImageDraw
+    back = rng.integers(0, 256, 3)
+    image = Image.new("RGB", (size, size), tuple(int(c) for c in back))
+    draw = ImageDraw.Draw(image)
+    fill = tuple(int(c) for c in 255 - back)
+    for _ in range(int(rng.integers(8, 13))):
+        cx, cy = rng.integers(8, size - 8, 2).tolist()
+        r = int(rng.integers(4, 9))
+        if kind == "circles":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif kind == "squares":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def make_shapes_folder(root: Path, count: int, size: int = 96, seed: int = 0) -> Path:
+    """``count`` :func:`shapes_image` JPEGs in each of the class folders :data:`SHAPES`."""
+    rng = np.random.default_rng(seed)
+    for kind in SHAPES:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shapes_image(kind, rng, size).save(root / kind / f"img_{i:03d}.jpg", quality=95)
+    return root
+
+
+def jpeg_copy(image: Image.Image, scale: float = 0.8, quality: int = 70) -> Image.Image:
+    """A near-duplicate of ``image``: resized by ``scale``, re-encoded as JPEG."""
+    import io
+    w, h = image.size
+    buffer = io.BytesIO()
+    image.resize((round(w * scale), round(h * scale)), Image.BICUBIC).save(
+        buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", "conf", "vendor"]
 
 

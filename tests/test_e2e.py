@@ -51,9 +51,16 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_evaluate(project):
     first = sh(project, "dvc", "repro")
-    assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(first)
+    assert {"split", "preprocess", "audit", "finetune", "evaluate"} <= ran_stages(first)
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
+    assert metrics["near_duplicates"]["grouping"] == "off"  # the demo preset's default
+    with open(project / "data" / "audit" / "suspects.csv") as f:  # the audit beside the run
+        assert csv.DictReader(f).fieldnames[:7] == ["path", "issue", "given", "suggested",
+                                                    "other", "split", "score"]
+    audit = json.loads((project / "metrics" / "audit.json").read_text())
+    assert audit["images"] == 24 and {"label", "near_duplicate", "outlier"} <= set(audit)
+    assert (project / "metrics" / "audit.png").stat().st_size > 0
     assert (project / "models" / "model.pt").stat().st_size > 0
     # outputs are hard links into DVC's cache, not second copies (docs/scale.md): the project's
     # cache.type, from its .dvc/config
@@ -81,11 +88,13 @@ def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_ev
     shutil.rmtree(project / "plots_page")
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
     assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
+    assert "label" in json.loads(sh(project, "dvc", "metrics", "show", "--json"))[""][
+        "data"]["metrics/audit.json"]["data"]  # dvc exp show has the audit's counts
 
 
 def test_another_arch_with_the_same_input_size_skips_preprocess(project):
     out = sh(project, "dvc", "exp", "run", "-S", "model.arch=resnet18")
-    assert ran_stages(out) == {"input_spec", "finetune", "evaluate"}
+    assert ran_stages(out) == {"input_spec", "audit", "finetune", "evaluate"}
     assert "Stage 'preprocess' didn't change, skipping" in out
     out = sh(project, "dvc", "exp", "run", "-S", "preprocess.image_size=40")
     assert {"input_spec", "preprocess", "finetune", "evaluate"} <= ran_stages(out)

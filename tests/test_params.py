@@ -271,3 +271,19 @@ def test_an_ensemble_or_every_layer_needs_the_probe_and_cross_validation():
     with pytest.raises(ParamsError, match="'model.weights'.*ensemble"):
         parse_params({**base, "model": {"arch": "resnet18+mobilenet_v3_small",
                                         "weights": "my.pt"}, "strategy": "probe"})
+
+
+def test_data_ignore_takes_relative_paths_each_with_a_reason():
+    ignore = {"ants/1.jpg": "a bee (audit)"}
+    assert parse_params({"data": {"ignore": ignore}}, models=False).data.ignore == ignore
+    for value, words in [({"ants/1.jpg": " "}, "gives 'ants/1.jpg' no reason"),
+                         ({"/data/ants/1.jpg": "x"}, "relative to data.dir"),
+                         (["ants/1.jpg"], "expected a mapping"),
+                         ({"ants/1.jpg": 3}, "expected a string")]:
+        with pytest.raises(ParamsError, match=words):
+            parse_params({"data": {"ignore": value}}, models=False)
+
+
+def test_the_photos_preset_keeps_near_duplicates_in_one_split_and_demo_does_not():
+    assert parse_params({"preset": "photos"}, models=False).data.group_near_duplicates is True
+    assert parse_params({"preset": "demo"}, models=False).data.group_near_duplicates is False

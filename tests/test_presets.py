@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from finetuner.params import MISSING, Params, ParamsError, to_dict
+from finetuner.params import MISSING, PHOTOS_ARCH, Params, ParamsError, to_dict
 from finetuner import presets
 
 CONF = ROOT / "conf"
@@ -82,7 +82,8 @@ def test_the_photos_preset_has_its_file_values_and_an_override_wins():
             assert values[key] == value, key
     assert params.lr == 0.001 and params.train.epochs == 3 and params.preset == "photos"
     # the recipe (docs/recipe.md): an ensemble of multi-layer linear probes, C by 5-fold CV
-    assert params.model.arch == ENSEMBLE and params.strategy == "probe"
+    assert params.model.arch == ENSEMBLE == PHOTOS_ARCH and params.strategy == "probe"
+    assert params.data.group_near_duplicates is True  # near-copies never straddle splits
     assert params.probe.layers == "all" and params.probe.folds == 5
     assert params.train.refit is True and params.preprocess.hflip is True
     assert params.preprocess.train_views == 1

@@ -312,7 +312,8 @@ def test_the_split_is_byte_identical_when_run_again_or_from_another_place(dirty,
     with inside(tmp_path):
         load_stage("split").main(str(moved), "split_c")
     third = tmp_path / "split_c"
-    names = ["train.csv", "val.csv", "test.csv", "skipped.csv", "summary.json"]
+    names = ["train.csv", "val.csv", "test.csv", "skipped.csv", "summary.json",
+             "near_duplicates.csv"]
     assert sorted(p.name for p in first.iterdir()) == sorted(names)
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name

@@ -1,8 +1,12 @@
+import csv
+import json
 import shutil
 
 import pytest
+import yaml
+from PIL import Image
 
-from conftest import make_image_folder
+from conftest import jpeg_copy, load_stage, make_image_folder, make_shapes_folder
 from finetuner.data.split import DatasetError, split_folder
 
 
@@ -92,3 +96,64 @@ def test_test_fraction_zero_puts_nothing_in_test(image_folder):
     for label in result.classes:
         counts = {s: sum(i.label == label for i in result.splits[s]) for s in result.splits}
         assert counts == {"train": 8, "val": 2, "test": 0}
+
+
+# --- near-duplicates and data.ignore ----------------------------------------------------------
+
+@pytest.fixture
+def with_copies(tmp_path):
+    """Twelve distinct images per class, and a resized, re-encoded copy of four circles:
+    (folder, the (original, copy) pairs)."""
+    root = make_shapes_folder(tmp_path / "set", 12)
+    pairs = set()
+    for i in range(4):
+        original = f"circles/img_{i:03d}.jpg"
+        jpeg_copy(Image.open(root / original)).save(root / "circles" / f"copy_{i}.jpg")
+        pairs.add((original, f"circles/copy_{i}.jpg"))
+    return root, pairs
+
+
+def test_near_duplicates_stay_in_one_split_when_grouped(with_copies):
+    root, pairs = with_copies
+    apart_without = 0
+    for seed in range(4):
+        for grouped in (True, False):
+            result = split_folder(root, 0.2, 0.2, seed, progress=False,
+                                  group_near_duplicates=grouped)
+            where = {i.path: name for name, items in result.splits.items() for i in items}
+            apart = sum(where[a] != where[b] for a, b in pairs)
+            found = {frozenset(pair[:2]) for pair in result.near_duplicates}
+            assert found == {frozenset(pair) for pair in pairs}  # found either way
+            summary = result.near_duplicate_summary()
+            assert summary["groups"] == 4 and summary["groups_split_apart"] == apart
+            if grouped:
+                assert apart == 0 and summary["grouping"] == "perceptual hash"
+            apart_without += apart
+    assert apart_without > 0  # without grouping some pair lands in two splits
+
+
+def test_files_listed_in_ignore_are_skipped_with_their_reason(with_copies):
+    root, _ = with_copies
+    ignore = {"circles/copy_0.jpg": "a copy of img_000 (audit)", "circles/gone.jpg": "deleted"}
+    result = split_folder(root, 0.2, 0.2, 0, progress=False, ignore=ignore)
+    reason = "ignored (data.ignore): a copy of img_000 (audit)"
+    assert ("circles/copy_0.jpg", reason) in result.skipped
+    assert "circles/copy_0.jpg" not in {i.path for items in result.splits.values() for i in items}
+    assert any("'circles/gone.jpg'" in w and "not in" in w for w in result.warnings)
+
+
+def test_the_split_stage_writes_the_pairs_and_the_reasons(with_copies, tmp_path, monkeypatch):
+    root, pairs = with_copies
+    params = {"preset": "photos", "data": {"dir": str(root), "group_near_duplicates": True,
+                                           "ignore": {"squares/img_000.jpg": "a circle"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    load_stage("split").main(str(root), "split")
+    with open(tmp_path / "split" / "near_duplicates.csv") as f:
+        found = {frozenset((r["path"], r["other"])) for r in csv.DictReader(f)}
+    assert found == {frozenset(pair) for pair in pairs}
+    with open(tmp_path / "split" / "skipped.csv") as f:
+        assert list(csv.DictReader(f)) == [{"path": "squares/img_000.jpg",
+                                            "reason": "ignored (data.ignore): a circle"}]
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["near_duplicates"]["groups_kept_together"] == 4

@@ -5,12 +5,15 @@
     python -m finetuner evaluate models/model.pt labelled/ [--json]
     python -m finetuner export models/model.pt model.onnx [--calibration metrics/calibration.json]
     python -m finetuner models [ARCH ...] [--json]
+    python -m finetuner audit labelled/ [--arch ARCH] [--json]
 
 predict and evaluate take a checkpoint (run in PyTorch) or an ONNX file written by export (run
-in ONNX Runtime): finetuner.predictor. Export formats: finetuner.export.
+in ONNX Runtime): finetuner.predictor. Export formats: finetuner.export.  audit needs no
+checkpoint: it prints the audit stage's suspects (docs/audit.md) for any labelled folder.
 
 Exit status: 0 done; 1 done, but some files were skipped (not images, reasons on stderr);
-2 usage error (missing checkpoint, unknown class folder, ...).
+2 usage error (missing checkpoint, unknown class folder, ...).  audit exits 0 whatever it
+finds, skipped files included (they are findings too, on stderr).
 """
 from __future__ import annotations
 
@@ -31,8 +34,11 @@ from .evaluation.calibration import CalibrationError, file_sha256, read_calibrat
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics
 from .export import FORMATS, ExportError, export_model, format_for
-from .models import ArchError, archs_by_family, check_arch, get_arch, list_archs
+from .models import (ArchError, archs_by_family, build_model, check_arch, get_arch, input_spec,
+                     list_archs)
 from .models.checkpoint import CheckpointError, load_checkpoint
+from .models.spec import WeightsError
+from .params import PHOTOS_ARCH, AuditParams
 from .predictor import RUNTIMES, Predictor, load_predictor
 
 UNKNOWN = "unknown"  # predict's answer when the top probability is not above --min-confidence
@@ -243,12 +249,56 @@ def _list_families(as_json: bool) -> int:
     return 0
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+def _audit(args) -> int:
+    from .audit.features import audit_arch, folder_batches, image_features
+    from .audit.findings import COLUMNS, audit
+    from .data.split import DatasetError, scan_folder
+    try:
+        check_arch(args.arch)
+        items, skipped = scan_folder(args.dir, progress=False)
+    except (ArchError, DatasetError) as error:
+        raise UsageError(str(error)) from None
+    for path, reason in skipped:
+        print(f"skipped {args.dir / path}: {reason}", file=sys.stderr)
+    classes = sorted({item.label for item in items})
+    if len(classes) < 2:
+        raise UsageError(f"{args.dir}: images in {len(classes)} class folder(s); the audit "
+                         "needs a labelled folder with at least 2 (one sub-folder per class)")
+    # as the stage: the views at the input size of --arch, an ensemble's first member reads them
+    spec, arch = input_spec(args.arch), audit_arch(args.arch)
+    try:
+        model = build_model(arch, args.weights, len(classes))
+    except WeightsError as error:
+        raise UsageError(str(error)) from None
+    paths = [item.path for item in items]
+    features = image_features(model, folder_batches([args.dir / p for p in paths],
+                                                    spec.size, spec.crop_pct,
+                                                    args.batch_size))
+    result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
+                   paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
+                   args.seed)
+    if args.json:
+        print(json.dumps([f.record() for f in result.findings], indent=2))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(f.row() for f in result.findings)
+    counts = result.summary()
+    print(f"audit: {counts['images']} images of {args.dir} ({arch} at {spec.size} px): "
+          f"{counts['label']} likely wrong label(s), {counts['near_duplicate']} near-duplicate "
+          f"pair(s), {counts['outlier']} outlier(s); skipped {len(skipped)}", file=sys.stderr)
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetuner", description="Use a checkpoint written by the finetune stage "
-        "(models/model.pt), or its ONNX export: no params.yaml or DVC needed.")
+        "(models/model.pt), or its ONNX export, or audit a labelled folder: no params.yaml or "
+        "DVC needed.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model_help = "a checkpoint (models/model.pt) or an ONNX file written by export"
@@ -297,6 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show these in detail (default: list every name by family)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_models)
+
+    defaults = AuditParams()
+    p = commands.add_parser("audit", help="likely wrong labels, near-duplicates and outliers of "
+                            "a labelled folder, as CSV or JSON (no checkpoint needed)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="one sub-folder per class")
+    p.add_argument("--arch", default=PHOTOS_ARCH,
+                   help="the backbone whose ImageNet features are compared, at its native size; "
+                        "for an ensemble a+b, a's at the ensemble's size, as the audit stage "
+                        "(default: the photos preset's, %(default)s)")
+    p.add_argument("--weights", default="DEFAULT", help="as model.weights (default: DEFAULT)")
+    p.add_argument("--near-duplicate-ratio", type=_probability,
+                   default=defaults.near_duplicate_ratio,
+                   help="as audit.near_duplicate_ratio (default %(default)s)")
+    p.add_argument("--outlier-fence", type=float, default=defaults.outlier_fence,
+                   help="as audit.outlier_fence (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="of the probe's folds (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
+    p.set_defaults(run=_audit)
     return parser
 
 

@@ -41,14 +41,29 @@ def _range(key: str, value, low=None, high=None, low_open=False) -> None:
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where the labelled image folder is and how it is split."""
+    """Where the labelled image folder is and how it is split.
+
+    ``group_near_duplicates``: images whose perceptual hashes nearly match (a resized or
+    re-encoded copy) stay in one split, as identical files always do.  ``ignore``: files the
+    split leaves out, each with the reason (relative path -> reason), reported in skipped.csv.
+    """
     dir: str = "data/digits"
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    group_near_duplicates: bool = False
+    ignore: dict[str, str] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
         if not self.dir.strip():
             _fail(f"{prefix}.dir", "is empty; set it to a folder with one sub-folder per class")
+        for path, reason in self.ignore.items():
+            if not path.strip() or path.startswith("/") or "\\" in path:
+                _fail(f"{prefix}.ignore", f"has the path {path!r}; write each file relative to "
+                      f"{prefix}.dir with forward slashes, as data/split/skipped.csv names it "
+                      "(ants/123.jpg)")
+            if not reason.strip():
+                _fail(f"{prefix}.ignore", f"gives {path!r} no reason; write why the file is left "
+                      "out (data/split/skipped.csv keeps it): {ants/123.jpg: a bee}")
         _range(f"{prefix}.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
         _range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 1.0)  # 0: evaluate.test_dir
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -169,6 +184,22 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    """What the audit stage reports (docs/audit.md): a pair is a near-duplicate when its
+    feature distance is at most ``near_duplicate_ratio`` times each image's distance to its
+    5th nearest image; an outlier when its mean distance to its nearest images is above the
+    upper quartile by more than ``outlier_fence`` interquartile ranges (Tukey's fence)."""
+    near_duplicate_ratio: float = 0.6
+    outlier_fence: float = 2.0
+    gallery_size: int = 16
+
+    def validate(self, prefix: str) -> None:
+        _range(f"{prefix}.near_duplicate_ratio", self.near_duplicate_ratio, 0, 1)
+        _range(f"{prefix}.outlier_fence", self.outlier_fence, 0)
+        _range(f"{prefix}.gallery_size", self.gallery_size, 0, 100)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """How the evaluate stage reports."""
     batch_size: int = 64
@@ -217,6 +248,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     probe: ProbeParams = field(default_factory=ProbeParams)
+    audit: AuditParams = field(default_factory=AuditParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def validate(self, prefix: str = "") -> None:
@@ -321,6 +353,14 @@ def _convert(key: str, value, hint):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
         return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            _fail(key, f"is {value!r}; expected a mapping (key: value, or {{}} for none)")
+        return {_convert(f"{key} (a key)", k, key_hint): _convert(f"{key}[{k!r}]", v, value_hint)
+                for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             _fail(key, f"is {value!r}; expected true or false")
@@ -421,6 +461,9 @@ def _build(cls, raw: dict, prefix: str = ""):
 # value, and MISSING, what Hydra leaves where conf/config.yaml says ??? and no preset set it.
 OLD_PRESET = "preset"
 MISSING = "???"
+# The photos preset's backbones (conf/preset/photos.yaml's model.arch), the default of
+# `finetuner audit --arch`, which runs without a project; tests/test_presets.py keeps them equal.
+PHOTOS_ARCH = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"
 
 
 def _placeholder(key: str, value) -> None:

@@ -1,6 +1,7 @@
 """The preprocess stage's inputs checked, and its output folder: uint8 arrays per split and a
-small JSON about them (classes, sizes, counts, and the augmentation recipe, which training
-applies itself in online mode: ``train_views: 0``)."""
+small JSON about them (classes, sizes, counts, the augmentation recipe, which training
+applies itself in online mode: ``train_views: 0``, and the split's near-duplicate summary,
+which the evaluate stage reports)."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ class Prepared:
     labels: dict[str, np.ndarray]  # split -> (N,) int64
     augmentation: Augmentation
     directory: Path
+    near_duplicates: dict | None = None  # the split's summary of them (None: an older split)
 
     @property
     def online(self) -> bool:
@@ -57,7 +59,8 @@ def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, cro
     meta = {"classes": class_names, "image_size": image_size, "crop_pct": crop_pct,
             "train_views": train_views, "counts": counts,
             "canvas_side": canvas_side(image_size, crop_pct) if train_views == 0 else None,
-            "augmentation": augmentation.to_dict()}
+            "augmentation": augmentation.to_dict(),
+            "near_duplicates": summary.get("near_duplicates")}
     write_json(out_dir / META, meta)
     return meta
 
@@ -73,7 +76,7 @@ def load_prepared(directory: str | Path) -> Prepared:
     augmentation = (Augmentation.from_params(meta["augmentation"]) if "augmentation" in meta
                     else Augmentation())
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
-                    images, labels, augmentation, directory)
+                    images, labels, augmentation, directory, meta.get("near_duplicates"))
 
 
 def split_and_prepare(data_dir: str | Path, work: str | Path, *, val_fraction: float,

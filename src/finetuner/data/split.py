@@ -9,6 +9,11 @@ Rules (also in docs/pipeline.md):
 * identical files (same sha256) inside one class are one *group* and always land in the same
   split, so nothing leaks from train to test; identical files under two classes are a label
   conflict: every copy is skipped and reported;
+* with ``group_near_duplicates``, files of one class whose perceptual hashes nearly match
+  (:mod:`finetuner.data.near_duplicates`: a resized or re-encoded copy) join one group too;
+  without it the pairs are still found and counted, so the summary says how many groups the
+  split put apart;
+* files listed in ``ignore`` (relative path -> reason) are skipped with that reason;
 * per class, groups are shuffled with the seed and dealt out: ``round(n * test_fraction)`` to
   test and ``round(n * val_fraction)`` to val, each at least one when the class has three
   groups or more (none to test when ``test_fraction`` is 0), the rest (at least one) to train;
@@ -25,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .images import ImageError, decode_image, file_hash
+from .near_duplicates import HASH_SIDE, groups, hash_pairs, perceptual_hash
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +44,7 @@ class Item:
     path: str  # relative to the data folder, with forward slashes
     label: str
     sha256: str
+    phash: int = 0  # perceptual hash (near_duplicates.perceptual_hash)
 
 
 @dataclass
@@ -46,6 +53,25 @@ class SplitResult:
     splits: dict[str, list[Item]]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    # near-duplicate pairs of one class by perceptual hash: (path, other path, differing bits)
+    near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
+    grouped: bool = False  # whether those pairs were kept in one split
+
+    def near_duplicate_summary(self) -> dict:
+        """How many groups of distinct files the hash pairs form, and how many of them the
+        split kept whole (all of them when ``grouped``) or put apart."""
+        split_of = {item.path: name for name, items in self.splits.items() for item in items}
+        paths = sorted({p for pair in self.near_duplicates for p in pair[:2]})
+        number = {path: i for i, path in enumerate(paths)}
+        group = groups(len(paths), [(number[a], number[b]) for a, b, _ in self.near_duplicates])
+        splits_of = defaultdict(set)
+        for path in paths:
+            splits_of[group[number[path]]].add(split_of[path])
+        apart = sum(len(s) > 1 for s in splits_of.values())
+        return {"grouping": "perceptual hash" if self.grouped else "off",
+                "pairs": len(self.near_duplicates), "groups": len(splits_of),
+                "images": len(paths), "groups_kept_together": len(splits_of) - apart,
+                "groups_split_apart": apart}
 
 
 def is_hidden(relative: Path) -> bool:
@@ -62,9 +88,12 @@ def _printable(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Every usable image under ``root``'s class folders, and the skipped files with reasons."""
+def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] | None = None
+                ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Every usable image under ``root``'s class folders, and the skipped files with reasons
+    (``ignore``: relative path -> why the user left it out)."""
     root = Path(root)
+    ignore = ignore or {}
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist or is not a folder "
                            "(set data.dir in params.yaml to a folder with one sub-folder per class)")
@@ -75,7 +104,9 @@ def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], li
                      mininterval=1.0):
         relative = path.relative_to(root)
         name = _printable(relative.as_posix())
-        if is_hidden(relative):
+        if name in ignore:
+            skipped.append((name, f"ignored (data.ignore): {ignore[name]}"))
+        elif is_hidden(relative):
             skipped.append((name, "hidden file"))
         elif path.is_symlink() and path.is_dir():
             skipped.append((name, "link to a folder (not followed; copy or move its files in)"))
@@ -87,12 +118,26 @@ def scan_folder(root: str | Path, progress: bool = True) -> tuple[list[Item], li
             skipped.append((name, "broken link"))
         else:
             try:
-                decode_image(path, min_side=1)  # smallest DCT scale: validity only
+                image = decode_image(path, min_side=HASH_SIDE)  # a small DCT scale suffices
             except ImageError as error:
                 skipped.append((name, str(error)))
                 continue
-            items.append(Item(name, relative.parts[0], file_hash(path)))
+            items.append(Item(name, relative.parts[0], file_hash(path), perceptual_hash(image)))
     return items, skipped
+
+
+def near_duplicate_pairs(items: list[Item]) -> list[tuple[int, int, int]]:
+    """(i, j, differing bits) of the items of one class whose perceptual hashes nearly match
+    (:func:`finetuner.data.near_duplicates.hash_pairs`), identical files left out."""
+    by_class = defaultdict(list)
+    for index, item in enumerate(items):
+        by_class[item.label].append(index)
+    pairs = []
+    for members in by_class.values():
+        found = hash_pairs([items[i].phash for i in members])
+        pairs += [(members[a], members[b], bits) for a, b, bits in found
+                  if items[members[a]].sha256 != items[members[b]].sha256]
+    return sorted(pairs)
 
 
 def _drop_label_conflicts(items: list[Item], skipped: list) -> list[Item]:
@@ -111,17 +156,29 @@ def _drop_label_conflicts(items: list[Item], skipped: list) -> list[Item]:
 
 
 def split_items(items: list[Item], val_fraction: float, test_fraction: float, seed: int,
-                class_names: list[str]) -> tuple[dict[str, list[Item]], list[str]]:
-    """Stratified, duplicate-aware, seeded split; returns the splits and warnings."""
+                class_names: list[str], pairs: list[tuple[int, int, int]] = ()
+                ) -> tuple[dict[str, list[Item]], list[str]]:
+    """Stratified, duplicate-aware, seeded split; returns the splits and warnings.  Identical
+    files and the items of each of ``pairs`` (indices into ``items``, one class) stay together.
+    """
+    number = {}  # sha256 -> its number; identical files share it
+    for item in items:
+        number.setdefault(item.sha256, len(number))
+    joined = groups(len(number), [(number[items[a].sha256], number[items[b].sha256])
+                                  for a, b, _ in pairs])
+    group_name = {}  # a group is named by its smallest sha256: the same whatever the pairs
+    for sha, n in number.items():
+        group_name[joined[n]] = min(sha, group_name.get(joined[n], sha))
     groups_by_class: dict[str, dict[str, list[Item]]] = defaultdict(dict)
     for item in items:
-        groups_by_class[item.label].setdefault(item.sha256, []).append(item)
+        key = group_name[joined[number[item.sha256]]]
+        groups_by_class[item.label].setdefault(key, []).append(item)
     splits = {name: [] for name in SPLITS}
     warnings = []
     for label in class_names:
-        groups = [groups_by_class[label][h] for h in sorted(groups_by_class[label])]
-        random.Random(f"{seed}:{label}").shuffle(groups)
-        n = len(groups)
+        dealt = [groups_by_class[label][h] for h in sorted(groups_by_class[label])]
+        random.Random(f"{seed}:{label}").shuffle(dealt)
+        n = len(dealt)
         if n < 3:
             warnings.append(f"class '{label}' has only {n} distinct image(s): all go to train, "
                             "none to val or test (a three-way split needs at least 3)")
@@ -130,7 +187,7 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
             # at least one group each in test, val and train, whatever the fractions
             n_test = min(max(1, round(n * test_fraction)), n - 2) if test_fraction > 0 else 0
             n_val = min(max(1, round(n * val_fraction)), n - 1 - n_test)
-        for index, group in enumerate(groups):
+        for index, group in enumerate(dealt):
             split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
             splits[split].extend(group)
     for name in SPLITS:
@@ -139,7 +196,8 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
 
 
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
-                 progress: bool = True) -> SplitResult:
+                 progress: bool = True, group_near_duplicates: bool = False,
+                 ignore: dict[str, str] | None = None) -> SplitResult:
     """Scan, verify and split ``root``; raises :class:`DatasetError` if it cannot be used."""
     root = Path(root)
     if root.is_dir():  # checked before verifying any file: that can take a while
@@ -149,7 +207,7 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
             raise DatasetError(f"{root}: found {len(class_dirs)} class folder(s) "
                                f"({', '.join(class_dirs) or 'none'}); a classifier needs at "
                                "least 2 (one sub-folder per class)")
-    items, skipped = scan_folder(root, progress)
+    items, skipped = scan_folder(root, progress, ignore)
     items = _drop_label_conflicts(items, skipped)
     usable = {item.label for item in items}
     empty = [name for name in class_dirs if name not in usable]
@@ -158,6 +216,13 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
                            f"{', '.join(empty)} (see the reasons below, or remove the folder)\n"
                            + "\n".join(f"  {p}: {r}" for p, r in sorted(skipped)
                                        if p.split('/')[0] in empty))
-    splits, warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs)
+    pairs = near_duplicate_pairs(items)
+    splits, warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs,
+                                   pairs if group_near_duplicates else [])
+    found = {path for path, _ in skipped}
+    warnings += [f"data.ignore lists {path!r}, which is not in {root} (already removed?)"
+                 for path in sorted(ignore or {}) if path not in found]
     skipped.sort()
-    return SplitResult(class_dirs, splits, skipped, warnings)
+    return SplitResult(class_dirs, splits, skipped, warnings,
+                       [(items[a].path, items[b].path, bits) for a, b, bits in pairs],
+                       group_near_duplicates)

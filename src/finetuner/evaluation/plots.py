@@ -1,4 +1,5 @@
-"""PNG pictures: confusion matrix, training curves, a gallery of the worst mistakes."""
+"""PNG pictures: confusion matrix, training curves, galleries (the worst mistakes, the audit's
+suspects)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,21 +60,10 @@ def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
-    columns = 4
-    rows = max(1, int(np.ceil(len(wrong) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, wrong):
-        ax.imshow(images[index])
-        ax.set_title(f"true: {class_names[labels[index]]}\npred: {class_names[predicted[index]]} "
-                     f"({probabilities[index, predicted[index]]:.2f})", fontsize=9)
-    if not len(wrong):
-        axes.flat[0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
-    figure.suptitle("worst mistakes on the test split (most confident first)")
-    figure.tight_layout()
-    _save(figure, path)
-    return len(wrong)
+    tiles = [(images[i], f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+                         f"({probabilities[i, predicted[i]]:.2f})") for i in wrong]
+    return gallery_png(path, tiles, "worst mistakes on the test split (most confident first)",
+                       "no mistakes on the test split")
 
 
 def reliability_png(path: str | Path, before: list[dict], after: list[dict],
@@ -103,3 +93,24 @@ def reliability_png(path: str | Path, before: list[dict], after: list[dict],
     hist.legend(fontsize=8)
     figure.tight_layout()
     _save(figure, path)
+
+
+def gallery_png(path: str | Path, tiles: list[tuple[np.ndarray, str]], title: str,
+                empty: str) -> int:
+    """A grid of images (uint8 (H, W, 3), any width) with a caption each; ``empty``: the text
+    shown when there are none.  Returns how many are shown."""
+    columns = 4
+    rows = max(1, int(np.ceil(len(tiles) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, tiles):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    if not tiles:
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
+    _save(figure, path)
+    return len(tiles)

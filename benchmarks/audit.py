@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""The data audit against injected faults on the shared sets, and its cost as a set grows.
+
+    python benchmarks/audit.py [--sets hymenoptera trashnet chest_xray] [--seeds 0 1 2]
+        [--arch tf_efficientnet_lite2] [--ratio 0.55] [--out benchmarks/out/audit]
+    python benchmarks/audit.py --scale 600 20000 [--workdir DIR]
+    python benchmarks/audit.py --analysis 600 20000
+
+**Faults** (per set; the features are computed once, from the files, exactly as
+``python -m finetuner audit FOLDER`` computes them, with the same functions):
+
+* ``unchanged``: the set as it is: how many findings of each kind.  The suspects are written
+  to ``--out``/SET/suspects.csv and a gallery to ``--out``/SET/audit.png to look at.
+* ``flips``: per seed, 5 % of the images get a random other class.  Features do not depend
+  on labels, so this is the audit of a folder with those files moved.  ``flip_recall`` is the
+  fraction of the flips among the first 2 x (number of flips) ``label`` rows (target >= 0.70).
+* ``copies``: per seed, 10 % of the images get a near-duplicate in their own class: resized
+  to 80 %, re-encoded at JPEG quality 70, 5 % cropped from one edge (chosen at random), saved
+  as a new file whose features are computed from the file.  ``copy_recall``: injected pairs
+  reported (target >= 0.90); ``false_fraction``: reported pairs that are neither injected nor
+  found in the unchanged set, over all reported pairs (target <= 0.10); ``preexisting``: pairs
+  the unchanged set has too (look at them in its gallery).  The split's perceptual-hash
+  grouping is scored on the same copies (``hash_recall``, ``hash_false``).
+
+Prints ``name=value`` lines per set and seed, then per set the mean ± sample sd over seeds.
+
+**Scale** (``--scale N ...``): N photo-like JPEGs made as ``benchmarks/scale.py`` makes them
+(random crops of the shared photos, eight classes), then the split, input_spec, preprocess
+(photos preset, one stored view per training image: the audit reads view 0 only) and audit
+stages as the pipeline runs them; prints the audit stage's seconds, its feature seconds and
+its peak RSS (``os.wait4``) per N; the photos are made in a child process, so this one stays
+small (a child's peak RSS starts from its parent's).  Needs ../shared/datasets.
+
+**Analysis** (``--analysis N ...``): the part of the stage after the features (near-duplicate
+search in blocks, the cross-validated probe and cleanlab, the outlier score) on N synthetic
+images with Lite2's feature widths (1,280 pooled, 1,920 regional; eight Gaussian classes, 1 %
+twins), in a child process per N: ``analysis_seconds`` and ``analysis_peak_rss_mb`` (of which
+the features are ``features_mb``).  What grows with N besides the features is what this shows.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+SETS = {"hymenoptera": SHARED / "hymenoptera" / "train", "trashnet": SHARED / "trashnet",
+        "chest_xray": SHARED / "chest_xray"}
+FLIP_FRACTION = 0.05
+COPY_FRACTION = 0.10
+
+
+def near_copy(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Resized to 80 %, JPEG quality 70, 5 % cropped from one edge."""
+    w, h = image.size
+    image = image.resize((max(1, round(w * 0.8)), max(1, round(h * 0.8))), Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    w, h = image.size
+    dx, dy = round(w * 0.05), round(h * 0.05)
+    box = {"left": (dx, 0, w, h), "right": (0, 0, w - dx, h), "top": (0, dy, w, h),
+           "bottom": (0, 0, w, h - dy)}[rng.choice(["left", "right", "top", "bottom"])]
+    return image.crop(box)
+
+
+class SetUnderTest:
+    """One shared set: its files, labels, features and perceptual hashes, computed once."""
+
+    def __init__(self, root: Path, arch: str):
+        from finetuner.audit.features import folder_batches, image_features
+        from finetuner.data.split import scan_folder
+        from finetuner.models import build_model, get_arch
+        self.root, self.arch = root, arch
+        items, _ = scan_folder(root, progress=False)
+        self.paths = [item.path for item in items]
+        self.classes = sorted({item.label for item in items})
+        self.labels = np.array([self.classes.index(item.label) for item in items])
+        self.hashes = [item.phash for item in items]
+        self.spec = get_arch(arch)
+        self.model = build_model(arch, "DEFAULT", len(self.classes))
+        start = time.perf_counter()
+        self.features = image_features(self.model, folder_batches(
+            [root / p for p in self.paths], self.spec.input_size, self.spec.crop_pct))
+        self.feature_seconds = time.perf_counter() - start
+
+    def features_of(self, files: list[Path]):
+        from finetuner.audit.features import folder_batches, image_features
+        return image_features(self.model, folder_batches(files, self.spec.input_size,
+                                                          self.spec.crop_pct))
+
+
+def run_audit(features, labels, classes, paths, ratio: float, seed: int):
+    from finetuner.audit.findings import audit
+    from finetuner.params import AuditParams
+    return audit(features, labels, classes, paths, [""] * len(paths), ratio,
+                 AuditParams().outlier_fence, seed)
+
+
+def pairs_of(result) -> set[frozenset]:
+    return {frozenset((f.path, f.other)) for f in result.findings if f.issue == "near_duplicate"}
+
+
+def unchanged(s: SetUnderTest, ratio: float, out: Path):
+    from finetuner.audit.report import suspects_png, write_suspects
+    from finetuner.data.images import decode_image
+    from finetuner.data.preprocess import eval_view
+    result = run_audit(s.features, s.labels, s.classes, s.paths, ratio, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    write_suspects(out / "suspects.csv", result)
+    view = lambda p: np.asarray(eval_view(decode_image(s.root / p), s.spec.input_size,
+                                          s.spec.crop_pct))
+    suspects_png(out / "audit.png", result, view, 24)
+    return result
+
+
+def flips(s: SetUnderTest, ratio: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n, k = len(s.labels), len(s.classes)
+    count = max(1, round(FLIP_FRACTION * n))
+    flipped = rng.choice(n, count, replace=False)
+    labels = s.labels.copy()
+    labels[flipped] = (labels[flipped] + rng.integers(1, k, count)) % k
+    result = run_audit(s.features, labels, s.classes, s.paths, ratio, seed)
+    rows = [f.path for f in result.findings if f.issue == "label"]
+    top = set(rows[:2 * count])
+    found = sum(s.paths[i] in top for i in flipped)
+    return {"flips": count, "label_rows": len(rows), "flips_in_top": found,
+            "flip_recall": round(found / count, 4)}
+
+
+def copies(s: SetUnderTest, ratio: float, seed: int, before: set, work: Path) -> dict:
+    from finetuner.audit.features import Features
+    from finetuner.data.images import decode_image
+    from finetuner.data.near_duplicates import hash_pairs, perceptual_hash, HASH_SIDE
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(range(len(s.paths)), max(1, round(COPY_FRACTION * len(s.paths)))))
+    folder = work / f"copies-{seed}"
+    folder.mkdir(parents=True)
+    files, names = [], []
+    for i in chosen:
+        name = f"{Path(s.paths[i]).parent}/copy_of_{Path(s.paths[i]).stem}.jpg"
+        file = folder / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        near_copy(decode_image(s.root / s.paths[i]), rng).save(file, quality=95)
+        files.append(file)
+        names.append(name)
+    extra = s.features_of(files)
+    features = Features.concatenate([s.features, extra])
+    paths = s.paths + names
+    labels = np.concatenate([s.labels, s.labels[chosen]])
+    result = run_audit(features, labels, s.classes, paths, ratio, seed)
+    injected = {frozenset((s.paths[i], name)) for i, name in zip(chosen, names)}
+    reported = pairs_of(result)
+    found = len(reported & injected)
+    preexisting = reported & before
+    # a copy paired with an image its original already pairs with is a true pair too
+    twins = {name: s.paths[i] for i, name in zip(chosen, names)}
+    derived = {pair for pair in reported - injected - before
+               if any(p in twins and frozenset((twins[p], *(pair - {p}))) in before
+                      for p in pair)}
+    false = len(reported - injected - before - derived)
+    hashes = s.hashes + [perceptual_hash(decode_image(f, min_side=HASH_SIDE)) for f in files]
+    hash_found = hash_false = 0
+    for label in range(len(s.classes)):
+        members = np.flatnonzero(labels == label)
+        for a, b, _ in hash_pairs([hashes[m] for m in members]):
+            pair = frozenset((paths[members[a]], paths[members[b]]))
+            hash_found += pair in injected
+            hash_false += pair not in injected
+    shutil.rmtree(folder)
+    return {"copies": len(injected), "found": found, "copy_recall": round(found / len(injected), 4),
+            "reported": len(reported), "preexisting": len(preexisting),
+            "derived": len(derived), "false": false,
+            "false_fraction": round(false / max(1, len(reported)), 4),
+            "hash_recall": round(hash_found / len(injected), 4), "hash_false": hash_false}
+
+
+def faults(args) -> None:
+    from finetuner.runtime import set_threads
+    set_threads(0)
+    for name in args.sets:
+        root = SETS[name]
+        if not root.is_dir():
+            print(f"skipped: {root} not found (../shared is absent)")
+            continue
+        s = SetUnderTest(root, args.arch)
+        print(f"set={name} images={len(s.paths)} classes={len(s.classes)} arch={args.arch} "
+              f"feature_seconds={s.feature_seconds:.1f}", flush=True)
+        base = unchanged(s, args.ratio, args.out / name)
+        summary = base.summary()
+        print(f"set={name} unchanged " + " ".join(f"{k}={v}" for k, v in summary.items())
+              + f" suspects={args.out / name / 'suspects.csv'}", flush=True)
+        rows: dict[str, list[float]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in args.seeds:
+                for kind, result in (("flips", flips(s, args.ratio, seed)),
+                                     ("copies", copies(s, args.ratio, seed, pairs_of(base),
+                                                       Path(tmp)))):
+                    print(f"set={name} seed={seed} {kind} "
+                          + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+                    for key in ("flip_recall", "copy_recall", "false_fraction", "hash_recall"):
+                        if key in result:
+                            rows.setdefault(key, []).append(result[key])
+        for key, values in rows.items():
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"{key}_{name}={statistics.mean(values):.3f} sd={sd:.3f} "
+                  f"per_seed={','.join(f'{v:.3f}' for v in values)}", flush=True)
+
+
+# --- scale ------------------------------------------------------------------------------------
+
+def scale(args) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scale as photos  # benchmarks/scale.py: the same generated photos
+    counts = sorted(set(args.scale))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finetuner-audit-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"# workdir {workdir}", flush=True)
+    try:
+        folder = workdir / "photos"
+        if not folder.is_dir():  # in a child: this process stays small (peak RSS is inherited)
+            import subprocess
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--generate",
+                            str(folder), str(counts[-1])], check=True)
+        for n in counts:
+            workspace = workdir / f"n{n}"
+            shutil.rmtree(workspace, ignore_errors=True)
+            photos.linked_subset(folder, workspace / "images", n)
+            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+            raw.update(preset="photos", threads=0, device="cpu")
+            raw["data"]["dir"] = "images"
+            raw["preprocess"].update(train_views=1, workers=2)
+            (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            times = {}
+            for stage, stage_args in (
+                    ("split", ["images", "data/split"]),
+                    ("input_spec", ["data/input_spec.json"]),
+                    ("preprocess", ["images", "data/split", "data/input_spec.json",
+                                    "data/prepared"]),
+                    ("audit", ["data/split", "data/prepared", "data/audit/suspects.csv",
+                               "metrics"])):
+                times[stage] = photos.run_stage(workspace, stage, *stage_args)
+            metrics = json.loads((workspace / "metrics" / "audit.json").read_text())
+            seconds, rss = times["audit"]
+            print(f"images={n} audit_seconds={seconds:.1f} "
+                  f"audit_feature_seconds={metrics['feature_seconds']} "
+                  f"audit_rest_seconds={metrics['seconds'] - metrics['feature_seconds']:.1f} "
+                  f"audit_peak_rss_mb={rss:.0f} split_seconds={times['split'][0]:.1f} "
+                  f"preprocess_seconds={times['preprocess'][0]:.1f} "
+                  + " ".join(f"{k}={metrics[k]}" for k in ("label", "near_duplicate",
+                                                           "outlier")), flush=True)
+            shutil.rmtree(workspace)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def analysis_child(n: int) -> None:
+    """Run in a child: the analysis of n synthetic images; prints seconds and peak RSS."""
+    import resource
+    from finetuner.audit.features import Features
+    from finetuner.audit.findings import audit
+    from finetuner.params import AuditParams
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, n)
+    centres = rng.normal(size=(8, 1280)).astype(np.float32)
+    pooled = np.abs(centres[labels] + 2.0 * rng.normal(size=(n, 1280)).astype(np.float32))
+    regional = rng.normal(size=(n, 1920)).astype(np.float32)
+    twins = rng.choice(n, (max(1, n // 100), 2), replace=False)
+    regional[twins[:, 1]] = regional[twins[:, 0]] + 0.05 * rng.normal(size=(len(twins), 1920))
+    features = Features(pooled, regional)
+    a = AuditParams()
+    start = time.perf_counter()
+    result = audit(features, labels, [str(c) for c in range(8)], [str(i) for i in range(n)],
+                   [""] * n, a.near_duplicate_ratio, a.outlier_fence, 0)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    features_mb = (pooled.nbytes + regional.nbytes) / 2**20
+    print(f"images={n} analysis_seconds={seconds:.1f} analysis_peak_rss_mb={rss:.0f} "
+          f"features_mb={features_mb:.0f} near_duplicate={result.count('near_duplicate')} "
+          f"twins={len(twins)}", flush=True)
+
+
+def analysis(args) -> None:
+    import subprocess
+    for n in sorted(set(args.analysis)):
+        subprocess.run([sys.executable, __file__, "--analysis-child", str(n)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arch", default=None, help="default: the photos preset's")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="audit.near_duplicate_ratio (default: the params default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "audit")
+    parser.add_argument("--scale", type=int, nargs="+", help="time the stage at these sizes")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the scale workdir")
+    parser.add_argument("--analysis", type=int, nargs="+",
+                        help="time the analysis after the features at these sizes")
+    parser.add_argument("--analysis-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.analysis_child:
+        return analysis_child(args.analysis_child)
+    from finetuner.params import PHOTOS_ARCH, AuditParams
+    args.arch = args.arch or PHOTOS_ARCH
+    args.ratio = AuditParams().near_duplicate_ratio if args.ratio is None else args.ratio
+    if args.analysis:
+        return analysis(args)
+    scale(args) if args.scale else faults(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What the audit reads of each image: the frozen backbone's features of its evaluation view.
+
+One forward pass gives two vectors per image:
+
+* ``pooled``: every stage and the pool (``forward_frozen(x, num_stages)``), what a linear
+  probe reads: the input of the label check and the outlier check;
+* ``regional``: the output of the stage before the last, averaged over a 4 x 4 grid of
+  regions and flattened, what the near-duplicate check compares.  It keeps where things are
+  and finer detail than the pool, so a resized, re-encoded or slightly cropped copy stays
+  close to its original while two photos of the same kind do not (docs/audit.md has the
+  measurements).  Wider than ``MAX_REGIONAL`` it is projected to that many dimensions by a
+  fixed Gaussian matrix (cosines are kept within a few percent), so memory per image is
+  bounded whatever the architecture.
+
+Images are read batch by batch, so memory holds the features and one batch of pixels, never
+a split's pixels.  :func:`split_features` reads a prepared split (view 0 of stored training
+views, the centre of an online-mode canvas, the one view of val and test);
+:func:`folder_batches` decodes files as the pipeline does (``eval_view``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.images import decode_image
+from ..data.prepared import Prepared
+from ..data.preprocess import eval_view
+from ..data.rows import CentreRows, Rows
+from ..models import StagedClassifier, member_names
+
+REGION_GRID = 4
+MAX_REGIONAL = 2048
+
+
+def audit_arch(arch: str) -> str:
+    """The backbone whose features the audit reads for ``model.arch``: ``arch`` itself, or an
+    ensemble's first member (``a+b+c`` -> ``a``), at the ensemble's input size.  Measured on
+    the shared sets, the first member of the photos preset (Lite0) finds as many injected
+    faults as the three members' features side by side, at a quarter of their cost
+    (docs/audit.md)."""
+    return member_names(arch)[0]
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per image, in order: ``pooled`` (N, D) and ``regional`` (N, R) float32."""
+    pooled: np.ndarray
+    regional: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    @staticmethod
+    def concatenate(parts: list["Features"]) -> "Features":
+        """One after another; parts without images (an empty split) are left out."""
+        parts = [p for p in parts if len(p)] or parts[:1]
+        return Features(np.concatenate([p.pooled for p in parts]),
+                        np.concatenate([p.regional for p in parts]))
+
+
+def _projection(width: int) -> torch.Tensor:
+    """The fixed (width, MAX_REGIONAL) Gaussian projection (seeded: the same every run)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(width, MAX_REGIONAL, generator=generator) / MAX_REGIONAL ** 0.5
+
+
+def _regional(x: torch.Tensor, pooled: torch.Tensor, projection: dict) -> torch.Tensor:
+    if x.ndim != 4:  # not a feature map (N, C, H, W): the pooled vector stands in
+        return pooled
+    regions = F.adaptive_avg_pool2d(x.float(), REGION_GRID).flatten(1)
+    if regions.shape[1] <= MAX_REGIONAL:
+        return regions
+    if "matrix" not in projection:
+        projection["matrix"] = _projection(regions.shape[1]).to(regions.device)
+    return regions @ projection["matrix"]
+
+
+@torch.no_grad()
+def image_features(model: StagedClassifier, batches: Iterable, device: torch.device | None = None,
+                   progress: Callable[[int], None] | None = None) -> Features:
+    """:class:`Features` of ``batches``: uint8 tensors or arrays (B, H, W, 3); ``progress(n)``
+    is called with each batch's size."""
+    device = device or torch.device("cpu")
+    model.eval().to(device)
+    last = model.num_stages - 1
+    pooled, regional, projection = [], [], {}
+    for batch in batches:
+        images = torch.as_tensor(np.asarray(batch)).to(device).permute(0, 3, 1, 2)
+        before_last = model.forward_stages(model.normalize(images), 0, max(last, 0))
+        pool = model.pool(model.forward_stages(before_last, max(last, 0))).float()
+        pooled.append(pool.cpu().numpy())
+        source = before_last if last > 0 else pool
+        regional.append(_regional(source, pool, projection).cpu().numpy())
+        if progress:
+            progress(len(images))
+    if not pooled:  # the regional width is unknown without a batch: 0 (concatenate skips it)
+        return Features(np.zeros((0, model.classifier.in_features), np.float32),
+                        np.zeros((0, 0), np.float32))
+    return Features(np.concatenate(pooled).astype(np.float32, copy=False),
+                    np.concatenate(regional).astype(np.float32, copy=False))
+
+
+def eval_rows(prepared: Prepared, split: str) -> tuple[Rows, np.ndarray]:
+    """(rows holding the evaluation view of every image of ``split``, the row of each image):
+    one row per image, in the order of the split's manifest."""
+    rows = prepared.rows(split)
+    count = len(prepared.labels[split])
+    if split == "train" and prepared.online:
+        return CentreRows(rows, prepared.image_size), np.arange(count)
+    views = prepared.train_views if split == "train" else 1
+    return rows, np.arange(count) * views  # view 0 of each image: its evaluation view
+
+
+def split_batches(prepared: Prepared, split: str, batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """The evaluation views of ``split``'s images, ``batch_size`` at a time."""
+    rows, index = eval_rows(prepared, split)
+    for start in range(0, len(index), batch_size):
+        yield rows.take(index[start:start + batch_size])
+
+
+def split_features(model: StagedClassifier, prepared: Prepared, split: str,
+                   batch_size: int = 32, device: torch.device | None = None,
+                   progress: Callable[[int], None] | None = None) -> Features:
+    """:class:`Features` of the evaluation view of every image of a prepared ``split``."""
+    return image_features(model, split_batches(prepared, split, batch_size), device, progress)
+
+
+def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: int = 32
+                   ) -> Iterator[np.ndarray]:
+    """Evaluation views (B, size, size, 3) uint8 of image files, decoded as the pipeline
+    decodes them (the files must decode: :func:`finetuner.data.split.scan_folder` checked)."""
+    for start in range(0, len(paths), batch_size):
+        yield np.stack([np.asarray(eval_view(decode_image(path), size, crop_pct))
+                        for path in paths[start:start + batch_size]])

@@ -1,0 +1,192 @@
+"""From features to findings: likely wrong labels, near-duplicate pairs, outliers.
+
+* **label**: a logistic-regression probe on the pooled features is cross-validated (5 folds,
+  stratified, near-duplicates kept in one fold so a twin cannot vouch for a wrong label), and
+  cleanlab's ``find_label_issues`` reads its out-of-sample probabilities (confident learning:
+  per-class thresholds, the count of likely errors estimated from the joint of given and
+  predicted labels).  Score: 1 - the probability of the given label; suggested: the likeliest
+  other class.
+* **near_duplicate**: regional features, centred on the set's mean, compared by cosine
+  distance in blocks (:func:`finetuner.data.near_duplicates.nearest`).  A pair is reported
+  when its distance is at most ``ratio`` times *each* image's distance to its 5th nearest
+  image: a ratio test, so it adapts to how alike a domain's images are (chest X-rays all
+  look alike; photos do not).  Identical features always pair.  Score: 1 - that ratio.
+* **outlier**: cleanlab's ``OutOfDistribution`` on the pooled features (mean cosine distance
+  to the 10 nearest images over its median); an image is reported when that is above the
+  upper quartile by more than ``fence`` interquartile ranges (Tukey's fence).  Score: 1 -
+  cleanlab's outlier score.
+
+Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
+Memory: the features, the probe's copies of them, and ``block x N`` distances at a time.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sklearn
+from cleanlab.filter import find_label_issues
+from cleanlab.outlier import OutOfDistribution
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..data.near_duplicates import groups, nearest
+from ..data.split import SPLITS
+from .features import Features
+
+ISSUES = ("label", "near_duplicate", "outlier")
+COLUMNS = ("path", "issue", "given", "suggested", "other", "split", "score", "other_given",
+           "other_split")
+FOLDS = 5
+PROBE_C = 0.01       # measured on the shared sets: flips found as well as with 0.1 or 1
+REFERENCE = 5        # the near-duplicate ratio's reference: the 5th nearest image
+SAME = 1e-6          # cosine distance under which two images count as identical
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    issue: str           # one of ISSUES
+    given: str           # the class of its folder
+    suggested: str = ""  # label: the likeliest other class
+    other: str = ""      # near_duplicate: the twin
+    split: str = ""      # train, val or test ("" outside the pipeline)
+    score: float = 0.0   # in [0, 1], higher is more certain
+    other_given: str = ""
+    other_split: str = ""
+
+    def row(self) -> list:
+        """The CSV row, in the order of :data:`COLUMNS`."""
+        return [f"{v:.4f}" if isinstance(v, float) else v for v in asdict(self).values()]
+
+    def record(self) -> dict:
+        """The JSON object: the CSV's columns, the score a number."""
+        return {**asdict(self), "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class Audit:
+    findings: list[Finding]
+    images: int
+    probe_accuracy: float | None  # cross-validated accuracy of the probe (None: not run)
+
+    def count(self, issue: str) -> int:
+        return sum(f.issue == issue for f in self.findings)
+
+    def summary(self) -> dict:
+        """The counts ``metrics/audit.json`` holds."""
+        across = sum(f.issue == "near_duplicate" and f.split != f.other_split
+                     for f in self.findings)
+        return {"images": self.images, **{issue: self.count(issue) for issue in ISSUES},
+                "near_duplicate_pairs_across_splits": across,
+                "probe_accuracy": (None if self.probe_accuracy is None
+                                   else round(self.probe_accuracy, 4))}
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (zero rows left as they are), float32."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def near_duplicate_pairs(regional: np.ndarray, ratio: float) -> list[tuple[int, int, float]]:
+    """(i, j, score), i < j, of the near-duplicate pairs (see the module doc)."""
+    count = len(regional)
+    if count < 2:
+        return []
+    x = unit_rows(regional - regional.mean(0))
+    k = min(REFERENCE, count - 1)
+    dist, index = nearest(count, k, lambda rows: 1.0 - x[rows] @ x.T)
+    reference = np.maximum(dist[:, k - 1], SAME)
+    pairs = {}
+    for i, column in zip(*np.nonzero(dist[:, :k] <= ratio * reference[:, None])):
+        j, d = int(index[i, column]), dist[i, column]
+        worst = 0.0 if d <= SAME else float(max(d / reference[i], d / reference[j]))
+        if worst <= ratio:
+            pairs[(min(i, j), max(i, j))] = 1.0 - worst
+    return [(i, j, score) for (i, j), score in sorted(pairs.items())]
+
+
+def out_of_sample_probabilities(pooled: np.ndarray, labels: np.ndarray, num_classes: int,
+                                group: np.ndarray, seed: int) -> np.ndarray:
+    """(N, num_classes) probabilities of each image from a probe that never saw it (nor its
+    near-duplicates): stratified group k-fold, :data:`FOLDS` folds or as many as the groups
+    and the largest class allow (at least 2: the caller checks :func:`folds_for`)."""
+    probabilities = np.zeros((len(labels), num_classes))
+    folds = folds_for(labels, group)
+    with warnings.catch_warnings():  # small classes and folds: scikit-learn says so, we know
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        for train, test in splitter.split(pooled, labels, group):
+            present = np.unique(labels[train])
+            if len(present) < 2:  # one class to learn from: it is all the probe can say
+                probabilities[test, present[0]] = 1.0
+                continue
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=1000))
+            probe.fit(pooled[train], labels[train])
+            probabilities[np.ix_(test, present)] = probe.predict_proba(pooled[test])
+    return probabilities
+
+
+def folds_for(labels: np.ndarray, group: np.ndarray) -> int:
+    """How many folds the probe's cross-validation can have (< 2: none)."""
+    return int(min(FOLDS, len(np.unique(group)), np.bincount(labels).max()))
+
+
+def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices of the likely wrong labels, most likely first (cleanlab)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cleanlab warns about tiny classes; the rows say enough
+        return find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+
+
+def outliers(pooled: np.ndarray, fence: float) -> list[tuple[int, float]]:
+    """(index, score) of the images far from every other (see the module doc)."""
+    if len(pooled) < 3:
+        return []
+    with sklearn.config_context(working_memory=128):  # MB of distances at a time
+        scores = OutOfDistribution().fit_score(features=pooled, verbose=False)
+    distance = -np.log(np.clip(scores, 1e-300, 1.0))  # mean distance / its median
+    q1, q3 = np.percentile(distance, [25, 75])
+    far = np.flatnonzero(distance > q3 + fence * (q3 - q1))
+    return [(int(i), float(1.0 - scores[i])) for i in far]
+
+
+def audit(features: Features, labels: np.ndarray, class_names: list[str], paths: list[str],
+          splits: list[str], ratio: float, fence: float, seed: int) -> Audit:
+    """Every finding about the images ``paths`` (labels: indices into ``class_names``;
+    ``splits``: each image's split, or "")."""
+    labels = np.asarray(labels, dtype=np.int64)
+    findings: list[Finding] = []
+    pairs = near_duplicate_pairs(features.regional, ratio)
+    for i, j, score in pairs:
+        i, j = sorted((i, j), key=lambda n: (_order(splits[n]), paths[n]))  # path: the later
+        findings.append(Finding(paths[j], "near_duplicate", class_names[labels[j]],
+                                other=paths[i], split=splits[j], score=score,
+                                other_given=class_names[labels[i]], other_split=splits[i]))
+    accuracy = None
+    group = groups(len(labels), pairs)
+    if len(np.unique(labels)) >= 2 and folds_for(labels, group) >= 2:
+        probabilities = out_of_sample_probabilities(features.pooled, labels, len(class_names),
+                                                    group, seed)
+        accuracy = float((probabilities.argmax(1) == labels).mean())
+        for i in label_issues(probabilities, labels):
+            others = probabilities[i].copy()
+            others[labels[i]] = -1.0
+            findings.append(Finding(paths[i], "label", class_names[labels[i]],
+                                    class_names[int(others.argmax())], split=splits[i],
+                                    score=float(1.0 - probabilities[i, labels[i]])))
+    for i, score in outliers(features.pooled, fence):
+        findings.append(Finding(paths[i], "outlier", class_names[labels[i]], split=splits[i],
+                                score=score))
+    findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.path, f.other))
+    return Audit(findings, len(labels), accuracy)
+
+
+def _order(split: str) -> int:
+    return SPLITS.index(split) if split in SPLITS else -1

@@ -1,0 +1,178 @@
+"""The data audit: the near-duplicate search, findings from features, and `finetuner audit` on
+tiny generated images (a flipped label, an exact and a resized copy, a blank image): circles,
+squares and triangles scattered on plain backgrounds, which an ImageNet backbone tells apart."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import jpeg_copy, load_stage, make_shapes_folder, noise_prepared, shapes_image
+from finetuner.audit.features import Features
+from finetuner.audit.findings import COLUMNS, audit, near_duplicate_pairs
+from finetuner.cli import main
+from finetuner.data.near_duplicates import groups, hash_pairs, nearest, perceptual_hash
+
+ARCH = "tf_efficientnet_lite0"  # small, and its ImageNet weights come with the package
+ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite2"  # as the photos preset: Lite0 at 260 px
+
+
+# --- the search, without model code -----------------------------------------------------------
+
+def test_nearest_in_blocks_is_a_full_sort_without_self():
+    x = np.random.default_rng(0).normal(size=(50, 8))
+    full = np.linalg.norm(x[:, None] - x[None], axis=2)
+    dist, index = nearest(50, 4, lambda rows: full[rows], block=7)
+    np.fill_diagonal(full, np.inf)
+    assert (index == np.argsort(full, axis=1)[:, :4]).all()
+    assert np.allclose(dist, np.sort(full, axis=1)[:, :4])
+    dist, index = nearest(3, 4, lambda rows: full[:3, :3][rows])  # fewer rows than k
+    assert (index[:, 2:] == -1).all() and np.isinf(dist[:, 2:]).all()
+
+
+def test_a_resized_reencoded_copy_has_a_near_hash_and_others_do_not():
+    rng = np.random.default_rng(1)
+    images = [shapes_image("circles", rng) for _ in range(12)]
+    hashes = [perceptual_hash(image) for image in images]
+    hashes.append(perceptual_hash(jpeg_copy(images[3])))
+    assert [(a, b) for a, b, _ in hash_pairs(hashes)] == [(3, 12)]
+
+
+def test_the_guard_keeps_a_cluster_of_look_alike_hashes_from_chaining():
+    base = 0x0F0F0F0F0F0F0F0F
+    dense = [base] + [base ^ (1 << bit) for bit in range(8)]  # all within 2 bits of each other
+    assert hash_pairs(dense) == []  # no pair stands out: the hash cannot tell them apart
+    assert hash_pairs(dense + [dense[4]]) == [(4, 9, 0)]  # identical hashes always pair
+    assert len(set(groups(10, hash_pairs(dense + [dense[4]])))) == 9
+
+
+def test_the_ratio_test_pairs_twins_in_a_spread_and_in_a_dense_domain():
+    rng = np.random.default_rng(0)
+    for common in (0.0, 20.0):  # photos differ a lot; X-rays share most of their features
+        x = common + rng.normal(size=(40, 64))
+        twins = np.vstack([x, x[7], x[11] + 0.05 * rng.normal(size=64)])
+        pairs = near_duplicate_pairs(twins, ratio=0.6)
+        assert [(i, j) for i, j, _ in pairs] == [(7, 40), (11, 41)]
+        assert pairs[0][2] == 1.0 and 0.6 < pairs[1][2] < 1.0  # identical: certain
+
+
+def test_findings_come_by_kind_most_certain_first_and_the_summary_counts_them():
+    rng = np.random.default_rng(0)
+    pooled = np.vstack([rng.normal(loc, 0.3, size=(15, 16)) for loc in (-2.0, 2.0)])
+    labels = np.repeat([0, 1], 15)
+    labels[[3, 5]] = 1  # two flipped
+    regional = rng.normal(size=(30, 32))
+    regional[29] = regional[28] + 0.01 * rng.normal(size=32)  # a near copy
+    paths = [f"{'ab'[n // 15]}/{n}.png" for n in range(30)]
+    splits = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+    splits[28] = "val"
+    result = audit(Features(pooled, regional), labels, ["a", "b"], paths, splits, 0.6, 1.5, 0)
+    kinds = [f.issue for f in result.findings]
+    assert kinds == sorted(kinds, key=("label", "near_duplicate", "outlier").index)
+    label_rows = [f for f in result.findings if f.issue == "label"]
+    assert {f.path for f in label_rows} == {"a/3.png", "a/5.png"}
+    assert all(f.given == "b" and f.suggested == "a" for f in label_rows)
+    assert [f.score for f in label_rows] == sorted((f.score for f in label_rows), reverse=True)
+    twin = next(f for f in result.findings if f.issue == "near_duplicate")
+    assert (twin.path, twin.split, twin.other, twin.other_split) == (
+        "b/29.png", "test", "b/28.png", "val")  # path: the copy in the later split
+    summary = result.summary()
+    assert summary["label"] == 2 and summary["near_duplicate_pairs_across_splits"] == 1
+    assert list(COLUMNS) == list(twin.record()) and len(twin.row()) == len(COLUMNS)
+    assert json.loads(json.dumps([f.record() for f in result.findings]))  # plain numbers
+
+
+@pytest.mark.parametrize("arch", [ARCH, "tf_efficientnet_lite0+mobilenet_v3_small"])
+def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch,
+                                                                          arch):
+    """An ensemble model.arch (the photos preset's kind): the audit reads its first member."""
+    noise_prepared(tmp_path / "prepared", {"train": 9, "val": 3, "test": 0})
+    for split, count in (("train", 9), ("val", 3), ("test", 0)):
+        rows = [f"{'abc'[n % 3]}/{split}{n}.png,{'abc'[n % 3]},0" for n in range(count)]
+        (tmp_path / "split").mkdir(exist_ok=True)
+        (tmp_path / "split" / f"{split}.csv").write_text("\n".join(["path,label,sha256", *rows]))
+    (tmp_path / "params.yaml").write_text(
+        f"preset: demo\nstrategy: probe\nmodel:\n  arch: {arch}\n  weights: none\n")
+    monkeypatch.chdir(tmp_path)
+    load_stage("audit").main("split", "prepared", "audit/suspects.csv", "metrics")
+    counts = json.loads((tmp_path / "metrics" / "audit.json").read_text())
+    assert counts["images"] == 12 and counts["arch"] == ARCH
+    with open(tmp_path / "audit" / "suspects.csv") as f:
+        assert tuple(csv.DictReader(f).fieldnames) == COLUMNS
+    assert (tmp_path / "metrics" / "audit.png").stat().st_size > 0
+
+
+# --- `finetuner audit` on tiny generated images -----------------------------------------------
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["audit", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """A folder with one flipped label, an exact and a resized copy, a blank image; the CSV
+    `finetuner audit` prints for it with an ensemble's name, as the photos preset's
+    (its first member reads the views at the ensemble's size), and the summary on stderr."""
+    root = make_shapes_folder(tmp_path_factory.mktemp("audit") / "set", 10)
+    rng = np.random.default_rng(7)
+    shapes_image("circles", rng).save(root / "squares" / "flipped.jpg", quality=95)
+    shutil.copy(root / "triangles" / "img_000.jpg", root / "triangles" / "exact_copy.jpg")
+    jpeg_copy(Image.open(root / "triangles" / "img_001.jpg")).save(
+        root / "triangles" / "resized_copy.jpg")
+    Image.new("RGB", (96, 96), "white").save(root / "circles" / "blank.jpg")
+    code, out, err = run_cli(str(root), "--arch", ENSEMBLE)
+    return code, list(csv.DictReader(io.StringIO(out))), err
+
+
+def test_the_cli_prints_the_suspects_as_csv_and_exits_0(faulty):
+    code, rows, err = faulty
+    assert code == 0 and rows
+    assert list(rows[0]) == list(COLUMNS)
+    assert all(row["split"] == "" for row in rows)  # outside the pipeline: no splits
+    assert f"({ARCH} at 260 px)" in err
+
+
+def test_a_flipped_label_is_found_with_its_true_class_suggested(faulty):
+    labels = [row for row in faulty[1] if row["issue"] == "label"]
+    assert labels and labels[0]["path"] == "squares/flipped.jpg"
+    assert (labels[0]["given"], labels[0]["suggested"]) == ("squares", "circles")
+
+
+def test_an_exact_and_a_resized_copy_are_paired_with_their_originals(faulty):
+    pairs = {frozenset((row["path"], row["other"])) for row in faulty[1]
+             if row["issue"] == "near_duplicate"}
+    assert frozenset(("triangles/img_000.jpg", "triangles/exact_copy.jpg")) in pairs
+    assert frozenset(("triangles/img_001.jpg", "triangles/resized_copy.jpg")) in pairs
+
+
+def test_a_blank_image_is_an_outlier(faulty):
+    outliers = [row["path"] for row in faulty[1] if row["issue"] == "outlier"]
+    assert outliers and outliers[0] == "circles/blank.jpg"
+
+
+def test_the_cli_exits_0_with_a_json_list_for_a_clean_folder(tmp_path):
+    root = make_shapes_folder(tmp_path / "clean", 3)
+    shutil.rmtree(root / "triangles")
+    code, out, _ = run_cli(str(root), "--arch", ARCH, "--json")
+    assert code == 0 and isinstance(json.loads(out), list)
+
+
+def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    make_shapes_folder(tmp_path / "one", 2)
+    for kind in ("squares", "triangles"):
+        shutil.rmtree(tmp_path / "one" / kind)
+    assert main(["audit", str(tmp_path / "one")]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "one"), "--arch", "tf_efficientnet_lite9"]) == 2
+    assert "tf_efficientnet_lite" in capsys.readouterr().err
