@@ -285,5 +285,8 @@ def test_data_ignore_takes_relative_paths_each_with_a_reason():
 
 
 def test_the_photos_preset_keeps_near_duplicates_in_one_split_and_demo_does_not():
-    assert parse_params({"preset": "photos"}, models=False).data.group_near_duplicates is True
-    assert parse_params({"preset": "demo"}, models=False).data.group_near_duplicates is False
+    from conftest import ROOT
+    from finetuner.presets import preset_params
+    conf = ROOT / "conf"
+    assert preset_params("photos", conf=conf).data.group_near_duplicates is True
+    assert preset_params("demo", conf=conf).data.group_near_duplicates is False
