@@ -32,9 +32,9 @@ and sample sd over seeds.
 
 **Scale** (``--scale N ...``): N photo-like JPEGs made as ``benchmarks/scale.py`` makes them
 (random crops of the shared photos, eight classes), then the split, input_spec, preprocess
-(photos preset, one stored view per training image) and audit stages as the pipeline runs
-them; prints the audit stage's seconds, its feature seconds and its peak RSS (``os.wait4``)
-per N, and the split's and preprocess's seconds beside them.  The photos are made in a child
+and audit stages as the pipeline runs them with the photos preset (composed from conf/);
+prints the audit stage's seconds, its feature seconds and its peak RSS (``os.wait4``) per N,
+and the split's and preprocess's seconds beside them.  The photos are made in a child
 process, so this one stays small (a child's peak RSS starts from its parent's).  Needs
 ../shared/datasets.
 
@@ -279,6 +279,7 @@ def faults(args) -> None:
 def scale(args) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import scale as photos  # benchmarks/scale.py: the same generated photos
+    from finetuner.presets import compose
     counts = sorted(set(args.scale))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finetuner-audit-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -293,10 +294,9 @@ def scale(args) -> None:
             workspace = workdir / f"n{n}"
             shutil.rmtree(workspace, ignore_errors=True)
             photos.linked_subset(folder, workspace / "images", n)
-            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-            raw.update(preset="photos", threads=0, device="cpu")
-            raw["data"]["dir"] = "images"
-            raw["preprocess"].update(train_views=1, workers=2)
+            # the photos preset as `dvc exp run -S preset=photos` composes it from conf/
+            raw = compose("photos", ["data.dir=images", "threads=0", "device=cpu",
+                                     "preprocess.workers=2"], ROOT / "conf")
             (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             times = {}
             for stage, stage_args in (
