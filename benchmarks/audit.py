@@ -2,15 +2,20 @@
 """The data audit against injected faults on the shared sets, and its cost as a set grows.
 
     python benchmarks/audit.py [--sets hymenoptera trashnet chest_xray] [--seeds 0 1 2]
-        [--arch tf_efficientnet_lite2] [--ratio 0.55] [--out benchmarks/out/audit]
+        [--arch ARCH] [--ratio 0.55] [--out benchmarks/out/audit]
     python benchmarks/audit.py --scale 600 20000 [--workdir DIR]
     python benchmarks/audit.py --analysis 600 20000
 
 **Faults** (per set; the features are computed once, from the files, exactly as
-``python -m finetuner audit FOLDER`` computes them, with the same functions):
+``python -m finetuner audit FOLDER`` computes them, with the same functions).  ``--arch``
+(default: the photos preset's, an ensemble) gives the input size and the backbones: every
+fault is scored with the features of each member (``features=NAME``; the audit reads the
+first: ``audit_arch``) and, for an ensemble, of all members side by side
+(``features=side_by_side``), the alternative measured against it:
 
 * ``unchanged``: the set as it is: how many findings of each kind.  The suspects are written
-  to ``--out``/SET/suspects.csv and a gallery to ``--out``/SET/audit.png to look at.
+  to ``--out``/SET/FEATURES/suspects.csv and a gallery to ``--out``/SET/FEATURES/audit.png to
+  look at.
 * ``flips``: per seed, 5 % of the images get a random other class.  Features do not depend
   on labels, so this is the audit of a folder with those files moved.  ``flip_recall`` is the
   fraction of the flips among the first 2 x (number of flips) ``label`` rows (target >= 0.70).
@@ -22,18 +27,20 @@
   the unchanged set has too (look at them in its gallery).  The split's perceptual-hash
   grouping is scored on the same copies (``hash_recall``, ``hash_false``).
 
-Prints ``name=value`` lines per set and seed, then per set the mean ± sample sd over seeds.
+Prints ``name=value`` lines per set, seed and features, then per set and features the mean
+and sample sd over seeds.
 
 **Scale** (``--scale N ...``): N photo-like JPEGs made as ``benchmarks/scale.py`` makes them
 (random crops of the shared photos, eight classes), then the split, input_spec, preprocess
-(photos preset, one stored view per training image: the audit reads view 0 only) and audit
-stages as the pipeline runs them; prints the audit stage's seconds, its feature seconds and
-its peak RSS (``os.wait4``) per N; the photos are made in a child process, so this one stays
-small (a child's peak RSS starts from its parent's).  Needs ../shared/datasets.
+and audit stages as the pipeline runs them with the photos preset (composed from conf/);
+prints the audit stage's seconds, its feature seconds and its peak RSS (``os.wait4``) per N,
+and the split's and preprocess's seconds beside them.  The photos are made in a child
+process, so this one stays small (a child's peak RSS starts from its parent's).  Needs
+../shared/datasets.
 
 **Analysis** (``--analysis N ...``): the part of the stage after the features (near-duplicate
 search in blocks, the cross-validated probe and cleanlab, the outlier score) on N synthetic
-images with Lite2's feature widths (1,280 pooled, 1,920 regional; eight Gaussian classes, 1 %
+images with Lite0's feature widths (1,280 pooled, 1,792 regional; eight Gaussian classes, 1 %
 twins), in a child process per N: ``analysis_seconds`` and ``analysis_peak_rss_mb`` (of which
 the features are ``features_mb``).  What grows with N besides the features is what this shows.
 """
@@ -76,30 +83,50 @@ def near_copy(image: Image.Image, rng: random.Random) -> Image.Image:
     return image.crop(box)
 
 
+def side_by_side(parts: list):
+    """Several backbones' features of the same images, concatenated per image, each part's
+    vectors scaled to unit length first (each backbone weighs the same in a cosine)."""
+    from finetuner.audit.features import Features
+    from finetuner.audit.findings import unit_rows
+    return Features(np.hstack([unit_rows(p.pooled) for p in parts]),
+                    np.hstack([unit_rows(p.regional) for p in parts]))
+
+
 class SetUnderTest:
-    """One shared set: its files, labels, features and perceptual hashes, computed once."""
+    """One shared set: its files, labels, perceptual hashes and features, computed once: the
+    features of each member of ``arch`` (one, or an ensemble's) at ``arch``'s input size, as
+    the audit stage computes them from the prepared views (it reads the first member's:
+    ``audit_arch``), and for an ensemble all members' features :func:`side_by_side`, the
+    alternative it was measured against."""
 
     def __init__(self, root: Path, arch: str):
-        from finetuner.audit.features import folder_batches, image_features
         from finetuner.data.split import scan_folder
-        from finetuner.models import build_model, get_arch
+        from finetuner.models import build_model, input_spec, member_names
         self.root, self.arch = root, arch
         items, _ = scan_folder(root, progress=False)
         self.paths = [item.path for item in items]
         self.classes = sorted({item.label for item in items})
         self.labels = np.array([self.classes.index(item.label) for item in items])
         self.hashes = [item.phash for item in items]
-        self.spec = get_arch(arch)
-        self.model = build_model(arch, "DEFAULT", len(self.classes))
-        start = time.perf_counter()
-        self.features = image_features(self.model, folder_batches(
-            [root / p for p in self.paths], self.spec.input_size, self.spec.crop_pct))
-        self.feature_seconds = time.perf_counter() - start
+        self.spec = input_spec(arch)
+        self.members = {name: build_model(name, "DEFAULT", len(self.classes))
+                        for name in member_names(arch)}
+        self.feature_seconds: dict[str, float] = {}
+        self.features = self.features_of([root / p for p in self.paths], self.feature_seconds)
 
-    def features_of(self, files: list[Path]):
+    def features_of(self, files: list[Path], seconds: dict | None = None) -> dict:
+        """{variant: Features of ``files``}: each member's, and all of them ``side_by_side``."""
         from finetuner.audit.features import folder_batches, image_features
-        return image_features(self.model, folder_batches(files, self.spec.input_size,
-                                                          self.spec.crop_pct))
+        batches = list(folder_batches(files, self.spec.size, self.spec.crop_pct))
+        features = {}
+        for name, model in self.members.items():
+            start = time.perf_counter()
+            features[name] = image_features(model, batches)
+            if seconds is not None:
+                seconds[name] = time.perf_counter() - start
+        if len(self.members) > 1:
+            features["side_by_side"] = side_by_side(list(features.values()))
+        return features
 
 
 def run_audit(features, labels, classes, paths, ratio: float, seed: int):
@@ -113,27 +140,27 @@ def pairs_of(result) -> set[frozenset]:
     return {frozenset((f.path, f.other)) for f in result.findings if f.issue == "near_duplicate"}
 
 
-def unchanged(s: SetUnderTest, ratio: float, out: Path):
+def unchanged(s: SetUnderTest, variant: str, ratio: float, out: Path):
     from finetuner.audit.report import suspects_png, write_suspects
     from finetuner.data.images import decode_image
     from finetuner.data.preprocess import eval_view
-    result = run_audit(s.features, s.labels, s.classes, s.paths, ratio, 0)
+    result = run_audit(s.features[variant], s.labels, s.classes, s.paths, ratio, 0)
     out.mkdir(parents=True, exist_ok=True)
     write_suspects(out / "suspects.csv", result)
-    view = lambda p: np.asarray(eval_view(decode_image(s.root / p), s.spec.input_size,
+    view = lambda p: np.asarray(eval_view(decode_image(s.root / p), s.spec.size,  # noqa: E731
                                           s.spec.crop_pct))
     suspects_png(out / "audit.png", result, view, 24)
     return result
 
 
-def flips(s: SetUnderTest, ratio: float, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
+def flips(s: SetUnderTest, variant: str, ratio: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)  # the same flips for every variant of a seed
     n, k = len(s.labels), len(s.classes)
     count = max(1, round(FLIP_FRACTION * n))
     flipped = rng.choice(n, count, replace=False)
     labels = s.labels.copy()
     labels[flipped] = (labels[flipped] + rng.integers(1, k, count)) % k
-    result = run_audit(s.features, labels, s.classes, s.paths, ratio, seed)
+    result = run_audit(s.features[variant], labels, s.classes, s.paths, ratio, seed)
     rows = [f.path for f in result.findings if f.issue == "label"]
     top = set(rows[:2 * count])
     found = sum(s.paths[i] in top for i in flipped)
@@ -141,51 +168,67 @@ def flips(s: SetUnderTest, ratio: float, seed: int) -> dict:
             "flip_recall": round(found / count, 4)}
 
 
-def copies(s: SetUnderTest, ratio: float, seed: int, before: set, work: Path) -> dict:
+class Copies:
+    """Per seed, 10 % of a set's images copied (:func:`near_copy`) into ``work``: the copies'
+    names, features (per variant) and perceptual hashes."""
+
+    def __init__(self, s: SetUnderTest, seed: int, work: Path):
+        from finetuner.data.images import decode_image
+        from finetuner.data.near_duplicates import HASH_SIDE, perceptual_hash
+        rng = random.Random(seed)
+        self.chosen = sorted(rng.sample(range(len(s.paths)),
+                                        max(1, round(COPY_FRACTION * len(s.paths)))))
+        folder = work / f"copies-{seed}"
+        files, self.names = [], []
+        for i in self.chosen:
+            name = f"{Path(s.paths[i]).parent}/copy_of_{Path(s.paths[i]).stem}.jpg"
+            file = folder / name
+            file.parent.mkdir(parents=True, exist_ok=True)
+            near_copy(decode_image(s.root / s.paths[i]), rng).save(file, quality=95)
+            files.append(file)
+            self.names.append(name)
+        self.features = s.features_of(files)
+        self.hashes = [perceptual_hash(decode_image(f, min_side=HASH_SIDE)) for f in files]
+        shutil.rmtree(folder)
+
+
+def copies(s: SetUnderTest, variant: str, c: Copies, ratio: float, seed: int,
+           before: set) -> dict:
     from finetuner.audit.features import Features
-    from finetuner.data.images import decode_image
-    from finetuner.data.near_duplicates import hash_pairs, perceptual_hash, HASH_SIDE
-    rng = random.Random(seed)
-    chosen = sorted(rng.sample(range(len(s.paths)), max(1, round(COPY_FRACTION * len(s.paths)))))
-    folder = work / f"copies-{seed}"
-    folder.mkdir(parents=True)
-    files, names = [], []
-    for i in chosen:
-        name = f"{Path(s.paths[i]).parent}/copy_of_{Path(s.paths[i]).stem}.jpg"
-        file = folder / name
-        file.parent.mkdir(parents=True, exist_ok=True)
-        near_copy(decode_image(s.root / s.paths[i]), rng).save(file, quality=95)
-        files.append(file)
-        names.append(name)
-    extra = s.features_of(files)
-    features = Features.concatenate([s.features, extra])
-    paths = s.paths + names
-    labels = np.concatenate([s.labels, s.labels[chosen]])
+    features = Features.concatenate([s.features[variant], c.features[variant]])
+    paths = s.paths + c.names
+    labels = np.concatenate([s.labels, s.labels[c.chosen]])
     result = run_audit(features, labels, s.classes, paths, ratio, seed)
-    injected = {frozenset((s.paths[i], name)) for i, name in zip(chosen, names)}
+    injected = {frozenset((s.paths[i], name)) for i, name in zip(c.chosen, c.names)}
     reported = pairs_of(result)
     found = len(reported & injected)
     preexisting = reported & before
     # a copy paired with an image its original already pairs with is a true pair too
-    twins = {name: s.paths[i] for i, name in zip(chosen, names)}
+    twins = {name: s.paths[i] for i, name in zip(c.chosen, c.names)}
     derived = {pair for pair in reported - injected - before
                if any(p in twins and frozenset((twins[p], *(pair - {p}))) in before
                       for p in pair)}
     false = len(reported - injected - before - derived)
-    hashes = s.hashes + [perceptual_hash(decode_image(f, min_side=HASH_SIDE)) for f in files]
-    hash_found = hash_false = 0
+    return {"copies": len(injected), "found": found, "copy_recall": round(found / len(injected), 4),
+            "reported": len(reported), "preexisting": len(preexisting),
+            "derived": len(derived), "false": false,
+            "false_fraction": round(false / max(1, len(reported)), 4)}
+
+
+def hash_copies(s: SetUnderTest, c: Copies) -> dict:
+    """The split's perceptual-hash grouping scored on the same copies."""
+    from finetuner.data.near_duplicates import hash_pairs
+    paths, hashes = s.paths + c.names, s.hashes + c.hashes
+    labels = np.concatenate([s.labels, s.labels[c.chosen]])
+    injected = {frozenset((s.paths[i], name)) for i, name in zip(c.chosen, c.names)}
+    found = false = 0
     for label in range(len(s.classes)):
         members = np.flatnonzero(labels == label)
         for a, b, _ in hash_pairs([hashes[m] for m in members]):
             pair = frozenset((paths[members[a]], paths[members[b]]))
-            hash_found += pair in injected
-            hash_false += pair not in injected
-    shutil.rmtree(folder)
-    return {"copies": len(injected), "found": found, "copy_recall": round(found / len(injected), 4),
-            "reported": len(reported), "preexisting": len(preexisting),
-            "derived": len(derived), "false": false,
-            "false_fraction": round(false / max(1, len(reported)), 4),
-            "hash_recall": round(hash_found / len(injected), 4), "hash_false": hash_false}
+            found += pair in injected
+            false += pair not in injected
+    return {"hash_recall": round(found / len(injected), 4), "hash_false": false}
 
 
 def faults(args) -> None:
@@ -198,26 +241,37 @@ def faults(args) -> None:
             continue
         s = SetUnderTest(root, args.arch)
         print(f"set={name} images={len(s.paths)} classes={len(s.classes)} arch={args.arch} "
-              f"feature_seconds={s.feature_seconds:.1f}", flush=True)
-        base = unchanged(s, args.ratio, args.out / name)
-        summary = base.summary()
-        print(f"set={name} unchanged " + " ".join(f"{k}={v}" for k, v in summary.items())
-              + f" suspects={args.out / name / 'suspects.csv'}", flush=True)
-        rows: dict[str, list[float]] = {}
+              f"size={s.spec.size} " + " ".join(f"feature_seconds_{m}={t:.1f}"
+                                                for m, t in s.feature_seconds.items()),
+              flush=True)
+        before = {}
+        for variant in s.features:
+            base = unchanged(s, variant, args.ratio, args.out / name / variant)
+            before[variant] = pairs_of(base)
+            print(f"set={name} features={variant} unchanged "
+                  + " ".join(f"{k}={v}" for k, v in base.summary().items())
+                  + f" suspects={args.out / name / variant / 'suspects.csv'}", flush=True)
+        rows: dict[tuple[str, str], list[float]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:
-                for kind, result in (("flips", flips(s, args.ratio, seed)),
-                                     ("copies", copies(s, args.ratio, seed, pairs_of(base),
-                                                       Path(tmp)))):
-                    print(f"set={name} seed={seed} {kind} "
-                          + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
-                    for key in ("flip_recall", "copy_recall", "false_fraction", "hash_recall"):
-                        if key in result:
-                            rows.setdefault(key, []).append(result[key])
-        for key, values in rows.items():
+                c = Copies(s, seed, Path(tmp))
+                result = hash_copies(s, c)
+                print(f"set={name} seed={seed} hash " + " ".join(f"{k}={v}"
+                                                                 for k, v in result.items()))
+                rows.setdefault(("hash", "hash_recall"), []).append(result["hash_recall"])
+                for variant in s.features:
+                    for kind, result in (
+                            ("flips", flips(s, variant, args.ratio, seed)),
+                            ("copies", copies(s, variant, c, args.ratio, seed, before[variant]))):
+                        print(f"set={name} seed={seed} features={variant} {kind} "
+                              + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+                        for key in ("flip_recall", "copy_recall", "false_fraction"):
+                            if key in result:
+                                rows.setdefault((variant, key), []).append(result[key])
+        for (variant, key), values in rows.items():
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"{key}_{name}={statistics.mean(values):.3f} sd={sd:.3f} "
-                  f"per_seed={','.join(f'{v:.3f}' for v in values)}", flush=True)
+            print(f"set={name} features={variant} {key}={statistics.mean(values):.3f} "
+                  f"sd={sd:.3f} per_seed={','.join(f'{v:.3f}' for v in values)}", flush=True)
 
 
 # --- scale ------------------------------------------------------------------------------------
@@ -225,6 +279,7 @@ def faults(args) -> None:
 def scale(args) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import scale as photos  # benchmarks/scale.py: the same generated photos
+    from finetuner.presets import compose
     counts = sorted(set(args.scale))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finetuner-audit-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -239,10 +294,9 @@ def scale(args) -> None:
             workspace = workdir / f"n{n}"
             shutil.rmtree(workspace, ignore_errors=True)
             photos.linked_subset(folder, workspace / "images", n)
-            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-            raw.update(preset="photos", threads=0, device="cpu")
-            raw["data"]["dir"] = "images"
-            raw["preprocess"].update(train_views=1, workers=2)
+            # the photos preset as `dvc exp run -S preset=photos` composes it from conf/
+            raw = compose("photos", ["data.dir=images", "threads=0", "device=cpu",
+                                     "preprocess.workers=2"], ROOT / "conf")
             (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             times = {}
             for stage, stage_args in (
@@ -261,7 +315,7 @@ def scale(args) -> None:
                   f"audit_peak_rss_mb={rss:.0f} split_seconds={times['split'][0]:.1f} "
                   f"preprocess_seconds={times['preprocess'][0]:.1f} "
                   + " ".join(f"{k}={metrics[k]}" for k in ("label", "near_duplicate",
-                                                           "outlier")), flush=True)
+                                                           "outlier", "arch")), flush=True)
             shutil.rmtree(workspace)
     finally:
         if not args.keep:
@@ -278,9 +332,9 @@ def analysis_child(n: int) -> None:
     labels = rng.integers(0, 8, n)
     centres = rng.normal(size=(8, 1280)).astype(np.float32)
     pooled = np.abs(centres[labels] + 2.0 * rng.normal(size=(n, 1280)).astype(np.float32))
-    regional = rng.normal(size=(n, 1920)).astype(np.float32)
+    regional = rng.normal(size=(n, 1792)).astype(np.float32)
     twins = rng.choice(n, (max(1, n // 100), 2), replace=False)
-    regional[twins[:, 1]] = regional[twins[:, 0]] + 0.05 * rng.normal(size=(len(twins), 1920))
+    regional[twins[:, 1]] = regional[twins[:, 0]] + 0.05 * rng.normal(size=(len(twins), 1792))
     features = Features(pooled, regional)
     a = AuditParams()
     start = time.perf_counter()

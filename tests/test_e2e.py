@@ -237,7 +237,8 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
     """The real-photo recipe through DVC's Hydra composition: `dvc exp show` has each key's
     value as it ran (never the word `preset`), `dvc params diff` against the demo commit lists
     every key that differs; test_fraction 0, an external labelled test folder, the ensemble of
-    probes fitted on train + val (L2 strength by cross-validation there), scored on the folder."""
+    probes fitted on train + val (L2 strength by cross-validation there), scored on the folder;
+    the split keeps near-duplicates together, the audit reads the ensemble's first member."""
     make_image_folder(project / "data" / "holdout", {"a": 3, "b": 3, "c": 2}, size=24, seed=5)
     sh(project, "python", "-m", "finetuner.presets")  # the demo, as committed
     commit_all(project, "the demo")
@@ -245,7 +246,7 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
     out = sh(project, "dvc", "exp", "run", "-n", "photos-lr", "-S", "preset=photos",
              "-S", "lr=0.001", "-S", "data.test_fraction=0", "-S", "evaluate.test_dir=data/holdout",
              "-S", "preprocess.image_size=32", "-S", "train.epochs=2")
-    assert {"split", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+    assert {"split", "preprocess", "audit", "finetune", "evaluate"} <= ran_stages(out)
 
     ran = yaml.safe_load((project / "params.yaml").read_text())  # what DVC composed
     shown = params_of(dvc_json(project, "exp", "show"))["photos-lr"]
@@ -281,6 +282,9 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
              for name in ("train", "val")}
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert metrics["evaluated_on"] == "folder data/holdout" and metrics["test_images"] == 8
+    assert metrics["near_duplicates"]["grouping"] == "perceptual hash"  # on for photos
+    audit = json.loads((project / "metrics" / "audit.json").read_text())
+    assert audit["arch"] == "tf_efficientnet_lite0"  # the ensemble's first member reads the views
     # the probes learnt from train + val (their L2 strength by cross-validation there): no refit
     assert metrics["strategy"] == "probe" and metrics["refit"] is False
     assert metrics["trained_images"] == split["train"] + split["val"]
