@@ -168,7 +168,7 @@ def test_a_nan_loss_stops_the_finetune_stage_with_one_line_and_writes_no_model(
     from conftest import ROOT, noise_prepared
     noise_prepared(tmp_path / "prepared", {"train": 12, "val": 3, "test": 3})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "device": "cpu", "threads": 1, "model": {"arch": "resnet18", "weights": "none"},
+        "device": "cpu", "threads": 1, "lr": 0.02, "model": {"arch": "resnet18", "weights": "none"},
         "preprocess": {"image_size": 32}, "train": {"epochs": 3, "batch_size": 8}}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["finetune.py", "prepared", "model.pt", "live"])
