@@ -127,6 +127,17 @@ def copy_project(repo: Path) -> Path:
     return repo
 
 
+def flat(mapping: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def edit_yaml(path: Path, changes: dict) -> None:
     """Update the YAML file ``path`` with the nested ``changes`` (comments are dropped; a
     Hydra ``# @package`` first line is kept)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, make_image_folder, offline_plots_page, tiny_conf
+from conftest import (ROOT, copy_project, flat, make_image_folder, offline_plots_page,
+                      tiny_conf)
 
 # one pytest-xdist worker runs the module, in order: its tests go on from one another's state
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
@@ -218,16 +219,6 @@ def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
     assert all(rows[name]["accuracy"] is not None for name in swept.values()), rows
     log = sh(project, "dvc", "queue", "logs", swept[0.003])
     assert "1 thread(s) per process" in log, log
-
-
-def flat(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"

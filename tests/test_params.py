@@ -1,6 +1,7 @@
 import pytest
 
 from finetuner.params import Params, ParamsError, load_params, parse_params, to_dict
+from conftest import flat
 
 
 def test_project_params_are_valid():
@@ -8,17 +9,6 @@ def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.lr > 0
     assert to_dict(params)["train"]["optimizer"] in ("sgd", "adamw")
-
-
-def flat(mapping: dict, prefix: str = "") -> dict:
-    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``."""
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def test_the_defaults_are_what_the_project_params_yaml_runs_with():

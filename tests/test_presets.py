@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, flat
 from finetuner.params import MISSING, PHOTOS_ARCH, Params, ParamsError, to_dict
 from finetuner import presets
 
@@ -28,16 +28,6 @@ def preset_params(preset=None, overrides=(), conf=CONF):
 
 def params_yaml():
     return presets.params_yaml(conf=CONF)
-
-
-def flat(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def preset_file(name: str) -> dict:
