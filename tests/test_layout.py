@@ -61,6 +61,7 @@ def test_the_plain_test_command_runs_each_file_whole_on_one_of_the_workers():
         addopts = shlex.split(tomllib.load(f)["tool"]["pytest"]["ini_options"]["addopts"])
     assert "-n" in addopts and addopts[addopts.index("-n") + 1] == "auto"
     assert "--dist" in addopts and addopts[addopts.index("--dist") + 1] == "loadfile"
+    assert "--no-loadscope-reorder" in addopts  # conftest.FIRST's order: the longest first
     marked = [path.name for path in HERE.glob("*.py") if path.name != Path(__file__).name
               and "mark.xdist_group" in path.read_text(encoding="utf-8")]
     assert not marked, f"{marked}: xdist_group marks do nothing under --dist loadfile"
