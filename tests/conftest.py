@@ -25,10 +25,11 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
 
 
-# the long chains first, so pytest-xdist starts them at once and spreads the short tests around
-# them (a long chain started last would leave the other worker idle at the end)
-FIRST = ["test_e2e.py", "test_robustness_resume.py", "test_robustness_faults.py",
-         "test_distributed.py", "test_online.py"]
+# the long files first, longest first (pyproject's --no-loadscope-reorder keeps this order), so
+# pytest-xdist starts them at once and spreads the short files around them (a long chain
+# started last would leave the other worker idle at the end)
+FIRST = ["test_robustness_resume.py", "test_e2e.py", "test_distributed.py",
+         "test_robustness_faults.py", "test_online.py"]
 
 
 def pytest_collection_modifyitems(items):

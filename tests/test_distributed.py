@@ -128,7 +128,7 @@ def venv_env(**extra) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # one torchrun for the module (--dist loadfile: one worker)
 def two_process_results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     command = distributed.torchrun_command(2, [str(Path(__file__)), str(out)])
@@ -139,7 +139,6 @@ def two_process_results(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ddp")  # one worker: torchrun runs once for all of them
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_learn_what_one_process_learns(two_process_results, name):
     torch.set_num_threads(1)
@@ -163,7 +162,6 @@ def test_two_processes_learn_what_one_process_learns(two_process_results, name):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ddp")
 def test_trainable_batchnorm_on_cpu_keeps_the_ranks_identical(two_process_results):
     ranks = [torch.load(two_process_results / f"batchnorm.rank{r}.pt") for r in (0, 1)]
     for key, value in ranks[0]["state"].items():

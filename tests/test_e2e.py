@@ -17,8 +17,9 @@ import yaml
 from conftest import (ROOT, copy_project, flat, make_image_folder, offline_plots_page,
                       tiny_conf)
 
-# one pytest-xdist worker runs the module, in order: its tests go on from one another's state
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+# one pytest-xdist worker runs the module, in order (--dist loadfile): its tests go on from one
+# another's state
+pytestmark = pytest.mark.slow
 
 
 def sh(cwd: Path, *args: str) -> str:

@@ -50,3 +50,18 @@ def test_the_check_sees_every_way_of_importing_a_test_file():
     for source in ["from conftest import tiny_data", "import pytest",
                    "from finetuner.params import parse_params", "from tests import conftest"]:
         assert not imported_test_modules(source), source
+
+
+def test_the_plain_test_command_runs_each_file_whole_on_one_of_the_workers():
+    """`python -m pytest` (the README's command) spreads the files over the cores and keeps each
+    file on one worker, so a module's chain of DVC runs is built once (docs/extending.md)."""
+    import shlex
+    import tomllib
+    with open(HERE.parent / "pyproject.toml", "rb") as f:
+        addopts = shlex.split(tomllib.load(f)["tool"]["pytest"]["ini_options"]["addopts"])
+    assert "-n" in addopts and addopts[addopts.index("-n") + 1] == "auto"
+    assert "--dist" in addopts and addopts[addopts.index("--dist") + 1] == "loadfile"
+    assert "--no-loadscope-reorder" in addopts  # conftest.FIRST's order: the longest first
+    marked = [path.name for path in HERE.glob("*.py") if path.name != Path(__file__).name
+              and "mark.xdist_group" in path.read_text(encoding="utf-8")]
+    assert not marked, f"{marked}: xdist_group marks do nothing under --dist loadfile"

@@ -22,9 +22,6 @@ import torch
 import yaml
 
 from conftest import ROOT, copy_project, ignored, make_image_folder, stage_exit
-
-# one worker runs the module in order: the determinism test reuses the kill tests' reruns
-pytestmark = pytest.mark.xdist_group("robustness_faults")
 from finetuner.models.checkpoint import load_checkpoint
 from finetuner.params import ParamsError
 
@@ -113,7 +110,8 @@ def leftovers(repo: Path, outputs: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def fresh_runs() -> list[Path]:
     """Checkpoints of finetune runs from scratch with ``set_params(epochs=2)`` made by this
-    module's tests (the reruns after a kill), kept for the determinism test."""
+    module's tests (the reruns after a kill), kept for the determinism test (one pytest-xdist
+    worker runs the whole module, in order: --dist loadfile)."""
     return []
 
 

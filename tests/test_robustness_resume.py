@@ -22,8 +22,9 @@ import yaml
 
 from conftest import copy_project, make_image_folder
 
-# one pytest-xdist worker runs the module, in order (the second test goes on from the first)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("robustness_resume")]
+# one pytest-xdist worker runs the module, in order (--dist loadfile): the second test goes on
+# from the first
+pytestmark = pytest.mark.slow
 
 KILL_HOOK = '''
 import os, signal, sys
