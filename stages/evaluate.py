@@ -67,6 +67,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
         "test_images": int(len(labels)), "evaluated_on": source,
         "strategy": strategy.get("chosen", "finetune"), "refit": strategy.get("refit", False),
         "refit_problem": strategy.get("refit_problem"),
+        "probe_drop": strategy.get("probe_drop"),  # an LP-FT that fell below its probe on val
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
         "cross_validation": _cv_summary(strategy.get("cross_validation")),
         "near_duplicates": data.near_duplicates,  # groups the split kept together (or not)

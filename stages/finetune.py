@@ -31,7 +31,7 @@ from finetuner.live import LiveLog, LiveLogError
 from finetuner.training.batches import TrainData
 from finetuner.training.loop import DivergedError
 from finetuner.training.resume import ResumeStore, input_key
-from finetuner.training.strategy import train_model
+from finetuner.training.strategy import drop_message, train_model
 
 
 def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
@@ -79,6 +79,8 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                 chosen = (f"{outcome.chosen}, its L2 strength by "
                           f"{outcome.cross_validation['selection']} (out-of-fold acc "
                           f"{outcome.best_val_acc:.4f})")
+            if outcome.probe_drop:
+                print(f"finetune: warning: {drop_message(outcome.probe_drop)}")
             print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "
                   f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
                   f"{threads} thread(s) per process -> {model_out}")

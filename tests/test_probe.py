@@ -296,3 +296,68 @@ def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch):
     # the out-of-fold record covers every train and val image once
     assert len(outcome_a.out_of_fold["labels"]) == len(clean.labels["train"]) + len(
         clean.labels["val"])
+
+
+# ---------------------------------------------------------------- an LP-FT that loses its probe
+
+def test_a_fall_below_the_probe_is_reported_with_its_epoch_and_a_collapse_named():
+    val = torch.tensor([0] * 30 + [1] * 10)  # most common class: 0.75 of val
+    rows = lambda *accs: [{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)]  # noqa
+    kept = strategy_module.probe_drop(rows(0.9, 0.875, 0.95), 0.9, val)
+    assert kept is None  # 0.875: one photo below, within two standard errors (0.095)
+    fell = strategy_module.probe_drop(rows(0.775, 0.9), 0.9, val)
+    assert fell == {"probe_val_acc": 0.9, "epoch": 1, "val_acc": 0.775, "majority": 0.75,
+                    "collapsed": True}
+    lost = strategy_module.probe_drop(rows(0.95, 0.825, 0.9), 0.95, val)
+    assert lost["epoch"] == 2 and not lost["collapsed"]
+    assert "lost what the probe knew: val acc 0.825 after epoch 2" in (
+        strategy_module.drop_message(lost))
+    assert "collapsed (predicting the most common class gives 0.750)" in (
+        strategy_module.drop_message(fell))
+    assert strategy_module.probe_drop(rows(0.1), math.nan, val) is None  # no probe score
+    assert strategy_module.probe_drop(rows(0.1), 0.9, val[:0]) is None  # no val
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_lp_ft_whose_batchnorm_statistics_drift_is_seen_to_collapse(freeze_bn):
+    """At lr 1e-6 the weights do not move, but BatchNorm layers in train mode replace the
+    statistics the probe's features were computed with: the fine-tune falls to chance from the
+    probe's val accuracy and says so (eval.json's ``probe_drop``); with ``freeze_bn`` it keeps
+    the probe's accuracy and reports nothing."""
+    params = parse_params({"model": {"arch": "resnet18", "weights": "none"},
+                           "preprocess": {"image_size": 32}, "strategy": "finetune",
+                           "lr": 1e-6, "freeze_depth": 0,
+                           "train": {"epochs": 2, "batch_size": 8, "head_init": "probe",
+                                     "freeze_bn": freeze_bn}})
+    torch.manual_seed(0)
+    _, outcome = train_model(lambda: build_model("resnet18", "none", 3), tiny_data(), params,
+                             Dist(torch.device("cpu")), progress=False)
+    drop = outcome.info()["probe_drop"]
+    if freeze_bn:
+        assert drop is None and outcome.candidates["finetune"]["val_acc"] == 1.0
+    else:
+        assert drop["collapsed"] and drop["probe_val_acc"] == 1.0 and drop["epoch"] == 1
+
+
+def test_the_finetune_stage_prints_a_fall_below_the_probe_and_records_it(
+        tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    import yaml
+    from conftest import ROOT, noise_prepared
+    from finetuner.models.checkpoint import load_checkpoint
+    noise_prepared(tmp_path / "prepared", {"train": 12, "val": 4, "test": 3})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "device": "cpu", "threads": 1, "model": {"arch": "resnet18", "weights": "none"},
+        "preprocess": {"image_size": 32},
+        "train": {"epochs": 1, "batch_size": 8, "head_init": "probe", "resume": False}}))
+    drop = {"probe_val_acc": 1.0, "epoch": 1, "val_acc": 0.25, "majority": 0.25,
+            "collapsed": True}
+    monkeypatch.setattr(strategy_module, "probe_drop", lambda *args: drop)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["finetune.py", "prepared", "model.pt", "live"])
+    runpy.run_path(str(ROOT / "stages" / "finetune.py"), run_name="__main__")
+    assert ("finetune: warning: the fine-tune started from the linear probe (val acc 1.000) and "
+            "collapsed (predicting the most common class gives 0.250): val acc 0.250 after "
+            "epoch 1") in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "model.pt", "cpu").info["strategy"]["probe_drop"] == drop

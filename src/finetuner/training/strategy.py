@@ -55,6 +55,7 @@ class Outcome:
     refit_problem: str | None = None  # why a diverged refit was dropped
     cross_validation: dict | None = None  # the probe's choice by CV (probe.folds)
     out_of_fold: dict | None = None  # its out-of-fold log-probabilities and labels (tensors)
+    probe_drop: dict | None = None  # an LP-FT that fell below its probe on val (probe_drop())
 
     @property
     def best_val_acc(self) -> float:
@@ -64,7 +65,8 @@ class Outcome:
         """The checkpoint's and eval.json's record of the choice."""
         return {"chosen": self.chosen, "candidates": self.candidates, "probe_C": self.probe_C,
                 "refit": self.refit, "refit_problem": self.refit_problem,
-                "trained_on": self.trained_on, "cross_validation": self.cross_validation}
+                "trained_on": self.trained_on, "cross_validation": self.cross_validation,
+                "probe_drop": self.probe_drop}
 
 
 def _probe_only(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
@@ -165,6 +167,9 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
         outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
                           result.world_size, result.probe.C if result.probe else None, refit,
                           result.stopped_early)
+        if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
+            outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
+                                            data.val_labels)
     outcome.trained_on = {"train": len(data.train_labels)}
     if refit:
         merged = merged_store(store, data.views) if store is not None else None
@@ -218,6 +223,34 @@ def _stages(model) -> int:
 
 def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
     return (lambda record: on_epoch(name, record)) if on_epoch else None
+
+
+def probe_drop(history: list[dict], probe_val_acc: float, val_labels) -> dict | None:
+    """An LP-FT's worst fall below the linear probe it started from, on val: None when every
+    epoch kept the probe's val accuracy within two standard errors (at least two photos), else
+    ``{"probe_val_acc", "epoch", "val_acc", "majority", "collapsed"}``, where ``collapsed`` says
+    the epoch did no better than predicting val's most common class (+ two photos).  A fall is
+    reported, never acted on: the best epoch and the probe-or-fine-tune choice stay as they are.
+    """
+    n = len(val_labels)
+    if not n or not history or math.isnan(probe_val_acc):
+        return None
+    worst = min(history, key=lambda row: row["val_acc"])
+    error = max(2 * math.sqrt(probe_val_acc * (1 - probe_val_acc) / n), 2 / n)
+    if worst["val_acc"] >= probe_val_acc - error:
+        return None
+    majority = torch.as_tensor(val_labels).bincount().max().item() / n
+    return {"probe_val_acc": probe_val_acc, "epoch": worst["epoch"], "val_acc": worst["val_acc"],
+            "majority": majority, "collapsed": worst["val_acc"] <= majority + 2 / n}
+
+
+def drop_message(drop: dict) -> str:
+    """One line for the finetune stage's output."""
+    what = (f"collapsed (predicting the most common class gives {drop['majority']:.3f})"
+            if drop["collapsed"] else "lost what the probe knew")
+    return (f"the fine-tune started from the linear probe (val acc {drop['probe_val_acc']:.3f}) "
+            f"and {what}: val acc {drop['val_acc']:.3f} after epoch {drop['epoch']}; a lower "
+            "lr or backbone_lr_mult keeps it (docs/strategies.md)")
 
 
 def _prefer_probe(probe: dict, finetune: dict, n_val: int) -> bool:

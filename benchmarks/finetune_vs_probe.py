@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Fine-tuning against the linear probe, paired, on every shared set: the GPU question.
+
+    python -m finetuner.presets photos strategy=finetune ... -o /tmp/ft.yaml   # where Hydra is
+    python benchmarks/finetune_vs_probe.py --candidate ft=/tmp/ft.yaml [--candidate ...]
+        [--sets hymenoptera trashnet chest_xray] [--seeds 0 1 2 3 4] [--test-fraction 0.3]
+        [--data-root ../shared/datasets] [--floor-arch tf_efficientnet_lite0] [--budget-s 0]
+
+Each candidate is a composed params file (``python -m finetuner.presets``: the machine that
+runs this needs no Hydra, e.g. a GPU machine with only PyTorch).  For every seed (a different
+stratified split of the project's own ``split``: val as the params say, test
+``--test-fraction``) and set:
+
+* each candidate trained by the finetune stage's own
+  :func:`finetuner.training.strategy.train_model` on CUDA when present (mixed precision as the
+  params say), its test accuracy; the val split chooses what it chooses (best epoch, probe or
+  fine-tune), the test split is read only to score;
+* ``floor``: scikit-learn's ``LogisticRegressionCV`` (10 values of C, 5-fold CV) on the frozen
+  pooled features of ``--floor-arch`` at its native size, fitted on train + val (as
+  ``recipe_vs_probe.py``'s floor for one backbone);
+* ``<candidate>+floor``: the mean of the candidate's and the floor's class probabilities.
+
+Seeds run in the outer loop, so a ``--budget-s`` that stops early (no new seed starts after it)
+still covers every set.  Prints ``name=value`` lines: one per set, seed and model, then per set
+and model the mean test accuracy and the paired difference from the floor (points) with its
+95 % t-interval over the seeds, and the mean training seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from recipe_vs_probe import SHARED, interval
+
+SET_FOLDERS = {"hymenoptera": "hymenoptera/train", "trashnet": "trashnet",
+               "chest_xray": "chest_xray"}
+
+
+def probabilities(model, images, device) -> np.ndarray:
+    from finetuner.evaluation.metrics import predict_logits
+    return torch.softmax(torch.from_numpy(predict_logits(model, images, device)), 1).numpy()
+
+
+def floor_probabilities(arch: str, work: Path, data: Path, seed: int, device) -> tuple:
+    """(test class probabilities, test labels) of the floor on the split in ``work/split``."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import load_prepared, prepare
+    from finetuner.models import build_model, get_arch
+    spec, out = get_arch(arch), work / f"floor-{arch}"
+    out.mkdir()
+    prepare(work / "split", data, out, spec.input_size, spec.crop_pct, 1, Augmentation(), seed, 4)
+    prepared = load_prepared(out)
+    model = build_model(arch, "DEFAULT", len(prepared.class_names)).eval().to(device)
+
+    @torch.no_grad()
+    def features(images):
+        parts = [model.forward_frozen(torch.from_numpy(np.array(images[i:i + 64])).to(device)
+                                      .permute(0, 3, 1, 2), model.num_stages).float().cpu()
+                 for i in range(0, len(images), 64)]
+        return torch.cat(parts).numpy()
+
+    x = np.concatenate([features(prepared.images["train"]), features(prepared.images["val"])])
+    y = np.concatenate([prepared.labels["train"], prepared.labels["val"]])
+    with warnings.catch_warnings():  # scikit-learn's notices about future defaults
+        warnings.simplefilter("ignore")
+        probe = LogisticRegressionCV(Cs=10, cv=5, max_iter=3000, scoring="accuracy").fit(x, y)
+    return probe.predict_proba(features(prepared.images["test"])), prepared.labels["test"]
+
+
+def train_candidate(params, data: Path, work: Path, device) -> tuple[np.ndarray, dict]:
+    """(test class probabilities, a record of what was chosen) of one candidate."""
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import split_and_prepare
+    from finetuner.models import build_model, input_spec
+    from finetuner.training.batches import TrainData
+    from finetuner.training.distributed import Dist
+    from finetuner.training.strategy import train_model
+    p = params.preprocess
+    prepared = split_and_prepare(
+        data, work, val_fraction=params.data.val_fraction,
+        test_fraction=params.data.test_fraction, seed=params.seed,
+        image_size=params.image_size, crop_pct=input_spec(params.model.arch).crop_pct,
+        train_views=p.train_views, augmentation=Augmentation.from_params(p), workers=4)
+    torch.manual_seed(params.seed)
+    build = lambda: build_model(params.model.arch, params.model.weights,
+                                len(prepared.class_names), params.probe.layers)
+    start = time.perf_counter()
+    model, outcome = train_model(build, TrainData.from_prepared(prepared, params.seed), params,
+                                 Dist(device), progress=False)
+    record = {"seconds": time.perf_counter() - start, "chosen": outcome.chosen,
+              "best_epoch": outcome.best_epoch, "val_acc": outcome.best_val_acc}
+    return probabilities(model, prepared.images["test"], device), record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidate", action="append", required=True, metavar="NAME=PARAMS",
+                        help="a name and a composed params file (python -m finetuner.presets)")
+    parser.add_argument("--sets", nargs="+", default=list(SET_FOLDERS), choices=SET_FOLDERS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--data-root", type=Path, default=SHARED)
+    parser.add_argument("--floor-arch", default="tf_efficientnet_lite0")
+    parser.add_argument("--budget-s", type=float, default=0,
+                        help="start no new seed after this many seconds (0: no limit)")
+    args = parser.parse_args()
+    from finetuner.params import parse_params
+    from finetuner.runtime import resolve_device, set_threads
+    set_threads(0)
+    device = resolve_device("auto")
+    print(f"device={device} torch={torch.__version__}", flush=True)
+    candidates = {}
+    for item in args.candidate:
+        name, _, path = item.partition("=")
+        raw = yaml.safe_load(Path(path).read_text())
+        raw["data"]["test_fraction"] = args.test_fraction
+        candidates[name] = raw
+    scores: dict[tuple[str, str], list[float]] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    start = time.perf_counter()
+    for seed in args.seeds:
+        if args.budget_s and time.perf_counter() - start > args.budget_s:
+            print(f"stopped: budget of {args.budget_s:.0f} s spent before seed {seed}")
+            break
+        for set_name in args.sets:
+            data = args.data_root / SET_FOLDERS[set_name]
+            if not data.is_dir():
+                print(f"skipped: {data} not found")
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                probs = {}
+                for name, raw in candidates.items():
+                    params = parse_params({**raw, "seed": seed})
+                    probs[name], record = train_candidate(params, data, Path(tmp) / name, device)
+                    seconds.setdefault((set_name, name), []).append(record["seconds"])
+                    print(f"set={set_name} seed={seed} model={name} " + " ".join(
+                        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in record.items()), flush=True)
+                first = Path(tmp) / next(iter(candidates))
+                probs["floor"], labels = floor_probabilities(args.floor_arch, first, data, seed,
+                                                             device)
+                for name in candidates:
+                    probs[f"{name}+floor"] = (probs[name] + probs["floor"]) / 2
+            for name, p in probs.items():
+                acc = float((p.argmax(1) == labels).mean())
+                scores.setdefault((set_name, name), []).append(acc)
+                print(f"set={set_name} seed={seed} model={name} test_acc={acc:.4f}", flush=True)
+    for (set_name, name), accs in scores.items():
+        print(f"test_acc_mean_{set_name}_{name}={statistics.mean(accs):.4f}")
+        if name != "floor":
+            floor = scores[(set_name, "floor")]
+            gain, low, high = interval([100 * (a - f) for a, f in zip(accs, floor)])
+            print(f"gain_points_{set_name}_{name}={gain:.2f}")
+            print(f"gain_ci95_{set_name}_{name}={low:.2f},{high:.2f}")
+        if (set_name, name) in seconds:
+            print(f"train_seconds_{set_name}_{name}={statistics.mean(seconds[(set_name, name)]):.1f}")
+
+
+if __name__ == "__main__":
+    main()
