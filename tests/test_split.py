@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import shutil
 
 import pytest
@@ -39,6 +40,14 @@ def test_bad_files_are_skipped_and_reported(image_folder):
     assert "not an image" in reasons["red/broken.jpg"]
     assert "empty" in reasons["red/empty.png"]
     assert reasons["red/.DS_Store"] == "hidden file"
+    assert sum(len(s) for s in result.splits.values()) == 30
+
+
+def test_a_fifo_in_a_class_folder_is_reported_never_opened(image_folder):
+    os.mkfifo(image_folder / "red" / "pipe.jpg")  # opened, it would block: the test would hang
+    result = split_folder(image_folder, 0.1, 0.1, seed=0, progress=False)
+    assert dict(result.skipped)["red/pipe.jpg"] == (
+        "a FIFO (named pipe), not an image file; nothing was read from it")
     assert sum(len(s) for s in result.splits.values()) == 30
 
 

@@ -17,45 +17,16 @@ Rules:
 """
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .images import ImageError, decode_image
+from .images import ImageError, decode_image, entry_problem
 from .preprocess import eval_view
 from .split import DatasetError, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def entry_problem(path: Path) -> str | None:
-    """Why ``path`` is not a regular file to read (what it is instead), or None.  Only
-    ``lstat``/``stat``: nothing is opened."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return "no such file or folder"
-    except OSError as error:
-        return f"cannot read: {error.strerror or type(error).__name__}"
-    if stat.S_ISLNK(mode):
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            return "a broken symbolic link (its target does not exist)"
-        if stat.S_ISDIR(mode):
-            return "a link to a folder (not followed; copy or move its files in)"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return f"{kind}, not an image file; nothing was read from it"
-
 
 def find_files(path: Path, skip: Skip) -> list[Path]:
     """``path`` itself if a regular file, else the regular files below the folder, sorted

@@ -1,4 +1,5 @@
-"""The one way to decode an image: verified, EXIF-rotated, converted to 8-bit RGB.
+"""The one way to decode an image: verified, EXIF-rotated, converted to 8-bit RGB; and what
+an entry of a folder is before anything opens it (:func:`entry_problem`).
 
 Decompression bombs are refused before decoding: the size is read from the file's header and
 an image may hold at most ``MAX_PIXELS`` pixels, so no large buffer is ever allocated for one.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,6 +22,34 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF")
 MAX_PIXELS = 64_000_000  # about 8000 x 8000; larger files are refused, not decoded
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (what it is instead), or None.  Only
+    ``lstat``/``stat``: nothing is opened."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "no such file or folder"
+    except OSError as error:
+        return f"cannot read: {error.strerror or type(error).__name__}"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return "a broken symbolic link (its target does not exist)"
+        if stat.S_ISDIR(mode):
+            return "a link to a folder (not followed; copy or move its files in)"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"{kind}, not an image file; nothing was read from it"
 
 
 class ImageError(ValueError):

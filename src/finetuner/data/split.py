@@ -4,8 +4,8 @@ Rules (also in docs/pipeline.md):
 
 * a class is a sub-folder of the data folder; files in deeper folders belong to it; hidden
   files and folders (``.DS_Store``, ``.git``), files outside a class folder, links to folders
-  (not followed), names that are not valid UTF-8 and files that do not decode are skipped and
-  reported with the reason;
+  (not followed), FIFOs, sockets and devices (never opened), names that are not valid UTF-8
+  and files that do not decode are skipped and reported with the reason;
 * identical files (same sha256) inside one class are one *group* and always land in the same
   split, so nothing leaks from train to test; identical files under two classes are a label
   conflict: every copy is skipped and reported;
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .images import ImageError, decode_image, file_hash
+from .images import ImageError, decode_image, entry_problem, file_hash
 from .near_duplicates import HASH_SIDE, groups, hash_pairs, perceptual_hash
 
 SPLITS = ("train", "val", "test")
@@ -98,8 +98,8 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
         raise DatasetError(f"data folder {root} does not exist or is not a folder "
                            "(set data.dir in params.yaml to a folder with one sub-folder per class)")
     items, skipped = [], []
-    files = sorted((p for p in root.rglob("*") if p.is_file() or p.is_symlink()),
-                   key=lambda p: p.relative_to(root).parts)
+    files = sorted((p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()),
+                   key=lambda p: p.relative_to(root).parts)  # FIFOs, sockets, ... reported
     for path in tqdm(files, desc="verify images", unit="file", disable=not progress, leave=False,
                      mininterval=1.0):
         relative = path.relative_to(root)
@@ -114,6 +114,8 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
             skipped.append((name, "not inside a class folder"))
         elif name != relative.as_posix():
             skipped.append((name, "file or folder name is not valid UTF-8 (rename it)"))
+        elif not path.is_symlink() and entry_problem(path):  # never opened: a FIFO blocks
+            skipped.append((name, entry_problem(path)))
         elif not path.is_file():
             skipped.append((name, "broken link"))
         else:
