@@ -77,7 +77,8 @@ def floor_probabilities(arch: str, work: Path, data: Path, seed: int, device) ->
 
 
 def train_candidate(params, data: Path, work: Path, device) -> tuple[np.ndarray, dict]:
-    """(test class probabilities, a record of what was chosen) of one candidate."""
+    """(test class probabilities, a record of what was chosen) of one candidate.  The split
+    is the project's ``split_folder`` (near-duplicates not grouped)."""
     from finetuner.data.augment import Augmentation
     from finetuner.data.prepared import split_and_prepare
     from finetuner.models import build_model, input_spec
@@ -146,6 +147,10 @@ def main() -> None:
                         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record.items()), flush=True)
                 first = Path(tmp) / next(iter(candidates))
+                tests = {(Path(tmp) / name / "split" / "test.csv").read_text()
+                         for name in candidates}
+                assert len(tests) == 1, ("the candidates split the photos differently: give "
+                                         "them the same data.val_fraction (paired comparison)")
                 probs["floor"], labels = floor_probabilities(args.floor_arch, first, data, seed,
                                                              device)
                 for name in candidates:

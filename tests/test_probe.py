@@ -305,15 +305,18 @@ def test_a_fall_below_the_probe_is_reported_with_its_epoch_and_a_collapse_named(
     rows = lambda *accs: [{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)]  # noqa
     kept = strategy_module.probe_drop(rows(0.9, 0.875, 0.95), 0.9, val)
     assert kept is None  # 0.875: one photo below, within two standard errors (0.095)
-    fell = strategy_module.probe_drop(rows(0.775, 0.9), 0.9, val)
+    fell = strategy_module.probe_drop(rows(0.775, 0.9), 0.9, val, freeze_bn=False)
     assert fell == {"probe_val_acc": 0.9, "epoch": 1, "val_acc": 0.775, "majority": 0.75,
-                    "collapsed": True}
+                    "collapsed": True, "freeze_bn": False}
     lost = strategy_module.probe_drop(rows(0.95, 0.825, 0.9), 0.95, val)
     assert lost["epoch"] == 2 and not lost["collapsed"]
-    assert "lost what the probe knew: val acc 0.825 after epoch 2" in (
-        strategy_module.drop_message(lost))
-    assert "collapsed (predicting the most common class gives 0.750)" in (
-        strategy_module.drop_message(fell))
+    assert ("lost what the probe knew: val acc 0.825 after epoch 2; try a lower lr or "
+            "train.backbone_lr_mult") in strategy_module.drop_message(lost)
+    assert ("collapsed (predicting the most common class gives 0.750): val acc 0.775 after "
+            "epoch 1; try train.freeze_bn: true") in strategy_module.drop_message(fell)
+    # exactly two photos below a perfect probe is kept (floating point must not say otherwise)
+    for n in range(2, 200):
+        assert strategy_module.probe_drop(rows((n - 2) / n), 1.0, torch.zeros(n, dtype=int)) is None
     assert strategy_module.probe_drop(rows(0.1), math.nan, val) is None  # no probe score
     assert strategy_module.probe_drop(rows(0.1), 0.9, val[:0]) is None  # no val
 
@@ -337,6 +340,7 @@ def test_lp_ft_whose_batchnorm_statistics_drift_is_seen_to_collapse(freeze_bn):
         assert drop is None and outcome.candidates["finetune"]["val_acc"] == 1.0
     else:
         assert drop["collapsed"] and drop["probe_val_acc"] == 1.0 and drop["epoch"] == 1
+        assert "try train.freeze_bn: true" in strategy_module.drop_message(drop)
 
 
 def test_the_finetune_stage_prints_a_fall_below_the_probe_and_records_it(
@@ -352,7 +356,7 @@ def test_the_finetune_stage_prints_a_fall_below_the_probe_and_records_it(
         "preprocess": {"image_size": 32},
         "train": {"epochs": 1, "batch_size": 8, "head_init": "probe", "resume": False}}))
     drop = {"probe_val_acc": 1.0, "epoch": 1, "val_acc": 0.25, "majority": 0.25,
-            "collapsed": True}
+            "collapsed": True, "freeze_bn": False}
     monkeypatch.setattr(strategy_module, "probe_drop", lambda *args: drop)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["finetune.py", "prepared", "model.pt", "live"])

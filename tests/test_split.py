@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import yaml
@@ -44,8 +45,12 @@ def test_bad_files_are_skipped_and_reported(image_folder):
 
 
 def test_a_fifo_in_a_class_folder_is_reported_never_opened(image_folder):
-    os.mkfifo(image_folder / "red" / "pipe.jpg")  # opened, it would block: the test would hang
-    result = split_folder(image_folder, 0.1, 0.1, seed=0, progress=False)
+    os.mkfifo(image_folder / "red" / "pipe.jpg")  # opened, it would block
+    signal.alarm(60)  # a regression that opens it fails here instead of hanging the suite
+    try:
+        result = split_folder(image_folder, 0.1, 0.1, seed=0, progress=False)
+    finally:
+        signal.alarm(0)
     assert dict(result.skipped)["red/pipe.jpg"] == (
         "a FIFO (named pipe), not an image file; nothing was read from it")
     assert sum(len(s) for s in result.splits.values()) == 30

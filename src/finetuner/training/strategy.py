@@ -169,7 +169,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
                           result.stopped_early)
         if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
             outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
-                                            data.val_labels)
+                                            data.val_labels, params.train.freeze_bn)
     outcome.trained_on = {"train": len(data.train_labels)}
     if refit:
         merged = merged_store(store, data.views) if store is not None else None
@@ -225,32 +225,39 @@ def _phase(on_epoch: Callable[[str, dict], None] | None, name: str):
     return (lambda record: on_epoch(name, record)) if on_epoch else None
 
 
-def probe_drop(history: list[dict], probe_val_acc: float, val_labels) -> dict | None:
+def probe_drop(history: list[dict], probe_val_acc: float, val_labels,
+               freeze_bn: bool = True) -> dict | None:
     """An LP-FT's worst fall below the linear probe it started from, on val: None when every
     epoch kept the probe's val accuracy within two standard errors (at least two photos), else
-    ``{"probe_val_acc", "epoch", "val_acc", "majority", "collapsed"}``, where ``collapsed`` says
-    the epoch did no better than predicting val's most common class (+ two photos).  A fall is
-    reported, never acted on: the best epoch and the probe-or-fine-tune choice stay as they are.
+    ``{"probe_val_acc", "epoch", "val_acc", "majority", "collapsed", "freeze_bn"}``, where
+    ``collapsed`` says the epoch did no better than predicting val's most common class (+ two
+    photos) and ``freeze_bn`` is the run's ``train.freeze_bn`` (what to change depends on it).
+    A fall is reported, never acted on: the best epoch and the probe-or-fine-tune choice stay.
     """
     n = len(val_labels)
     if not n or not history or math.isnan(probe_val_acc):
         return None
     worst = min(history, key=lambda row: row["val_acc"])
     error = max(2 * math.sqrt(probe_val_acc * (1 - probe_val_acc) / n), 2 / n)
-    if worst["val_acc"] >= probe_val_acc - error:
+    if worst["val_acc"] >= probe_val_acc - error - 1e-9:  # exactly two photos: kept
         return None
     majority = torch.as_tensor(val_labels).bincount().max().item() / n
     return {"probe_val_acc": probe_val_acc, "epoch": worst["epoch"], "val_acc": worst["val_acc"],
-            "majority": majority, "collapsed": worst["val_acc"] <= majority + 2 / n}
+            "majority": majority, "collapsed": worst["val_acc"] <= majority + 2 / n + 1e-9,
+            "freeze_bn": freeze_bn}
 
 
 def drop_message(drop: dict) -> str:
-    """One line for the finetune stage's output."""
+    """One line for the finetune stage's output, with the first thing to change: BatchNorm
+    statistics move whatever the learning rate (docs/strategies.md), so with them training
+    ``train.freeze_bn: true``, else a lower ``lr`` / ``train.backbone_lr_mult``."""
     what = (f"collapsed (predicting the most common class gives {drop['majority']:.3f})"
             if drop["collapsed"] else "lost what the probe knew")
+    fix = ("train.freeze_bn: true keeps the BatchNorm statistics the probe was fitted with"
+           if not drop.get("freeze_bn", True) else "a lower lr or train.backbone_lr_mult")
     return (f"the fine-tune started from the linear probe (val acc {drop['probe_val_acc']:.3f}) "
-            f"and {what}: val acc {drop['val_acc']:.3f} after epoch {drop['epoch']}; a lower "
-            "lr or backbone_lr_mult keeps it (docs/strategies.md)")
+            f"and {what}: val acc {drop['val_acc']:.3f} after epoch {drop['epoch']}; try "
+            f"{fix} (docs/strategies.md)")
 
 
 def _prefer_probe(probe: dict, finetune: dict, n_val: int) -> bool:
