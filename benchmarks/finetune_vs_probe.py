@@ -31,14 +31,13 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from recipe_vs_probe import SHARED, interval
+from recipe_vs_probe import SHARED, floor_probabilities, interval, train_on_split
 
 SET_FOLDERS = {"hymenoptera": "hymenoptera/train", "trashnet": "trashnet",
                "chest_xray": "chest_xray"}
@@ -49,56 +48,11 @@ def probabilities(model, images, device) -> np.ndarray:
     return torch.softmax(torch.from_numpy(predict_logits(model, images, device)), 1).numpy()
 
 
-def floor_probabilities(arch: str, work: Path, data: Path, seed: int, device) -> tuple:
-    """(test class probabilities, test labels) of the floor on the split in ``work/split``."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import load_prepared, prepare
-    from finetuner.models import build_model, get_arch
-    spec, out = get_arch(arch), work / f"floor-{arch}"
-    out.mkdir()
-    prepare(work / "split", data, out, spec.input_size, spec.crop_pct, 1, Augmentation(), seed, 4)
-    prepared = load_prepared(out)
-    model = build_model(arch, "DEFAULT", len(prepared.class_names)).eval().to(device)
-
-    @torch.no_grad()
-    def features(images):
-        parts = [model.forward_frozen(torch.from_numpy(np.array(images[i:i + 64])).to(device)
-                                      .permute(0, 3, 1, 2), model.num_stages).float().cpu()
-                 for i in range(0, len(images), 64)]
-        return torch.cat(parts).numpy()
-
-    x = np.concatenate([features(prepared.images["train"]), features(prepared.images["val"])])
-    y = np.concatenate([prepared.labels["train"], prepared.labels["val"]])
-    with warnings.catch_warnings():  # scikit-learn's notices about future defaults
-        warnings.simplefilter("ignore")
-        probe = LogisticRegressionCV(Cs=10, cv=5, max_iter=3000, scoring="accuracy").fit(x, y)
-    return probe.predict_proba(features(prepared.images["test"])), prepared.labels["test"]
-
-
 def train_candidate(params, data: Path, work: Path, device) -> tuple[np.ndarray, dict]:
-    """(test class probabilities, a record of what was chosen) of one candidate.  The split
-    is the project's ``split_folder`` (near-duplicates not grouped)."""
-    from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import split_and_prepare
-    from finetuner.models import build_model, input_spec
-    from finetuner.training.batches import TrainData
-    from finetuner.training.distributed import Dist
-    from finetuner.training.strategy import train_model
-    p = params.preprocess
-    prepared = split_and_prepare(
-        data, work, val_fraction=params.data.val_fraction,
-        test_fraction=params.data.test_fraction, seed=params.seed,
-        image_size=params.image_size, crop_pct=input_spec(params.model.arch).crop_pct,
-        train_views=p.train_views, augmentation=Augmentation.from_params(p), workers=4)
-    torch.manual_seed(params.seed)
-    build = lambda: build_model(params.model.arch, params.model.weights,
-                                len(prepared.class_names), params.probe.layers)
-    start = time.perf_counter()
-    model, outcome = train_model(build, TrainData.from_prepared(prepared, params.seed), params,
-                                 Dist(device), progress=False)
-    record = {"seconds": time.perf_counter() - start, "chosen": outcome.chosen,
-              "best_epoch": outcome.best_epoch, "val_acc": outcome.best_val_acc}
+    """(test class probabilities, a record of what was chosen) of one candidate."""
+    model, outcome, prepared, seconds = train_on_split(params, data, work, device)
+    record = {"seconds": seconds, "chosen": outcome.chosen, "best_epoch": outcome.best_epoch,
+              "val_acc": outcome.best_val_acc}
     return probabilities(model, prepared.images["test"], device), record
 
 

@@ -53,8 +53,10 @@ def accuracy(model, images, labels) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def floor_accuracy(arch: str, work: Path, data: Path, seed: int) -> float:
-    """The issue's baseline for one backbone, on the split in ``work/split``."""
+def floor_probabilities(arch: str, work: Path, data: Path, seed: int,
+                        device=torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
+    """(test class probabilities, test labels) of the issue's baseline for one backbone, on
+    the split in ``work/split``."""
     from sklearn.linear_model import LogisticRegressionCV
     from finetuner.data.augment import Augmentation
     from finetuner.data.prepared import load_prepared, prepare
@@ -63,12 +65,12 @@ def floor_accuracy(arch: str, work: Path, data: Path, seed: int) -> float:
     out.mkdir()
     prepare(work / "split", data, out, spec.input_size, spec.crop_pct, 1, Augmentation(), seed, 2)
     prepared = load_prepared(out)
-    model = build_model(arch, "DEFAULT", len(prepared.class_names)).eval()
+    model = build_model(arch, "DEFAULT", len(prepared.class_names)).eval().to(device)
 
     @torch.no_grad()
     def features(images):
-        parts = [model.forward_frozen(torch.from_numpy(np.array(images[i:i + 64]))
-                                      .permute(0, 3, 1, 2), model.num_stages)
+        parts = [model.forward_frozen(torch.from_numpy(np.array(images[i:i + 64])).to(device)
+                                      .permute(0, 3, 1, 2), model.num_stages).float().cpu()
                  for i in range(0, len(images), 64)]
         return torch.cat(parts).numpy()
 
@@ -77,12 +79,19 @@ def floor_accuracy(arch: str, work: Path, data: Path, seed: int) -> float:
     with warnings.catch_warnings():  # scikit-learn's notices about future defaults
         warnings.simplefilter("ignore")
         probe = LogisticRegressionCV(Cs=10, cv=5, max_iter=3000, scoring="accuracy").fit(x, y)
-    return float((probe.predict(features(prepared.images["test"]))
-                  == prepared.labels["test"]).mean())
+    return probe.predict_proba(features(prepared.images["test"])), prepared.labels["test"]
 
 
-def recipe_accuracy(params, data: Path, work: Path) -> tuple[float, float, dict]:
-    """(test accuracy, training seconds, the cross-validation record) of the recipe."""
+def floor_accuracy(arch: str, work: Path, data: Path, seed: int) -> float:
+    """Test accuracy of :func:`floor_probabilities` (the argmax is scikit-learn's predict)."""
+    probabilities, labels = floor_probabilities(arch, work, data, seed)
+    return float((probabilities.argmax(1) == labels).mean())
+
+
+def train_on_split(params, data: Path, work: Path, device=torch.device("cpu")):
+    """(model, outcome, prepared arrays, training seconds): ``params`` trained by the finetune
+    stage's own :func:`finetuner.training.strategy.train_model` on a split of ``data`` made
+    in ``work`` by the project's ``split_folder`` (near-duplicates not grouped)."""
     from finetuner.data.augment import Augmentation
     from finetuner.data.prepared import split_and_prepare
     from finetuner.models import build_model, input_spec
@@ -101,8 +110,13 @@ def recipe_accuracy(params, data: Path, work: Path) -> tuple[float, float, dict]
                                 len(prepared.class_names), params.probe.layers)
     start = time.perf_counter()
     model, outcome = train_model(build, TrainData.from_prepared(prepared, params.seed), params,
-                                 Dist(torch.device("cpu")), progress=False)
-    seconds = time.perf_counter() - start
+                                 Dist(device), progress=False)
+    return model, outcome, prepared, time.perf_counter() - start
+
+
+def recipe_accuracy(params, data: Path, work: Path) -> tuple[float, float, dict]:
+    """(test accuracy, training seconds, the cross-validation record) of the recipe."""
+    model, outcome, prepared, seconds = train_on_split(params, data, work)
     return (accuracy(model, prepared.images["test"], prepared.labels["test"]), seconds,
             outcome.cross_validation or {})
 

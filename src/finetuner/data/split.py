@@ -114,8 +114,8 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
             skipped.append((name, "not inside a class folder"))
         elif name != relative.as_posix():
             skipped.append((name, "file or folder name is not valid UTF-8 (rename it)"))
-        elif not path.is_symlink() and entry_problem(path):  # never opened: a FIFO blocks
-            skipped.append((name, entry_problem(path)))
+        elif not path.is_symlink() and (problem := entry_problem(path)):  # a FIFO would block
+            skipped.append((name, problem))
         elif not path.is_file():
             skipped.append((name, "broken link"))
         else:
