@@ -200,9 +200,9 @@ def build_dirty_folder(root: Path) -> dict[str, tuple[str, str]]:
     outside = root.parent / f"{root.name}_outside"
     save(outside / "x.png", Image.fromarray(_pixels((0, 0, 0))), "PNG")
     os.symlink(outside, ants / "linked_folder")
-    skipped("ants/linked_folder", "link to a folder")
+    skipped("ants/linked_folder", "a link to a folder (not followed")
     os.symlink(root / "nowhere.png", ants / "dangling.png")
-    skipped("ants/dangling.png", "broken link")
+    skipped("ants/dangling.png", "a broken symbolic link")
 
     # duplicates inside a class: one group, one split; across classes: a label conflict
     dup = png_bytes(16, 16, rows=b"\0" + bytes(range(16)))

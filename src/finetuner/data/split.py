@@ -108,16 +108,14 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
             skipped.append((name, f"ignored (data.ignore): {ignore[name]}"))
         elif is_hidden(relative):
             skipped.append((name, "hidden file"))
-        elif path.is_symlink() and path.is_dir():
-            skipped.append((name, "link to a folder (not followed; copy or move its files in)"))
+        elif (problem := entry_problem(path)) and path.is_symlink() and path.is_dir():
+            skipped.append((name, problem))  # a link to a folder, even at the top level
         elif len(relative.parts) < 2:
             skipped.append((name, "not inside a class folder"))
         elif name != relative.as_posix():
             skipped.append((name, "file or folder name is not valid UTF-8 (rename it)"))
-        elif not path.is_symlink() and (problem := entry_problem(path)):  # a FIFO would block
+        elif problem:  # only lstat/stat: a FIFO, even behind a link, is never opened
             skipped.append((name, problem))
-        elif not path.is_file():
-            skipped.append((name, "broken link"))
         else:
             try:
                 image = decode_image(path, min_side=HASH_SIDE)  # a small DCT scale suffices
