@@ -26,6 +26,11 @@ first: ``audit_arch``) and, for an ensemble, of all members side by side
   found in the unchanged set, over all reported pairs (target <= 0.10); ``preexisting``: pairs
   the unchanged set has too (look at them in its gallery).  The split's perceptual-hash
   grouping is scored on the same copies (``hash_recall``, ``hash_false``).
+* ``junk`` (once per set): images that do not belong, each added to the set alone: three
+  blank frames and two screenshots (``made``, ``made_found``) and 10 photos of each other
+  shared set (``foreign``, ``foreign_found``): how many the outlier check reports, and
+  (``*_last_stage_only``) how many it would on the last stage's pooled features alone.
+  ``--first-only`` computes only the member the audit reads (a quarter of the time).
 
 Prints ``name=value`` lines per set, seed and features, then per set and features the mean
 and sample sd over seeds.
@@ -67,6 +72,7 @@ SETS = {"hymenoptera": SHARED / "hymenoptera" / "train", "trashnet": SHARED / "t
         "chest_xray": SHARED / "chest_xray"}
 FLIP_FRACTION = 0.05
 COPY_FRACTION = 0.10
+FOREIGN = 10  # photos of each other shared set, added one at a time
 
 
 def near_copy(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -88,8 +94,8 @@ def side_by_side(parts: list):
     vectors scaled to unit length first (each backbone weighs the same in a cosine)."""
     from finetuner.audit.features import Features
     from finetuner.audit.findings import unit_rows
-    return Features(np.hstack([unit_rows(p.pooled) for p in parts]),
-                    np.hstack([unit_rows(p.regional) for p in parts]))
+    return Features(*(np.hstack([unit_rows(getattr(p, name)) for p in parts])
+                      for name in ("pooled", "regional", "taps")))
 
 
 class SetUnderTest:
@@ -99,7 +105,7 @@ class SetUnderTest:
     ``audit_arch``), and for an ensemble all members' features :func:`side_by_side`, the
     alternative it was measured against."""
 
-    def __init__(self, root: Path, arch: str):
+    def __init__(self, root: Path, arch: str, first_only: bool = False):
         from finetuner.data.split import scan_folder
         from finetuner.models import build_model, input_spec, member_names
         self.root, self.arch = root, arch
@@ -109,8 +115,8 @@ class SetUnderTest:
         self.labels = np.array([self.classes.index(item.label) for item in items])
         self.hashes = [item.phash for item in items]
         self.spec = input_spec(arch)
-        self.members = {name: build_model(name, "DEFAULT", len(self.classes))
-                        for name in member_names(arch)}
+        names = member_names(arch)[:1] if first_only else member_names(arch)
+        self.members = {name: build_model(name, "DEFAULT", len(self.classes)) for name in names}
         self.feature_seconds: dict[str, float] = {}
         self.features = self.features_of([root / p for p in self.paths], self.feature_seconds)
 
@@ -215,6 +221,71 @@ def copies(s: SetUnderTest, variant: str, c: Copies, ratio: float, seed: int,
             "false_fraction": round(false / max(1, len(reported)), 4)}
 
 
+def screenshot(seed: int) -> Image.Image:
+    """A page of random words under a title bar, as a screen capture of a document."""
+    from PIL import ImageDraw
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (1280, 800), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 1280, 40), fill=(40, 60, 90))
+    for y in range(70, 780, 22):
+        words = ("".join(chr(c) for c in rng.integers(97, 123, rng.integers(2, 9)))
+                 for _ in range(rng.integers(5, 18)))
+        draw.text((30, y), " ".join(words), fill=(20, 20, 20))
+    return image
+
+
+class Junk:
+    """Images that do not belong to a set, each added to it alone: blank frames (grey, black,
+    white), two screenshots, and ``FOREIGN`` photos of each other shared set."""
+
+    def __init__(self, s: SetUnderTest, work: Path):
+        blanks = {f"blank_{name}": Image.new("RGB", (500, 375), colour)
+                  for name, colour in (("grey", (128,) * 3), ("black", (0,) * 3),
+                                       ("white", (255,) * 3))}
+        made = {**blanks, "screenshot_0": screenshot(0), "screenshot_1": screenshot(1)}
+        files = []
+        for name, image in made.items():
+            files.append(work / f"{name}.png")
+            image.save(files[-1])
+        self.kinds = ["made"] * len(files)
+        rng = random.Random(0)
+        for other, root in SETS.items():
+            if root != s.root and root.is_dir():
+                from finetuner.data.split import scan_folder
+                items, _ = scan_folder(root, progress=False)
+                files += [root / item.path for item in rng.sample(items, FOREIGN)]
+                self.kinds += [other] * FOREIGN
+        self.features = s.features_of(files)
+
+
+def last_stage_outliers(features) -> int:
+    """How many outliers the last stage's pooled features alone give (the alternative)."""
+    from finetuner.audit.findings import outliers
+    from finetuner.params import AuditParams
+    return len(outliers([features.pooled], AuditParams().outlier_fence))
+
+
+def junk(s: SetUnderTest, variant: str, j: Junk) -> dict:
+    """How many junk images, each added alone, the outlier check reports."""
+    from finetuner.audit.features import Features
+    from finetuner.audit.findings import audit_outliers, outliers
+    from finetuner.params import AuditParams
+    fence, extra = AuditParams().outlier_fence, j.features[variant]
+    found = {key: 0 for key in ("made", "foreign", "made_last", "foreign_last")}
+    for k in range(len(extra)):
+        one = Features(extra.pooled[k:k + 1], extra.regional[k:k + 1], extra.taps[k:k + 1])
+        both = Features.concatenate([s.features[variant], one])
+        kind = "made" if j.kinds[k] == "made" else "foreign"
+        found[kind] += len(s.paths) in {i for i, _ in audit_outliers(both, fence)}
+        # the alternative: the last stage's pooled features alone (the rule before 2026-11-30)
+        found[f"{kind}_last"] += len(s.paths) in {i for i, _ in outliers([both.pooled], fence)}
+    made = j.kinds.count("made")
+    return {"made": made, "made_found": found["made"], "foreign": len(j.kinds) - made,
+            "foreign_found": found["foreign"], "made_found_last_stage_only": found["made_last"],
+            "foreign_found_last_stage_only": found["foreign_last"]}
+
+
 def hash_copies(s: SetUnderTest, c: Copies) -> dict:
     """The split's perceptual-hash grouping scored on the same copies."""
     from finetuner.data.near_duplicates import hash_pairs
@@ -239,7 +310,7 @@ def faults(args) -> None:
         if not root.is_dir():
             print(f"skipped: {root} not found (../shared is absent)")
             continue
-        s = SetUnderTest(root, args.arch)
+        s = SetUnderTest(root, args.arch, args.first_only)
         print(f"set={name} images={len(s.paths)} classes={len(s.classes)} arch={args.arch} "
               f"size={s.spec.size} " + " ".join(f"feature_seconds_{m}={t:.1f}"
                                                 for m, t in s.feature_seconds.items()),
@@ -250,7 +321,13 @@ def faults(args) -> None:
             before[variant] = pairs_of(base)
             print(f"set={name} features={variant} unchanged "
                   + " ".join(f"{k}={v}" for k, v in base.summary().items())
+                  + f" outlier_last_stage_only={last_stage_outliers(s.features[variant])}"
                   + f" suspects={args.out / name / variant / 'suspects.csv'}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            j = Junk(s, Path(tmp))
+        for variant in s.features:
+            print(f"set={name} features={variant} junk "
+                  + " ".join(f"{k}={v}" for k, v in junk(s, variant, j).items()), flush=True)
         rows: dict[tuple[str, str], list[float]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:
@@ -335,14 +412,15 @@ def analysis_child(n: int) -> None:
     regional = rng.normal(size=(n, 1792)).astype(np.float32)
     twins = rng.choice(n, (max(1, n // 100), 2), replace=False)
     regional[twins[:, 1]] = regional[twins[:, 0]] + 0.05 * rng.normal(size=(len(twins), 1792))
-    features = Features(pooled, regional)
+    taps = np.abs(rng.normal(size=(n, 352)).astype(np.float32))  # Lite0's, beside its pool
+    features = Features(pooled, regional, taps)
     a = AuditParams()
     start = time.perf_counter()
     result = audit(features, labels, [str(c) for c in range(8)], [str(i) for i in range(n)],
                    [""] * n, a.near_duplicate_ratio, a.outlier_fence, 0)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    features_mb = (pooled.nbytes + regional.nbytes) / 2**20
+    features_mb = (pooled.nbytes + regional.nbytes + taps.nbytes) / 2**20
     print(f"images={n} analysis_seconds={seconds:.1f} analysis_peak_rss_mb={rss:.0f} "
           f"features_mb={features_mb:.0f} near_duplicate={result.count('near_duplicate')} "
           f"twins={len(twins)}", flush=True)
@@ -359,6 +437,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arch", default=None, help="default: the photos preset's")
+    parser.add_argument("--first-only", action="store_true",
+                        help="only the member the audit reads (not the alternatives)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="audit.near_duplicate_ratio (default: the params default)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "audit")

@@ -88,6 +88,38 @@ def test_findings_come_by_kind_most_certain_first_and_the_summary_counts_them():
     assert json.loads(json.dumps([f.record() for f in result.findings]))  # plain numbers
 
 
+def test_an_image_far_in_either_representation_is_an_outlier():
+    """The last stage alone can miss junk (a blank frame among objects on plain backgrounds),
+    every stage alone can miss other junk (a screenshot among insects): either is enough."""
+    rng = np.random.default_rng(0)
+    last = np.abs(rng.normal(size=(40, 16)))
+    taps = np.abs(rng.normal(size=(40, 8)))
+    last[3] = 0.0
+    last[3, 5] = 50.0  # unlike the rest in its last-stage features (cosine: the direction)
+    taps[7] = 0.0
+    taps[7, 0] = 50.0  # unlike the rest in its early stages only
+    only_last = audit(Features(last, rng.normal(size=(40, 4))), np.repeat([0, 1], 20),
+                      ["a", "b"], [str(i) for i in range(40)], [""] * 40, 0.6, 2.0, 0)
+    both = audit(Features(last, rng.normal(size=(40, 4)), taps), np.repeat([0, 1], 20),
+                 ["a", "b"], [str(i) for i in range(40)], [""] * 40, 0.6, 2.0, 0)
+    found = {f.path for f in both.findings if f.issue == "outlier"}
+    assert "7" not in {f.path for f in only_last.findings if f.issue == "outlier"}
+    assert {"3", "7"} <= found
+
+
+def test_the_taps_are_every_stage_but_the_last_pooled_in_order():
+    import torch
+    from finetuner.audit.features import image_features
+    from finetuner.models import build_model
+    model = build_model("resnet18", "none", 2, layers="all").eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    features = image_features(model, [images])
+    with torch.no_grad():
+        expected = model.features(torch.as_tensor(images).permute(0, 3, 1, 2)).numpy()
+    assert np.allclose(features.every_stage(), expected, atol=1e-5)
+    assert features.taps.shape[1] == expected.shape[1] - features.pooled.shape[1] > 0
+
+
 @pytest.mark.parametrize("arch", [ARCH, "tf_efficientnet_lite0+mobilenet_v3_small"])
 def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch,
                                                                           arch):

@@ -4,6 +4,11 @@ One forward pass gives two vectors per image:
 
 * ``pooled``: every stage and the pool (``forward_frozen(x, num_stages)``), what a linear
   probe reads: the input of the label check and the outlier check;
+* ``taps``: the spatial mean of every stage's output before the last (what a multi-layer
+  probe, ``probe.layers: all``, reads beside ``pooled``): colour and texture that the last
+  stage has abstracted away.  The outlier check reads it too: a blank frame or a screenshot
+  among photos of objects on plain backgrounds is close to them in ``pooled`` and far in
+  ``taps`` + ``pooled`` (docs/audit.md has the measurements);
 * ``regional``: the output of the stage before the last, averaged over a 4 x 4 grid of
   regions and flattened, what the near-duplicate check compares.  It keeps where things are
   and finer detail than the pool, so a resized, re-encoded or slightly cropped copy stays
@@ -48,19 +53,30 @@ def audit_arch(arch: str) -> str:
 
 @dataclass(frozen=True)
 class Features:
-    """Per image, in order: ``pooled`` (N, D) and ``regional`` (N, R) float32."""
+    """Per image, in order: ``pooled`` (N, D), ``regional`` (N, R) and ``taps`` (N, T)
+    float32; ``taps`` has T = 0 columns where the stages' outputs are not feature maps (or
+    were not computed)."""
     pooled: np.ndarray
     regional: np.ndarray
+    taps: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.taps is None:
+            object.__setattr__(self, "taps", np.zeros((len(self.pooled), 0), np.float32))
 
     def __len__(self) -> int:
         return len(self.pooled)
+
+    def every_stage(self) -> np.ndarray:
+        """``taps`` and ``pooled`` side by side (N, T + D): what a multi-layer probe reads."""
+        return np.concatenate([self.taps, self.pooled], 1)
 
     @staticmethod
     def concatenate(parts: list["Features"]) -> "Features":
         """One after another; parts without images (an empty split) are left out."""
         parts = [p for p in parts if len(p)] or parts[:1]
-        return Features(np.concatenate([p.pooled for p in parts]),
-                        np.concatenate([p.regional for p in parts]))
+        return Features(*(np.concatenate([getattr(p, name) for p in parts])
+                          for name in ("pooled", "regional", "taps")))
 
 
 def _projection(width: int) -> torch.Tensor:
@@ -88,21 +104,24 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
     device = device or torch.device("cpu")
     model.eval().to(device)
     last = model.num_stages - 1
-    pooled, regional, projection = [], [], {}
+    pooled, regional, taps, projection = [], [], [], {}
     for batch in batches:
         images = torch.as_tensor(np.asarray(batch)).to(device).permute(0, 3, 1, 2)
-        before_last = model.forward_stages(model.normalize(images), 0, max(last, 0))
-        pool = model.pool(model.forward_stages(before_last, max(last, 0))).float()
+        x, tapped = model.normalize(images), []
+        for stage in range(max(last, 0)):
+            x = model.forward_stages(x, stage, stage + 1)
+            tapped += [x.float().mean((2, 3))] if x.ndim == 4 else []
+        pool = model.pool(model.forward_stages(x, max(last, 0))).float()
         pooled.append(pool.cpu().numpy())
-        source = before_last if last > 0 else pool
-        regional.append(_regional(source, pool, projection).cpu().numpy())
+        taps.append(torch.cat(tapped, 1).cpu().numpy() if tapped else np.zeros((len(pool), 0)))
+        regional.append(_regional(x if last > 0 else pool, pool, projection).cpu().numpy())
         if progress:
             progress(len(images))
     if not pooled:  # the regional width is unknown without a batch: 0 (concatenate skips it)
         return Features(np.zeros((0, model.classifier.in_features), np.float32),
                         np.zeros((0, 0), np.float32))
-    return Features(np.concatenate(pooled).astype(np.float32, copy=False),
-                    np.concatenate(regional).astype(np.float32, copy=False))
+    return Features(*(np.concatenate(part).astype(np.float32, copy=False)
+                      for part in (pooled, regional, taps)))
 
 
 def eval_rows(prepared: Prepared, split: str) -> tuple[Rows, np.ndarray]:

@@ -11,10 +11,13 @@
   when its distance is at most ``ratio`` times *each* image's distance to its 5th nearest
   image: a ratio test, so it adapts to how alike a domain's images are (chest X-rays all
   look alike; photos do not).  Identical features always pair.  Score: 1 - that ratio.
-* **outlier**: cleanlab's ``OutOfDistribution`` on the pooled features (mean cosine distance
-  to the 10 nearest images over its median); an image is reported when that is above the
-  upper quartile by more than ``fence`` interquartile ranges (Tukey's fence).  Score: 1 -
-  cleanlab's outlier score.
+* **outlier**: cleanlab's ``OutOfDistribution`` (mean cosine distance to the 10 nearest
+  images over its median), on the pooled features and on every stage's pooled output side
+  by side (``Features.every_stage``); an image is reported when, in either, that is above
+  the upper quartile by more than ``fence`` interquartile ranges (Tukey's fence).  The last
+  stage alone misses a blank frame or a screenshot among photos of objects on plain
+  backgrounds (TrashNet); every stage alone misses a screenshot among insects; either finds
+  both (docs/audit.md).  Score: 1 - cleanlab's outlier score, the larger of the two.
 
 Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
 Memory: the features, the probe's copies of them, and ``block x N`` distances at a time.
@@ -145,16 +148,27 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
 
 
-def outliers(pooled: np.ndarray, fence: float) -> list[tuple[int, float]]:
-    """(index, score) of the images far from every other (see the module doc)."""
-    if len(pooled) < 3:
-        return []
-    with sklearn.config_context(working_memory=128):  # MB of distances at a time
-        scores = OutOfDistribution().fit_score(features=pooled, verbose=False)
-    distance = -np.log(np.clip(scores, 1e-300, 1.0))  # mean distance / its median
-    q1, q3 = np.percentile(distance, [25, 75])
-    far = np.flatnonzero(distance > q3 + fence * (q3 - q1))
-    return [(int(i), float(1.0 - scores[i])) for i in far]
+def outliers(representations: list[np.ndarray], fence: float) -> list[tuple[int, float]]:
+    """(index, score) of the images far from every other in any of ``representations`` (each
+    (N, D), the same images in the same order; see the module doc)."""
+    far = {}
+    for features in representations:
+        if len(features) < 3 or features.shape[1] == 0:
+            continue
+        with sklearn.config_context(working_memory=128):  # MB of distances at a time
+            scores = OutOfDistribution().fit_score(features=features, verbose=False)
+        distance = -np.log(np.clip(scores, 1e-300, 1.0))  # mean distance / its median
+        q1, q3 = np.percentile(distance, [25, 75])
+        for i in np.flatnonzero(distance > q3 + fence * (q3 - q1)):
+            far[int(i)] = max(far.get(int(i), 0.0), float(1.0 - scores[i]))
+    return sorted(far.items())
+
+
+def audit_outliers(features: Features, fence: float) -> list[tuple[int, float]]:
+    """:func:`outliers` as the audit runs it: on the pooled features and, where there are
+    taps, on every stage's side by side."""
+    every_stage = [features.every_stage()] if features.taps.shape[1] else []
+    return outliers([features.pooled] + every_stage, fence)
 
 
 def audit(features: Features, labels: np.ndarray, class_names: list[str], paths: list[str],
@@ -181,7 +195,7 @@ def audit(features: Features, labels: np.ndarray, class_names: list[str], paths:
             findings.append(Finding(paths[i], "label", class_names[labels[i]],
                                     class_names[int(others.argmax())], split=splits[i],
                                     score=float(1.0 - probabilities[i, labels[i]])))
-    for i, score in outliers(features.pooled, fence):
+    for i, score in audit_outliers(features, fence):
         findings.append(Finding(paths[i], "outlier", class_names[labels[i]], split=splits[i],
                                 score=score))
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.path, f.other))
