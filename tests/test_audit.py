@@ -194,8 +194,9 @@ def test_a_blank_image_is_an_outlier(faulty):
 def test_the_cli_exits_0_with_a_json_list_for_a_clean_folder(tmp_path):
     root = make_shapes_folder(tmp_path / "clean", 3)
     shutil.rmtree(root / "triangles")
-    code, out, _ = run_cli(str(root), "--arch", ARCH, "--json")
+    code, out, err = run_cli(str(root), "--arch", ARCH, "--json", "--image-size", "48")
     assert code == 0 and isinstance(json.loads(out), list)
+    assert f"({ARCH} at 48 px)" in err  # what a stage with preprocess.image_size: 48 reads
 
 
 def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):

@@ -268,13 +268,14 @@ def _audit(args) -> int:
                          "needs a labelled folder with at least 2 (one sub-folder per class)")
     # as the stage: the views at the input size of --arch, an ensemble's first member reads them
     spec, arch = input_spec(args.arch), audit_arch(args.arch)
+    size = args.image_size or spec.size
     try:
         model = build_model(arch, args.weights, len(classes))
     except WeightsError as error:
         raise UsageError(str(error)) from None
     paths = [item.path for item in items]
     features = image_features(model, folder_batches([args.dir / p for p in paths],
-                                                    spec.size, spec.crop_pct,
+                                                    size, spec.crop_pct,
                                                     args.batch_size))
     result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
                    paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
@@ -286,7 +287,7 @@ def _audit(args) -> int:
         writer.writerow(COLUMNS)
         writer.writerows(f.row() for f in result.findings)
     counts = result.summary()
-    print(f"audit: {counts['images']} images of {args.dir} ({arch} at {spec.size} px): "
+    print(f"audit: {counts['images']} images of {args.dir} ({arch} at {size} px): "
           f"{counts['label']} likely wrong label(s), {counts['near_duplicate']} near-duplicate "
           f"pair(s), {counts['outlier']} outlier(s); skipped {len(skipped)}", file=sys.stderr)
     return 0
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the backbone whose ImageNet features are compared, at its native size; "
                         "for an ensemble a+b, a's at the ensemble's size, as the audit stage "
                         "(default: the photos preset's, %(default)s)")
+    p.add_argument("--image-size", type=_positive_int, metavar="PX",
+                   help="as preprocess.image_size, to read what the audit stage reads (the "
+                        "photos preset: 300; default: --arch's native size)")
     p.add_argument("--weights", default="DEFAULT", help="as model.weights (default: DEFAULT)")
     p.add_argument("--near-duplicate-ratio", type=_probability,
                    default=defaults.near_duplicate_ratio,
