@@ -52,6 +52,7 @@ the features are ``features_mb``).  What grows with N besides the features is wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import random
@@ -105,7 +106,8 @@ class SetUnderTest:
     ``audit_arch``), and for an ensemble all members' features :func:`side_by_side`, the
     alternative it was measured against."""
 
-    def __init__(self, root: Path, arch: str, first_only: bool = False):
+    def __init__(self, root: Path, arch: str, first_only: bool = False,
+                 image_size: int | None = None):
         from finetuner.data.split import scan_folder
         from finetuner.models import build_model, input_spec, member_names
         self.root, self.arch = root, arch
@@ -114,7 +116,8 @@ class SetUnderTest:
         self.classes = sorted({item.label for item in items})
         self.labels = np.array([self.classes.index(item.label) for item in items])
         self.hashes = [item.phash for item in items]
-        self.spec = input_spec(arch)
+        spec = input_spec(arch)  # or the views at image_size, as the stage prepares them
+        self.spec = spec if image_size is None else dataclasses.replace(spec, size=image_size)
         names = member_names(arch)[:1] if first_only else member_names(arch)
         self.members = {name: build_model(name, "DEFAULT", len(self.classes)) for name in names}
         self.feature_seconds: dict[str, float] = {}
@@ -310,7 +313,7 @@ def faults(args) -> None:
         if not root.is_dir():
             print(f"skipped: {root} not found (../shared is absent)")
             continue
-        s = SetUnderTest(root, args.arch, args.first_only)
+        s = SetUnderTest(root, args.arch, args.first_only, args.image_size)
         print(f"set={name} images={len(s.paths)} classes={len(s.classes)} arch={args.arch} "
               f"size={s.spec.size} " + " ".join(f"feature_seconds_{m}={t:.1f}"
                                                 for m, t in s.feature_seconds.items()),
@@ -437,6 +440,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arch", default=None, help="default: the photos preset's")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the views' size (default: --arch's native size; the photos "
+                             "preset's stage reads 300)")
     parser.add_argument("--first-only", action="store_true",
                         help="only the member the audit reads (not the alternatives)")
     parser.add_argument("--ratio", type=float, default=None,
