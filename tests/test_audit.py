@@ -209,3 +209,6 @@ def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     assert "at least 2" in capsys.readouterr().err
     assert main(["audit", str(tmp_path / "one"), "--arch", "tf_efficientnet_lite9"]) == 2
     assert "tf_efficientnet_lite" in capsys.readouterr().err
+    make_shapes_folder(tmp_path / "two", 2)
+    assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--image-size", "8"]) == 2
+    assert "--image-size 8 is below" in capsys.readouterr().err

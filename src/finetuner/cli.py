@@ -269,6 +269,8 @@ def _audit(args) -> int:
     # as the stage: the views at the input size of --arch, an ensemble's first member reads them
     spec, arch = input_spec(args.arch), audit_arch(args.arch)
     size = args.image_size or spec.size
+    if size < spec.min_size:
+        raise UsageError(f"--image-size {size} is below {args.arch}'s minimum, {spec.min_size} px")
     try:
         model = build_model(arch, args.weights, len(classes))
     except WeightsError as error:
