@@ -252,10 +252,10 @@ class Junk:
             files.append(work / f"{name}.png")
             image.save(files[-1])
         self.kinds = ["made"] * len(files)
+        from finetuner.data.split import scan_folder
         rng = random.Random(0)
         for other, root in SETS.items():
-            if root != s.root and root.is_dir():
-                from finetuner.data.split import scan_folder
+            if root != s.root and root.is_dir():  # (verifies every file only to sample 10)
                 items, _ = scan_folder(root, progress=False)
                 files += [root / item.path for item in rng.sample(items, FOREIGN)]
                 self.kinds += [other] * FOREIGN

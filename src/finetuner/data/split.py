@@ -104,17 +104,18 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
                      mininterval=1.0):
         relative = path.relative_to(root)
         name = _printable(relative.as_posix())
+        problem = entry_problem(path)  # lstat/stat only: a FIFO, even via a link, stays shut
         if name in ignore:
             skipped.append((name, f"ignored (data.ignore): {ignore[name]}"))
         elif is_hidden(relative):
             skipped.append((name, "hidden file"))
-        elif (problem := entry_problem(path)) and path.is_symlink() and path.is_dir():
-            skipped.append((name, problem))  # a link to a folder, even at the top level
+        elif path.is_symlink() and path.is_dir():  # a link to a folder, even at the top level
+            skipped.append((name, problem))
         elif len(relative.parts) < 2:
             skipped.append((name, "not inside a class folder"))
         elif name != relative.as_posix():
             skipped.append((name, "file or folder name is not valid UTF-8 (rename it)"))
-        elif problem:  # only lstat/stat: a FIFO, even behind a link, is never opened
+        elif problem:
             skipped.append((name, problem))
         else:
             try:
