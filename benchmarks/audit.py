@@ -67,10 +67,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from shared_sets import shared_sets
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-SETS = {"hymenoptera": SHARED / "hymenoptera" / "train", "trashnet": SHARED / "trashnet",
-        "chest_xray": SHARED / "chest_xray"}
+SETS = shared_sets()
 FLIP_FRACTION = 0.05
 COPY_FRACTION = 0.10
 FOREIGN = 10  # photos of each other shared set, added one at a time

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from shared_sets import shared_sets
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from finetuner.data.images import decode_image  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
+GLASS = shared_sets()["trashnet"] / "glass"
 SIZES = {3: (2000, 1500), 6: (3000, 2000), 12: (4000, 3000)}
 
 
@@ -42,9 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--side", type=int, default=292)
     args = parser.parse_args()
-    sources = sorted((SHARED / "trashnet" / "glass").glob("*.jpg"))[:3]
+    sources = sorted(GLASS.glob("*.jpg"))[:3]
     if not sources:
-        sys.exit(f"decode.py: no photos under {SHARED / 'trashnet' / 'glass'}")
+        sys.exit(f"decode.py: no photos under {GLASS}")
     with tempfile.TemporaryDirectory() as folder:
         for mp, size in SIZES.items():
             full, draft, check = [], [], []

@@ -37,10 +37,8 @@ import numpy as np
 import torch
 import yaml
 
-from recipe_vs_probe import SHARED, floor_probabilities, interval, train_on_split
-
-SET_FOLDERS = {"hymenoptera": "hymenoptera/train", "trashnet": "trashnet",
-               "chest_xray": "chest_xray"}
+from recipe_vs_probe import floor_probabilities, interval, train_on_split
+from shared_sets import FOLDERS, SHARED, shared_sets
 
 
 def probabilities(model, images, device) -> np.ndarray:
@@ -60,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidate", action="append", required=True, metavar="NAME=PARAMS",
                         help="a name and a composed params file (python -m finetuner.presets)")
-    parser.add_argument("--sets", nargs="+", default=list(SET_FOLDERS), choices=SET_FOLDERS)
+    parser.add_argument("--sets", nargs="+", default=list(FOLDERS), choices=FOLDERS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--data-root", type=Path, default=SHARED)
@@ -87,7 +85,7 @@ def main() -> None:
             print(f"stopped: budget of {args.budget_s:.0f} s spent before seed {seed}")
             break
         for set_name in args.sets:
-            data = args.data_root / SET_FOLDERS[set_name]
+            data = shared_sets(args.data_root)[set_name]
             if not data.is_dir():
                 print(f"skipped: {data} not found")
                 continue

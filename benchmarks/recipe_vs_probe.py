@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from scipy import stats
 
+from shared_sets import shared_sets
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-SETS = {"hymenoptera": SHARED / "hymenoptera" / "train", "trashnet": SHARED / "trashnet",
-        "chest_xray": SHARED / "chest_xray"}
+SETS = shared_sets()
 FLOOR_ARCHS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 

@@ -40,9 +40,10 @@ import numpy as np
 import yaml
 from PIL import Image, ImageEnhance, ImageOps
 
+from shared_sets import shared_sets
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-SOURCES = [SHARED / "hymenoptera" / "train", SHARED / "trashnet"]
+SOURCES = [shared_sets()["hymenoptera"], shared_sets()["trashnet"]]
 PHOTO = (500, 375)
 
 

@@ -37,6 +37,7 @@ from ..data.prepared import Prepared
 from ..data.preprocess import eval_view
 from ..data.rows import CentreRows, Rows
 from ..models import StagedClassifier, member_names
+from ..models.classifier import stage_tap
 
 REGION_GRID = 4
 MAX_REGIONAL = 2048
@@ -107,14 +108,15 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
     pooled, regional, taps, projection = [], [], [], {}
     for batch in batches:
         images = torch.as_tensor(np.asarray(batch)).to(device).permute(0, 3, 1, 2)
-        x, tapped = model.normalize(images), []
-        for stage in range(max(last, 0)):
-            x = model.forward_stages(x, stage, stage + 1)
-            tapped += [x.float().mean((2, 3))] if x.ndim == 4 else []
-        pool = model.pool(model.forward_stages(x, max(last, 0))).float()
+        tapped, before_last = [], None
+        for stage, x in enumerate(model.stage_outputs(images)):
+            if stage < last:
+                tapped += [stage_tap(x.float())] if x.ndim == 4 else []
+                before_last = x
+        pool = model.pool(x).float()
         pooled.append(pool.cpu().numpy())
         taps.append(torch.cat(tapped, 1).cpu().numpy() if tapped else np.zeros((len(pool), 0)))
-        regional.append(_regional(x if last > 0 else pool, pool, projection).cpu().numpy())
+        regional.append(_regional(before_last if last > 0 else pool, pool, projection).cpu().numpy())
         if progress:
             progress(len(images))
     if not pooled:  # the regional width is unknown without a batch: 0 (concatenate skips it)

@@ -13,10 +13,18 @@ earlier stages' outputs would be lost.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 LAYERS = ("last", "all")
+
+
+def stage_tap(x: torch.Tensor) -> torch.Tensor:
+    """What ``layers: all`` reads of an earlier stage: its output's global average (N, C, H, W)
+    -> (N, C)."""
+    return x.mean((2, 3))
 
 
 class StagedClassifier(nn.Module):
@@ -76,13 +84,19 @@ class StagedClassifier(nn.Module):
                              "only be trained as a probe (every stage frozen)")
         return self.forward_stages(self.normalize(images), 0, depth)
 
+    def stage_outputs(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each stage's output in turn, from raw images (one at a time: none is kept)."""
+        x = self.normalize(images)
+        for stage in self.stages:
+            x = stage(x)
+            yield x
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled feature vector the classifier reads (see ``layers``)."""
-        x, taps = self.normalize(images), []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if self.layers == "all" and i < len(self.stages) - 1:
-                taps.append(x.mean((2, 3)))
+        taps, last = [], self.num_stages - 1
+        for i, x in enumerate(self.stage_outputs(images)):
+            if self.layers == "all" and i < last:
+                taps.append(stage_tap(x))
         return torch.cat(taps + [self.pool(x)], 1) if taps else self.pool(x)
 
     def forward_trainable(self, x: torch.Tensor, depth: int) -> torch.Tensor:
