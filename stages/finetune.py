@@ -80,7 +80,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                           f"{outcome.cross_validation['selection']} (out-of-fold acc "
                           f"{outcome.best_val_acc:.4f})")
             if outcome.probe_drop:
-                print(f"finetune: warning: {drop_message(outcome.probe_drop)}")
+                print(f"finetune: warning: {drop_message(outcome.probe_drop, outcome.chosen)}")
             print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "
                   f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
                   f"{threads} thread(s) per process -> {model_out}")

@@ -314,6 +314,9 @@ def test_a_fall_below_the_probe_is_reported_with_its_epoch_and_a_collapse_named(
             "train.backbone_lr_mult") in strategy_module.drop_message(lost)
     assert ("collapsed (predicting the most common class gives 0.750): val acc 0.775 after "
             "epoch 1; try train.freeze_bn: true") in strategy_module.drop_message(fell)
+    assert "the probe was kept" not in strategy_module.drop_message(fell)
+    assert strategy_module.drop_message(fell, "probe").endswith(
+        "; the probe was kept, so the model is not affected")
     # exactly two photos below a perfect probe is kept (floating point must not say otherwise)
     for n in range(2, 200):
         assert strategy_module.probe_drop(rows((n - 2) / n), 1.0, torch.zeros(n, dtype=int)) is None

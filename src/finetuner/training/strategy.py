@@ -247,17 +247,19 @@ def probe_drop(history: list[dict], probe_val_acc: float, val_labels,
             "freeze_bn": freeze_bn}
 
 
-def drop_message(drop: dict) -> str:
+def drop_message(drop: dict, chosen: str = "finetune") -> str:
     """One line for the finetune stage's output, with the first thing to change: BatchNorm
     statistics move whatever the learning rate (docs/strategies.md), so with them training
-    ``train.freeze_bn: true``, else a lower ``lr`` / ``train.backbone_lr_mult``."""
+    ``train.freeze_bn: true``, else a lower ``lr`` / ``train.backbone_lr_mult``.  ``chosen``:
+    the candidate kept; when it is the probe the line says so (the fall is still reported)."""
     what = (f"collapsed (predicting the most common class gives {drop['majority']:.3f})"
             if drop["collapsed"] else "lost what the probe knew")
     fix = ("train.freeze_bn: true keeps the BatchNorm statistics the probe was fitted with"
            if not drop.get("freeze_bn", True) else "a lower lr or train.backbone_lr_mult")
     return (f"the fine-tune started from the linear probe (val acc {drop['probe_val_acc']:.3f}) "
             f"and {what}: val acc {drop['val_acc']:.3f} after epoch {drop['epoch']}; try "
-            f"{fix} (docs/strategies.md)")
+            f"{fix} (docs/strategies.md)"
+            + ("; the probe was kept, so the model is not affected" if chosen == "probe" else ""))
 
 
 def _prefer_probe(probe: dict, finetune: dict, n_val: int) -> bool:
