@@ -154,7 +154,6 @@ def dvc_cache_bytes(workspace: Path, link: str) -> int:
 def train_in_ram(workspace: Path) -> float:
     """Training images/s of the same epoch with the canvases read whole into RAM."""
     sys.path.insert(0, str(ROOT / "src"))
-    import torch
     from finetuner.data.augment import AugmentedRows
     from finetuner.data.prepared import load_prepared
     from finetuner.data.rows import ArrayRows, CentreRows

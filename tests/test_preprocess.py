@@ -1,5 +1,4 @@
 """The preprocess module without DVC: arrays, views and parallel decoding."""
-from pathlib import Path
 
 import numpy as np
 import pytest

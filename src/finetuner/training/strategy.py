@@ -106,70 +106,20 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     and continues from; ``on_epoch(phase, record)``: each finished epoch, e.g. a live log.
     """
     start = time.perf_counter()
-    unused = [build_fresh()]
-    initial = {k: v.detach().clone() for k, v in unused[0].state_dict().items()}
-
-    def build() -> StagedClassifier:
-        """The model built above on the first call, then fresh ones with its initial weights."""
-        if unused:
-            return unused.pop()
-        model = build_fresh()
-        model.load_state_dict(initial)
-        return model
-
-    refit = params.train.refit and len(data.val_labels) > 0
-    store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
+    build = _builder(build_fresh)
     if params.strategy == "probe" and params.probe.folds:
         model = build()
         outcome = _cross_validated_probe(model, data, params, ctx, start)
         _log_probe(on_epoch, outcome)
         return model, outcome
+    refit = params.train.refit and len(data.val_labels) > 0
+    store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
     if params.strategy == "probe":
-        model = build()
-        probe = _probe_only(model, data, params, ctx, C_GRID, store)
-        outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc,
-                                              "val_loss": probe.val_loss}},
-                          _probe_history(probe, model.num_stages, time.perf_counter() - start),
-                          1, 0.0, resolve_precision(params.precision, ctx.device).name,
-                          ctx.world_size, probe.C, refit)
+        model, outcome = _val_probe(build, data, params, ctx, store, refit, start)
         _log_probe(on_epoch, outcome)
     else:
-        if params.strategy == "auto":
-            params = dataclasses.replace(
-                params, train=dataclasses.replace(params.train, head_init="probe"))
-        model = build()
-        result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
-                     store=store, resume=resume.slot("finetune") if resume else None,
-                     on_epoch=_phase(on_epoch, "finetune"))
-        candidates = {"finetune": _scores(result.history, result.best_epoch)}
-        chosen = "finetune"
-        if observe:
-            observe("finetune", model)
-        if params.strategy == "auto":
-            probe = result.probe
-            candidates["probe"] = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
-            # one decision for every rank, even if their float arithmetic differed in a tie
-            votes = distributed.all_reduce_sum(
-                [float(_prefer_probe(candidates["probe"], candidates["finetune"],
-                                     len(data.val_labels)))], ctx)[0]
-            prefer = votes * 2 > ctx.world_size
-            if prefer or observe:
-                probe_model = build()
-                _probe_only(probe_model, data, params, ctx, (probe.C,), store)
-                if observe:
-                    observe("probe", probe_model)
-                if prefer:
-                    chosen, model = "probe", probe_model
-        history, best_epoch = result.history, result.best_epoch
-        if chosen == "probe":  # the record describes the model kept, not the one dropped
-            history = _probe_history(probe, model.num_stages, time.perf_counter() - start)
-            best_epoch = 1
-        outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
-                          result.world_size, result.probe.C if result.probe else None, refit,
-                          result.stopped_early)
-        if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
-            outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
-                                            data.val_labels, params.train.freeze_bn)
+        model, outcome = _finetune_and_choose(build, data, params, ctx, store, refit, start,
+                                              progress, observe, resume, on_epoch)
     outcome.trained_on = {"train": len(data.train_labels)}
     if refit:
         merged = merged_store(store, data.views) if store is not None else None
@@ -184,6 +134,84 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
             outcome.trained_on["val"] = len(data.val_labels)
     outcome.seconds = time.perf_counter() - start
     return model, outcome
+
+
+def _builder(build_fresh: Callable[[], StagedClassifier]) -> Callable[[], StagedClassifier]:
+    """A builder whose first call returns a model built now and every later call a fresh one
+    with that model's initial weights."""
+    unused = [build_fresh()]
+    initial = {k: v.detach().clone() for k, v in unused[0].state_dict().items()}
+
+    def build() -> StagedClassifier:
+        if unused:
+            return unused.pop()
+        model = build_fresh()
+        model.load_state_dict(initial)
+        return model
+    return build
+
+
+def _val_probe(build, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
+               refit: bool, start: float) -> tuple[StagedClassifier, Outcome]:
+    """``strategy: probe`` with ``probe.folds: 0``: C chosen on val (refit afterwards)."""
+    model = build()
+    probe = _probe_only(model, data, params, ctx, C_GRID, store)
+    outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc, "val_loss": probe.val_loss}},
+                      _probe_history(probe, model.num_stages, time.perf_counter() - start),
+                      1, 0.0, resolve_precision(params.precision, ctx.device).name,
+                      ctx.world_size, probe.C, refit)
+    return model, outcome
+
+
+def _finetune_and_choose(build, data: TrainData, params: Params, ctx: Dist,
+                         store: PrefixStore | None, refit: bool, start: float, progress: bool,
+                         observe, resume: ResumeStore | None, on_epoch,
+                         ) -> tuple[StagedClassifier, Outcome]:
+    """``strategy: finetune``, or ``auto``: one LP-FT run, then the probe it started from kept
+    instead unless the fine-tune wins by the one-standard-error rule."""
+    if params.strategy == "auto":
+        params = dataclasses.replace(
+            params, train=dataclasses.replace(params.train, head_init="probe"))
+    model = build()
+    result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, store=store,
+                 resume=resume.slot("finetune") if resume else None,
+                 on_epoch=_phase(on_epoch, "finetune"))
+    candidates = {"finetune": _scores(result.history, result.best_epoch)}
+    if observe:
+        observe("finetune", model)
+    chosen, history, best_epoch = "finetune", result.history, result.best_epoch
+    if params.strategy == "auto":
+        probe_model = _auto_probe(build, data, params, ctx, store, result.probe, candidates,
+                                  observe)
+        if probe_model is not None:  # the record describes the model kept, not the one dropped
+            chosen, model, best_epoch = "probe", probe_model, 1
+            history = _probe_history(result.probe, model.num_stages, time.perf_counter() - start)
+    outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
+                      result.world_size, result.probe.C if result.probe else None, refit,
+                      result.stopped_early)
+    if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
+        outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
+                                        data.val_labels, params.train.freeze_bn)
+    return model, outcome
+
+
+def _auto_probe(build, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
+                probe: Probe, candidates: dict, observe) -> StagedClassifier | None:
+    """Adds the probe to ``candidates`` and returns its model when the one-standard-error rule
+    keeps it (one decision for every rank), else None."""
+    candidates["probe"] = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
+    # one decision for every rank, even if their float arithmetic differed in a tie
+    votes = distributed.all_reduce_sum(
+        [float(_prefer_probe(candidates["probe"], candidates["finetune"],
+                             len(data.val_labels)))], ctx)[0]
+    prefer = votes * 2 > ctx.world_size
+    if not (prefer or observe):
+        return None
+    probe_model = build()
+    _probe_only(probe_model, data, params, ctx, (probe.C,), store)
+    if observe:
+        observe("probe", probe_model)
+    return probe_model if prefer else None
 
 
 def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
