@@ -107,7 +107,7 @@ def train_on_split(params, data: Path, work: Path, device=torch.device("cpu")):
         workers=p.workers)
     torch.manual_seed(params.seed)
     build = lambda: build_model(params.model.arch, params.model.weights,
-                                len(prepared.class_names), params.probe.layers)
+                                len(prepared.class_names), params.probe.model_layers)
     start = time.perf_counter()
     model, outcome = train_model(build, TrainData.from_prepared(prepared, params.seed), params,
                                  Dist(device), progress=False)
@@ -155,9 +155,10 @@ def main() -> None:
             best = max(floors, key=floors.get)
             recipe.append(acc), floor.append(floors[best]), seconds.append(secs)
             each = " ".join(f"floor_{a.rsplit('_', 1)[-1]}={v:.4f}" for a, v in floors.items())
+            layers = ",".join(m.get("layers", "?") for m in cv.get("members", []))
             print(f"set={set_name} seed={seed} recipe={acc:.4f} floor={floors[best]:.4f} "
                   f"({best}) {each} recipe_cv_acc={cv.get('cv_acc', float('nan')):.4f} "
-                  f"recipe_train_seconds={secs:.1f}", flush=True)
+                  f"recipe_layers={layers} recipe_train_seconds={secs:.1f}", flush=True)
         gain, low, high = interval([100 * (r - f) for r, f in zip(recipe, floor)])
         print(f"recipe_mean_{set_name}={statistics.mean(recipe):.4f}")
         print(f"floor_mean_{set_name}={statistics.mean(floor):.4f}")

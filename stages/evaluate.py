@@ -106,11 +106,13 @@ OUT_OF_FOLD = "out-of-fold predictions of train + val (cross-validation)"
 
 
 def _cv_summary(record: dict | None) -> dict | None:
-    """What the cross-validated probe chose (eval.json): out-of-fold scores, each member's C."""
+    """What the cross-validated probe chose (eval.json): out-of-fold scores, each member's C
+    and the stages it reads (``all`` or ``last``; None in checkpoints from before the choice)."""
     if not record:
         return None
     return {"selection": record["selection"], "cv_acc": record["cv_acc"],
-            "cv_loss": record["cv_loss"], "C": [m["C"] for m in record["members"]]}
+            "cv_loss": record["cv_loss"], "C": [m["C"] for m in record["members"]],
+            "layers": [m.get("layers") for m in record["members"]]}
 
 
 def calibration_set(checkpoint, data, logits: np.ndarray, source: str, device,

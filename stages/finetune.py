@@ -45,7 +45,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
         seed_everything(params.seed)
         data = load_prepared(prepared_dir)
         build = lambda: build_model(params.model.arch, params.model.weights,
-                                    len(data.class_names), params.probe.layers)
+                                    len(data.class_names), params.probe.model_layers)
         rows = TrainData.from_prepared(data, params.seed)
         resume = None
         if params.train.resume:

@@ -256,6 +256,12 @@ def test_an_ensemble_or_every_layer_needs_the_probe_and_cross_validation():
         parse_params({**base, "strategy": "probe", "probe": {"folds": 0}})
     with pytest.raises(ParamsError, match="'probe.layers' is 'all', which only strategy: probe"):
         parse_params({"strategy": "auto", "probe": {"layers": "all"}})
+    with pytest.raises(ParamsError, match="'probe.layers' is 'auto', which only strategy: probe"):
+        parse_params({"strategy": "finetune", "probe": {"layers": "auto"}})
+    with pytest.raises(ParamsError, match="'probe.layers' is 'auto'.*probe.folds is 0"):
+        parse_params({"strategy": "probe", "probe": {"layers": "auto", "folds": 0}})
+    assert [parse_params({"strategy": "probe", "probe": {"layers": layers}}).probe.model_layers
+            for layers in ("last", "all", "auto")] == ["last", "all", "all"]
     with pytest.raises(ParamsError, match="'model.arch'.*'resnet19' is not a known architecture"):
         parse_params({**base, "model": {"arch": "resnet18+resnet19"}, "strategy": "probe"})
     with pytest.raises(ParamsError, match="'model.weights'.*ensemble"):

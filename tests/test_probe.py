@@ -249,6 +249,30 @@ def test_cross_validation_falls_back_when_a_class_has_one_image():
     assert np.isnan(cv.probe.val_acc)
 
 
+def test_cross_validation_reads_the_last_stage_alone_where_that_predicts_better():
+    """``probe.layers: auto``: every column, or the last ones alone, by out-of-fold
+    log-likelihood; a probe of the last columns weighs the others zero and predicts as a
+    probe fitted on them alone."""
+    from finetuner.training.probe import fit_probe_cv, fit_probe_cv_columns
+    x, y = blobs(n=60)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, (60, 300))  # earlier stages' columns that carry nothing
+    features = np.concatenate([noise, x], 1)
+    cv = fit_probe_cv_columns(features, y, np.arange(60), 3, last=x.shape[1], folds=5, seed=0)
+    alone = fit_probe_cv(x, y, np.arange(60), 3, folds=5, seed=0)
+    every = fit_probe_cv(features, y, np.arange(60), 3, folds=5, seed=0)
+    assert cv.columns == "last" and alone.probe.val_loss < every.probe.val_loss
+    assert cv.probe.weight.shape == (3, 300 + x.shape[1]) and not cv.probe.weight[:, :300].any()
+    assert np.allclose(cv.probe.logits(features), alone.probe.logits(x), atol=1e-4)
+    assert cv.probe.C == alone.probe.C and np.array_equal(cv.oof, alone.oof)
+    # the signal in the earlier columns, noise in the last: every column is kept
+    swapped = np.concatenate([x, noise[:, :x.shape[1]]], 1)
+    kept = fit_probe_cv_columns(swapped, y, np.arange(60), 3, last=x.shape[1], folds=5, seed=0)
+    assert kept.columns == "all" and kept.probe.weight[:, :x.shape[1]].any()
+    # nothing to choose between: the plain cross-validation
+    assert fit_probe_cv_columns(x, y, np.arange(60), 3, last=0, seed=0).columns == "all"
+
+
 def _prepared_with_test_labels(tmp_path, image_folder, test_labels=None):
     """A prepared folder of ``image_folder`` (val 0.2, test 0.3); the test labels replaced."""
     from finetuner.data.augment import Augmentation
@@ -262,15 +286,16 @@ def _prepared_with_test_labels(tmp_path, image_folder, test_labels=None):
     return load_prepared(tmp_path / "prepared")
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet18+mobilenet_v3_small"])
-def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch):
-    """Poisoned test labels change nothing it chooses or learns."""
+@pytest.mark.parametrize("arch, layers", [("resnet18", "all"),
+                                           ("resnet18+mobilenet_v3_small", "auto")])
+def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch, layers):
+    """Poisoned test labels change nothing it chooses or learns (nor which stages it reads)."""
     image_folder = make_image_folder(tmp_path / "images", {"r": 12, "g": 12, "b": 12})
     from finetuner.training.batches import TrainData
 
     def run(prepared):
         params = params_for("probe", model={"arch": arch, "weights": "none"},
-                            probe={"layers": "all", "folds": 3})
+                            probe={"layers": layers, "folds": 3})
         torch.manual_seed(0)
         logged = []  # a probe trains no epochs: one step of the live log, its CV scores
         model, outcome = train_model(lambda: build_model(arch, "none", 3, "all"),
@@ -293,6 +318,7 @@ def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch):
         assert torch.equal(a, b), name
     members = outcome_a.cross_validation["members"]
     assert len(members) == len(arch.split("+")) and all(m["C"] > 0 for m in members)
+    assert {m["layers"] for m in members} <= {"all", "last"}
     # the out-of-fold record covers every train and val image once
     assert len(outcome_a.out_of_fold["labels"]) == len(clean.labels["train"]) + len(
         clean.labels["val"])

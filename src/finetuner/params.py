@@ -211,20 +211,32 @@ class EvaluateParams:
         _range(f"{prefix}.gallery_size", self.gallery_size, 0, 100)
 
 
-PROBE_LAYERS = ("last", "all")  # models.classifier.LAYERS (params import no model code)
+# models.classifier.LAYERS, and auto (params import no model code)
+PROBE_LAYERS = ("last", "all", "auto")
 
 
 @dataclass(frozen=True)
 class ProbeParams:
     """The linear probe of ``strategy: probe``: which pooled features it reads, and how its L2
     strength is chosen."""
-    layers: str = "last"  # last: the last stage's pool; all: every stage's, concatenated
+    layers: str = "last"  # last: the last stage's pool; all: every stage's, concatenated;
+    #                       auto: all or last, per backbone, by the cross-validation
     folds: int = 5        # k-fold cross-validation on train + val; 0: chosen on val, then refit
 
     def validate(self, prefix: str) -> None:
         _choice(f"{prefix}.layers", self.layers, PROBE_LAYERS)
         if self.folds != 0:
             _range(f"{prefix}.folds", self.folds, 2, 20)
+        if self.layers == "auto" and self.folds == 0:
+            _fail(f"{prefix}.layers", "is 'auto' (every stage's features or the last stage's, "
+                  f"chosen by cross-validation), but {prefix}.folds is 0: set 2 or more "
+                  "(5 is usual), or layers: all / last")
+
+    @property
+    def model_layers(self) -> str:
+        """What the model is built to read (``auto`` reads every stage; the probe may then
+        weigh only the last stage's columns)."""
+        return "all" if self.layers == "auto" else self.layers
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -282,9 +294,9 @@ class Params:
             if self.probe.folds == 0:
                 _fail("probe.folds", "is 0 (L2 strength chosen on val), but an ensemble's "
                       "members are chosen by cross-validation: set 2 or more (5 is usual)")
-        if self.probe.layers == "all" and self.strategy != "probe":
-            _fail("probe.layers", f"is 'all', which only strategy: probe trains (strategy is "
-                  f"{self.strategy!r}); a fine-tune reads the last stage's pool")
+        if self.probe.layers in ("all", "auto") and self.strategy != "probe":
+            _fail("probe.layers", f"is {self.probe.layers!r}, which only strategy: probe trains "
+                  f"(strategy is {self.strategy!r}); a fine-tune reads the last stage's pool")
 
     def check_model(self) -> None:
         """The checks that need the architecture registry (and so torch and timm): model.arch

@@ -37,6 +37,7 @@ class StagedClassifier(nn.Module):
         if layers not in LAYERS:
             raise ValueError(f"layers is {layers!r}; allowed: {', '.join(LAYERS)}")
         self.layers = layers
+        self.pooled_width = num_features  # the last stage's pooled features: the last columns
         if layers == "all":
             num_features += sum(stage_channels[:-1])
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

@@ -17,6 +17,7 @@ where a probe is fitted: a finetune stage that fits none starts about 1.6 s soon
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -125,6 +126,29 @@ class CrossValidated:
     probe: Probe        # val_acc / val_loss: out-of-fold accuracy and log-loss
     oof: np.ndarray     # (images, classes)
     folds: int
+    columns: str = "all"  # "all" the features given, or "last": only their last columns
+
+
+def fit_probe_cv_columns(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                         num_classes: int, last: int, folds: int = 5,
+                         grid: tuple[float, ...] = CV_GRID, seed: int = 0) -> CrossValidated:
+    """:func:`fit_probe_cv` on every column and on the ``last`` columns alone (the last
+    stage's pooled features of a ``layers: all`` model), same folds; the better out-of-fold
+    log-likelihood is kept (ties: every column).  A probe of the last columns gets zero
+    weights on the others, so it is a head of the same width: ``logits(features)`` holds.
+    Whatever is chosen, it is chosen on ``features`` and ``labels`` alone."""
+    every = fit_probe_cv(features, labels, groups, num_classes, folds, grid, seed)
+    width = np.asarray(features).shape[1]
+    if not 0 < last < width or not every.folds:
+        return every
+    alone = fit_probe_cv(np.asarray(features)[:, width - last:], labels, groups, num_classes,
+                         folds, grid, seed)
+    if alone.probe.val_loss >= every.probe.val_loss:
+        return every
+    weight = np.zeros((num_classes, width), np.float32)
+    weight[:, width - last:] = alone.probe.weight
+    return CrossValidated(dataclasses.replace(alone.probe, weight=weight), alone.oof,
+                          alone.folds, "last")
 
 
 def fit_probe_cv(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -220,12 +244,15 @@ def probe_head(model: StagedClassifier, data: TrainData, device: torch.device, p
 
 def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                    device: torch.device, precision, budget: float, ctx: Dist, folds: int,
-                   seed: int) -> dict:
+                   seed: int, choose_layers: bool = False) -> dict:
     """Fit the probe of ``model`` (of each member of an ensemble) on train + val, its L2
     strength chosen by ``folds``-fold cross-validation there (:func:`fit_probe_cv`), and load
-    it into the head.  Returns the record: each member's C and out-of-fold scores, and the
-    out-of-fold accuracy and log-loss of the whole model (members' probabilities averaged),
-    an estimate from the training images alone.  Nothing of the test split is read."""
+    it into the head.  ``choose_layers`` (``probe.layers: auto``; the model reads every
+    stage): the same cross-validation also chooses, per member, between every stage's pooled
+    features and the last stage's alone (:func:`fit_probe_cv_columns`).  Returns the record:
+    each member's C, features read and out-of-fold scores, and the out-of-fold accuracy and
+    log-loss of the whole model (members' probabilities averaged), an estimate from the
+    training images alone.  Nothing of the test split is read."""
     members = list(model.members) if isinstance(model, ProbeEnsemble) else [model]
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
@@ -242,10 +269,14 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                              budget)
             features = np.concatenate([pooled_features(member, train),
                                        pooled_features(member, val)])
-        cv = fit_probe_cv(features, labels, groups, data.num_classes, folds, seed=seed)
+        last = member.pooled_width if choose_layers and member.layers == "all" else 0
+        cv = fit_probe_cv_columns(features, labels, groups, data.num_classes, last, folds,
+                                  seed=seed)
         cv.probe.load_into(member.classifier)
+        layers = member.layers if cv.columns == "all" else "last"
         records.append({"C": cv.probe.C, "cv_acc": cv.probe.val_acc,
-                        "cv_loss": cv.probe.val_loss, "features": int(features.shape[1])})
+                        "cv_loss": cv.probe.val_loss, "layers": layers,
+                        "features": int(features.shape[1] if cv.columns == "all" else last)})
         oofs.append(cv.oof)
     mean = np.clip(np.mean(oofs, 0), 1e-12, 1)
     return {"selection": f"{cv.folds}-fold cross-validation on train + val", "folds": cv.folds,

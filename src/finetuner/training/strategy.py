@@ -221,7 +221,7 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     precision = resolve_precision(params.precision, ctx.device)
     record = cv_probe_heads(model, data, ctx.device, precision,
                             params.train.feature_cache_gb * 1e9, ctx, params.probe.folds,
-                            params.seed)
+                            params.seed, params.probe.layers == "auto")
     scores = {"val_acc": record["cv_acc"], "val_loss": record["cv_loss"]}
     seconds = time.perf_counter() - start
     history = [{"epoch": 1, "frozen_stages": _stages(model), "lr": 0.0,
