@@ -43,7 +43,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from shared_sets import shared_sets
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [shared_sets()["hymenoptera"], shared_sets()["trashnet"]]
+SOURCES = [shared_sets()[name] for name in ("hymenoptera", "trashnet")]
 PHOTO = (500, 375)
 
 

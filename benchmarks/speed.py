@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from shared_sets import shared_sets
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SEED_LOOP = SHARED / "bench" / "seed_loop.py"
@@ -136,7 +138,7 @@ def repro_timings(data: Path) -> tuple[float, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", nargs="?", default=str(SHARED / "datasets/hymenoptera/train"))
+    parser.add_argument("data", nargs="?", default=str(shared_sets()["hymenoptera"]))
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--head-epochs", type=int, default=10)

@@ -76,9 +76,8 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
             chosen = (f"{outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
                       f"{', refit on train + val' if outcome.refit else ''})")
             if outcome.cross_validation:
-                chosen = (f"{outcome.chosen}, its L2 strength by "
-                          f"{outcome.cross_validation['selection']} (out-of-fold acc "
-                          f"{outcome.best_val_acc:.4f})")
+                chosen = (f"{outcome.chosen}, by {outcome.cross_validation['selection']} "
+                          f"(out-of-fold acc {outcome.best_val_acc:.4f})")
             if outcome.probe_drop:
                 print(f"finetune: warning: {drop_message(outcome.probe_drop, outcome.chosen)}")
             print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "

@@ -256,6 +256,9 @@ def test_a_probe_on_every_layer_reads_each_stages_average_and_the_last_pool():
         assert model.classifier.in_features == features.shape[1] == 64 + 64 + 128 + 256 + 512
         assert torch.allclose(model.forward_frozen(images, model.num_stages), features)
         assert torch.allclose(model(images), model.classifier(features))
+        # probe.layers: auto may weigh only the last stage's pool: the last pooled_width columns
+        assert model.pooled_width == 512 == build_model("resnet18", "none", 4).pooled_width
+        assert torch.equal(features[:, -model.pooled_width:], model.pool(x))
     with pytest.raises(ValueError, match="only be trained as a probe"):
         model.forward_frozen(images, 2)  # no fine-tune from a frozen prefix: taps would be lost
 

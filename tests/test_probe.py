@@ -98,6 +98,21 @@ def test_without_val_fit_keeps_the_last_epoch():
         assert torch.equal(value, result.best_state[name])
 
 
+def test_auto_refits_an_lp_ft_whatever_head_init_says(monkeypatch):
+    """strategy: auto's fine-tune starts from the probe (LP-FT), and so does its refit."""
+    seen = []
+    real_refit = strategy_module._refit
+
+    def spy(build, data, params, *args, **kwargs):
+        seen.append(params.train.head_init)
+        return real_refit(build, data, params, *args, **kwargs)
+    monkeypatch.setattr(strategy_module, "_refit", spy)
+    params = params_for("auto", probe={"folds": 0}, head_init="random", refit=True)
+    train_model(lambda: build_model("resnet18", "none", 3), tiny_data(), params,
+                Dist(torch.device("cpu")), progress=False)
+    assert seen == ["probe"]
+
+
 @pytest.mark.parametrize("strategy", ["probe", "auto"])
 def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
     data = tiny_data()
@@ -318,7 +333,12 @@ def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch, la
         assert torch.equal(a, b), name
     members = outcome_a.cross_validation["members"]
     assert len(members) == len(arch.split("+")) and all(m["C"] > 0 for m in members)
-    assert {m["layers"] for m in members} <= {"all", "last"}
+    for record, member in zip(members, getattr(model_a, "members", [model_a])):
+        reads_last = record["layers"] == "last"  # only with auto; then the taps weigh zero
+        assert record["layers"] in ({"all", "last"} if layers == "auto" else {"all"})
+        head, last = member.classifier, member.pooled_width
+        assert record["features"] == (last if reads_last else head.in_features)
+        assert bool(head.weight[:, :head.in_features - last].any()) is not reads_last
     # the out-of-fold record covers every train and val image once
     assert len(outcome_a.out_of_fold["labels"]) == len(clean.labels["train"]) + len(
         clean.labels["val"])

@@ -229,8 +229,8 @@ class ProbeParams:
             _range(f"{prefix}.folds", self.folds, 2, 20)
         if self.layers == "auto" and self.folds == 0:
             _fail(f"{prefix}.layers", "is 'auto' (every stage's features or the last stage's, "
-                  f"chosen by cross-validation), but {prefix}.folds is 0: set 2 or more "
-                  "(5 is usual), or layers: all / last")
+                  f"chosen by cross-validation), but {prefix}.folds is 0: set {prefix}.folds "
+                  f"to 2 or more (5 is usual), or {prefix}.layers to all or last")
 
     @property
     def model_layers(self) -> str:

@@ -36,8 +36,7 @@ from ..data.images import decode_image
 from ..data.prepared import Prepared
 from ..data.preprocess import eval_view
 from ..data.rows import CentreRows, Rows
-from ..models import StagedClassifier, member_names
-from ..models.classifier import stage_tap
+from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4
 MAX_REGIONAL = 2048
@@ -116,7 +115,8 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
         pool = model.pool(x).float()
         pooled.append(pool.cpu().numpy())
         taps.append(torch.cat(tapped, 1).cpu().numpy() if tapped else np.zeros((len(pool), 0)))
-        regional.append(_regional(before_last if last > 0 else pool, pool, projection).cpu().numpy())
+        before_last = pool if before_last is None else before_last  # one stage: the pool
+        regional.append(_regional(before_last, pool, projection).cpu().numpy())
         if progress:
             progress(len(images))
     if not pooled:  # the regional width is unknown without a batch: 0 (concatenate skips it)

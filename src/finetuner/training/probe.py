@@ -279,7 +279,9 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                         "features": int(features.shape[1] if cv.columns == "all" else last)})
         oofs.append(cv.oof)
     mean = np.clip(np.mean(oofs, 0), 1e-12, 1)
-    return {"selection": f"{cv.folds}-fold cross-validation on train + val", "folds": cv.folds,
+    what = "L2 strength and stages read" if choose_layers else "L2 strength"
+    return {"selection": f"{cv.folds}-fold cross-validation on train + val: {what}",
+            "folds": cv.folds,
             "members": records, "cv_acc": float((mean.argmax(1) == truth).mean()),
             "cv_loss": float(-np.log(mean[np.arange(len(truth)), truth]).mean()),
             "oof_log_probs": np.log(mean).astype(np.float32), "oof_labels": truth}

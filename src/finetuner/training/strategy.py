@@ -37,6 +37,9 @@ from .prefix import PrefixStore, merged_store
 from .probe import C_GRID, Probe, cv_probe_heads, probe_head
 from .resume import ResumeSlot, ResumeStore
 
+Builder = Callable[[], StagedClassifier]
+Observer = Callable[[str, StagedClassifier], None]
+
 
 @dataclass
 class Outcome:
@@ -112,6 +115,9 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
         outcome = _cross_validated_probe(model, data, params, ctx, start)
         _log_probe(on_epoch, outcome)
         return model, outcome
+    if params.strategy == "auto":  # an LP-FT (its start is the probe), and so is its refit
+        params = dataclasses.replace(
+            params, train=dataclasses.replace(params.train, head_init="probe"))
     refit = params.train.refit and len(data.val_labels) > 0
     store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
     if params.strategy == "probe":
@@ -136,7 +142,7 @@ def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, pa
     return model, outcome
 
 
-def _builder(build_fresh: Callable[[], StagedClassifier]) -> Callable[[], StagedClassifier]:
+def _builder(build_fresh: Builder) -> Builder:
     """A builder whose first call returns a model built now and every later call a fresh one
     with that model's initial weights."""
     unused = [build_fresh()]
@@ -151,7 +157,7 @@ def _builder(build_fresh: Callable[[], StagedClassifier]) -> Callable[[], Staged
     return build
 
 
-def _val_probe(build, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
+def _val_probe(build: Builder, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
                refit: bool, start: float) -> tuple[StagedClassifier, Outcome]:
     """``strategy: probe`` with ``probe.folds: 0``: C chosen on val (refit afterwards)."""
     model = build()
@@ -163,15 +169,14 @@ def _val_probe(build, data: TrainData, params: Params, ctx: Dist, store: PrefixS
     return model, outcome
 
 
-def _finetune_and_choose(build, data: TrainData, params: Params, ctx: Dist,
+def _finetune_and_choose(build: Builder, data: TrainData, params: Params, ctx: Dist,
                          store: PrefixStore | None, refit: bool, start: float, progress: bool,
-                         observe, resume: ResumeStore | None, on_epoch,
+                         observe: Observer | None, resume: ResumeStore | None,
+                         on_epoch: Callable[[str, dict], None] | None,
                          ) -> tuple[StagedClassifier, Outcome]:
-    """``strategy: finetune``, or ``auto``: one LP-FT run, then the probe it started from kept
-    instead unless the fine-tune wins by the one-standard-error rule."""
-    if params.strategy == "auto":
-        params = dataclasses.replace(
-            params, train=dataclasses.replace(params.train, head_init="probe"))
+    """``strategy: finetune``, or ``auto`` (``params`` with ``head_init: probe``): one LP-FT
+    run, then the probe it started from kept instead unless the fine-tune wins by the
+    one-standard-error rule."""
     model = build()
     result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, store=store,
                  resume=resume.slot("finetune") if resume else None,
@@ -181,8 +186,9 @@ def _finetune_and_choose(build, data: TrainData, params: Params, ctx: Dist,
         observe("finetune", model)
     chosen, history, best_epoch = "finetune", result.history, result.best_epoch
     if params.strategy == "auto":
-        probe_model = _auto_probe(build, data, params, ctx, store, result.probe, candidates,
-                                  observe)
+        candidates["probe"], probe_model = _auto_probe(build, data, params, ctx, store,
+                                                       result.probe, candidates["finetune"],
+                                                       observe)
         if probe_model is not None:  # the record describes the model kept, not the one dropped
             chosen, model, best_epoch = "probe", probe_model, 1
             history = _probe_history(result.probe, model.num_stages, time.perf_counter() - start)
@@ -195,23 +201,23 @@ def _finetune_and_choose(build, data: TrainData, params: Params, ctx: Dist,
     return model, outcome
 
 
-def _auto_probe(build, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
-                probe: Probe, candidates: dict, observe) -> StagedClassifier | None:
-    """Adds the probe to ``candidates`` and returns its model when the one-standard-error rule
-    keeps it (one decision for every rank), else None."""
-    candidates["probe"] = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
+def _auto_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
+                store: PrefixStore | None, probe: Probe, finetune: dict,
+                observe: Observer | None) -> tuple[dict, StagedClassifier | None]:
+    """(the probe's val scores, its model when the one-standard-error rule keeps it over the
+    fine-tune's ``finetune`` scores, else None); one decision for every rank."""
+    scores = {"val_acc": probe.val_acc, "val_loss": probe.val_loss}
     # one decision for every rank, even if their float arithmetic differed in a tie
     votes = distributed.all_reduce_sum(
-        [float(_prefer_probe(candidates["probe"], candidates["finetune"],
-                             len(data.val_labels)))], ctx)[0]
+        [float(_prefer_probe(scores, finetune, len(data.val_labels)))], ctx)[0]
     prefer = votes * 2 > ctx.world_size
     if not (prefer or observe):
-        return None
+        return scores, None
     probe_model = build()
     _probe_only(probe_model, data, params, ctx, (probe.C,), store)
     if observe:
         observe("probe", probe_model)
-    return probe_model if prefer else None
+    return scores, (probe_model if prefer else None)
 
 
 def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
