@@ -93,9 +93,8 @@ def _scores(history: list[dict], best_epoch: int) -> dict:
     return {"val_acc": row["val_acc"], "val_loss": row["val_loss"]}
 
 
-def train_model(build_fresh: Callable[[], StagedClassifier], data: TrainData, params: Params,
-                ctx: Dist, progress: bool = True,
-                observe: Callable[[str, StagedClassifier], None] | None = None,
+def train_model(build_fresh: Builder, data: TrainData, params: Params,
+                ctx: Dist, progress: bool = True, observe: Observer | None = None,
                 spill_dir: str | None = None, resume: ResumeStore | None = None,
                 on_epoch: Callable[[str, dict], None] | None = None,
                 ) -> tuple[StagedClassifier, Outcome]:
@@ -157,8 +156,9 @@ def _builder(build_fresh: Builder) -> Builder:
     return build
 
 
-def _val_probe(build: Builder, data: TrainData, params: Params, ctx: Dist, store: PrefixStore | None,
-               refit: bool, start: float) -> tuple[StagedClassifier, Outcome]:
+def _val_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
+               store: PrefixStore | None, refit: bool, start: float,
+               ) -> tuple[StagedClassifier, Outcome]:
     """``strategy: probe`` with ``probe.folds: 0``: C chosen on val (refit afterwards)."""
     model = build()
     probe = _probe_only(model, data, params, ctx, C_GRID, store)
