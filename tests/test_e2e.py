@@ -72,7 +72,9 @@ def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_ev
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "baseline")
 
-    out = sh(project, "dvc", "exp", "run", "-S", "lr=0.001", "-S", "freeze_depth=2")
+    # named: a teammate pulls this experiment (test_a_teammate_clones_pulls_...)
+    out = sh(project, "dvc", "exp", "run", "-n", "alice-lr", "-S", "lr=0.001",
+             "-S", "freeze_depth=2")
     assert ran_stages(out) == {"finetune", "evaluate"}
     with open(project / "dvclive" / "plots" / "metrics" / "lr.tsv") as f:  # DVCLive's log
         assert [float(row["lr"]) for row in csv.DictReader(f, delimiter="\t")] == [0.001] * 2
@@ -184,13 +186,17 @@ def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path)
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
     assert ran_stages(sh(clone, "dvc", "repro")) == set()
 
-    # an experiment travels the same way: its commit to git, its outputs to the DVC remote
-    sh(project, "dvc", "exp", "run", "-n", "alice-lr", "-S", "lr=0.005")
+    # an experiment travels the same way: its commit to git, its outputs to the DVC remote (the
+    # first test's experiment, run before the remote existed: its outputs are in the cache; so
+    # this test needs the first one)
     sh(project, "dvc", "exp", "push", "origin", "alice-lr")
     sh(clone, "dvc", "exp", "pull", "origin", "alice-lr")
-    assert experiments(dvc_json(clone, "exp", "show"))["alice-lr"]["lr"] == 0.005
+    # based on an older commit than the clone's HEAD: shown with --all-commits
+    shown = experiments(dvc_json(clone, "exp", "show", "--all-commits"))
+    assert shown["alice-lr"]["lr"] == 0.001
     sh(clone, "dvc", "exp", "apply", "alice-lr")
-    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+    assert yaml.safe_load((clone / "params.yaml").read_text())["freeze_depth"] == 2
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")  # its outputs too
 
 
 def experiment_refs(repo: Path) -> set[str]:
