@@ -95,8 +95,8 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     low, high = interval["accuracy"]["low"], interval["accuracy"]["high"]
     print(f"evaluate: accuracy {metrics['accuracy']:.4f} (95 % {low:.3f}-{high:.3f}), "
           f"macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} images of the {source}; "
-          f"ECE {calibration['ece_before']:.4f} -> "
-          f"{calibration['ece_after']:.4f} ({fitted} on the {fitted_on}); {cost['gflops']:.3f} GFLOPs, "
+          f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
+          f"({fitted} on the {fitted_on}); {cost['gflops']:.3f} GFLOPs, "
           f"{cost['cpu_latency_ms']:.1f} ms per image on CPU{onnx} -> {out}")
     if note:
         print(f"evaluate: calibration: {note}")

@@ -384,7 +384,8 @@ def _convert(key: str, value, hint):
     if hint is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
             _fail(key, f"is {value!r} ({type(value).__name__}); expected a number")
         return float(value)
     if hint is str:

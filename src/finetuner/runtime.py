@@ -92,7 +92,8 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParamsError(f"params.yaml: 'device' is {name!r} but CUDA is not available here; "
                           "use auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    if (device.type == "cuda" and device.index is not None
+            and device.index >= torch.cuda.device_count()):
         raise ParamsError(f"params.yaml: 'device' is {name!r} but there are only "
                           f"{torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -128,8 +129,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     """``auto``: on CUDA bf16 autocast where the GPU supports it, else fp16 with a GradScaler;
     fp32 elsewhere (CPU bf16 autocast can only pay off on CPUs with native bf16 instructions,
     AVX512-BF16 or AMX, is several times slower on the rest, and even on such a CPU slowed the
-    default backbone, EfficientNet-Lite0, down: docs/scaling-out.md "GPUs and precision").  An explicit
-    ``bf16`` on a CUDA GPU without it is an error."""
+    default backbone, EfficientNet-Lite0, down: docs/scaling-out.md "GPUs and precision").  An
+    explicit ``bf16`` on a CUDA GPU without it is an error."""
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

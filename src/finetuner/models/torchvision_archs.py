@@ -42,7 +42,8 @@ def _cut_features_classifier(m) -> Parts:
 def _cut_densenet(m) -> Parts:
     f = m.features
     stages = [nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0),
-              nn.Sequential(f.denseblock1, f.transition1), nn.Sequential(f.denseblock2, f.transition2),
+              nn.Sequential(f.denseblock1, f.transition1),
+              nn.Sequential(f.denseblock2, f.transition2),
               nn.Sequential(f.denseblock3, f.transition3), nn.Sequential(f.denseblock4, f.norm5)]
     return Parts(("stem", "block1", "block2", "block3", "block4"), stages,
                  nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),

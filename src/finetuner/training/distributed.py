@@ -200,9 +200,9 @@ def wrap(model: nn.Module, depth: int, ctx: Dist) -> nn.Module:
     import inspect
     from torch.nn.parallel import DistributedDataParallel
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
     no_forward_sync = ({"forward_sync_buffers": False}  # newer torch; buffers still sync at init
-                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                       else {"broadcast_buffers": False})
+                       if newer else {"broadcast_buffers": False})
     return DistributedDataParallel(part, device_ids=device_ids, **no_forward_sync)
 
 

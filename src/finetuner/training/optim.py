@@ -26,7 +26,8 @@ def _split_decay(module: nn.Module) -> tuple[list, list]:
 
 def module_groups(module: nn.Module, lr: float, weight_decay: float, name: str) -> list[dict]:
     decay, no_decay = _split_decay(module)
-    groups = [{"params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": name},
+    groups = [{"params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay,
+               "name": name},
               {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0,
                "name": f"{name} (norm/bias)"}]
     return [g for g in groups if g["params"]]
@@ -43,7 +44,8 @@ def make_optimizer(model: StagedClassifier, depth: int, name: str, lr: float, mo
                    weight_decay: float, backbone_lr_mult: float,
                    stage_lr_decay: float) -> torch.optim.Optimizer:
     """Optimizer over the head (at ``lr``) and every stage from ``depth`` on (discriminative)."""
-    head = nn.ModuleList([model.pool, model.classifier]) if depth < model.num_stages else model.classifier
+    head = (nn.ModuleList([model.pool, model.classifier]) if depth < model.num_stages
+            else model.classifier)
     groups = module_groups(head, lr, weight_decay, "head")
     for stage in range(depth, model.num_stages):
         groups += stage_groups(model, stage, lr, weight_decay, backbone_lr_mult, stage_lr_decay)

@@ -6,9 +6,10 @@ scikit-learn's ``LogisticRegression`` (L-BFGS, multinomial, L2) fits the head; i
 features (:func:`fit_probe`: best accuracy, ties broken by the lower log-loss), or by k-fold
 cross-validation on every labelled training image (:func:`fit_probe_cv`: the best mean
 out-of-fold log-likelihood, ties to the stronger penalty), after which the probe is fitted on
-all of them; :func:`cv_probe_heads` does that for a model or each member of an ensemble.  Features are standardised for the
-solver and the scaling is folded back into the weights, so the result is a plain
-``nn.Linear`` on the raw features: ``features @ weight.T + bias`` gives the probe's logits.
+all of them; :func:`cv_probe_heads` does that for a model or each member of an ensemble.
+Features are standardised for the solver and the scaling is folded back into the weights, so
+the result is a plain ``nn.Linear`` on the raw features: ``features @ weight.T + bias`` gives
+the probe's logits.
 
 Invariants: the probe's logits have the same argmax as ``LogisticRegression.predict`` on the
 same features; a two-class probe is written as two symmetric rows (``-w/2``, ``+w/2``), which
