@@ -24,7 +24,8 @@ from finetuner.data.prepared import load_prepared
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import save_checkpoint
 from finetuner.params import load_params, to_dict
-from finetuner.runtime import reuse_freed_memory, seed_everything, set_threads
+from finetuner.runtime import (resolve_precision, reuse_freed_memory, seed_everything,
+                               set_threads)
 from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.live import LiveLog, LiveLogError
@@ -42,6 +43,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
     reuse_freed_memory()
     ctx = distributed.setup(params.device)
     try:
+        resolve_precision(params.precision, ctx.device)  # one the device can't use: fail now
         seed_everything(params.seed)
         data = load_prepared(prepared_dir)
         build = lambda: build_model(params.model.arch, params.model.weights,
@@ -76,8 +78,9 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
             chosen = (f"{outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
                       f"{', refit on train + val' if outcome.refit else ''})")
             if outcome.cross_validation:
+                Cs = ", ".join(f"{m['C']:g}" for m in outcome.cross_validation["members"])
                 chosen = (f"{outcome.chosen}, by {outcome.cross_validation['selection']} "
-                          f"(out-of-fold acc {outcome.best_val_acc:.4f})")
+                          f"(C {Cs}; out-of-fold acc {outcome.best_val_acc:.4f})")
             if outcome.probe_drop:
                 print(f"finetune: warning: {drop_message(outcome.probe_drop, outcome.chosen)}")
             print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "

@@ -165,12 +165,20 @@ def test_evaluate_on_some_classes_averages_over_those(always_blue, tmp_path, cap
     assert "red" not in out
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # scikit-learn's "A single label was found"
+def test_evaluate_on_a_one_class_folder_says_so_and_warns_nothing(always_blue, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "one", {"blue": 2})
+    code, out, err = _run(capsys, "evaluate", always_blue, folder)
+    assert code == 0 and err == ""
+    assert "accuracy  1.0000  (2 images, 1 of the model's 3 classes)" in out
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_torchscript_predicts_what_the_checkpoint_predicts(checkpoint, photos, tmp_path,
                                                                   capsys):
     out_file = tmp_path / "export" / "model.ts"
-    code, _, _ = _run(capsys, "export", checkpoint, out_file)
-    assert code == 0
+    code, out, _ = _run(capsys, "export", checkpoint, out_file)
+    assert code == 0 and out.rstrip().endswith("gives the checkpoint's logits exactly")
     assert sorted(p.name for p in out_file.parent.iterdir()) == ["model.ts", "model.ts.json"]
     sidecar = json.loads((tmp_path / "export" / "model.ts.json").read_text())
     assert sidecar["class_names"] == CLASSES
@@ -271,3 +279,9 @@ def test_min_confidence_outside_0_to_1_or_with_a_class_named_unknown_is_refused(
     save_checkpoint(tmp_path / "odd.pt", model, "resnet18", ["cat", "unknown"], SIZE, 0.875, {})
     code, out, err = _run(capsys, "predict", tmp_path / "odd.pt", photos, "--min-confidence", "0.5")
     assert code == 2 and out == "" and "has a class named 'unknown'" in err
+
+
+def test_audit_of_a_missing_folder_names_it_in_the_cli_s_terms(tmp_path, capsys):
+    code, out, err = _run(capsys, "audit", tmp_path / "nowhere")
+    assert code == 2 and out == ""
+    assert f"{tmp_path / 'nowhere'}: not a folder (expected one sub-folder per class" in err

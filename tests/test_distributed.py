@@ -195,6 +195,8 @@ def test_precision_auto_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
     assert resolve_precision("auto", cpu).dtype is None
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
     assert not resolve_precision("bf16", cpu).grad_scaler().is_enabled()
+    with pytest.raises(ValueError, match="'precision' is 'fp16' but the device is the CPU"):
+        resolve_precision("fp16", cpu)  # some 20 times slower than fp32 there
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", cuda).name == "bf16"

@@ -293,6 +293,7 @@ def test_photos_preset_shows_its_values_and_keeps_every_photo_for_training(proje
     cv = metrics["cross_validation"]  # what the cross-validation chose: one C a member
     assert cv["selection"].startswith("5-fold cross-validation") and len(cv["C"]) == 3
     assert cv["layers"] == ["all"] * 3  # each member reads every stage
+    assert f"(C {', '.join(f'{c:g}' for c in cv['C'])}; out-of-fold acc" in out  # the stage says
     live = project / "dvclive" / "plots" / "metrics"  # a probe is one step of the live log
     with open(live / "val" / "acc.tsv") as f:
         (step,) = list(csv.DictReader(f, delimiter="\t"))

@@ -49,7 +49,7 @@ def test_unknown_keys_name_the_closest(raw, closest):
 @pytest.mark.parametrize("raw, words", [
     ({"lr": 0}, ["'lr'", "> 0"]),
     ({"lr": -1e-3}, ["'lr'", "> 0"]),
-    ({"lr": "fast"}, ["'lr'", "expected a number"]),
+    ({"lr": "fast"}, ["'lr'", "expected a number", "docs/params.md"]),
     ({"train": {"epochs": 2.5}}, ["train.epochs", "integer"]),
     ({"train": {"optimizer": "adam"}}, ["train.optimizer", "sgd, adamw"]),
     ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, ["train fraction"]),

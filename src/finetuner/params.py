@@ -21,6 +21,9 @@ class ParamsError(ValueError):
     """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
 
 
+_ALLOWED_DOC = " (docs/params.md gives each key's allowed values)"
+
+
 def _fail(key: str, message: str) -> typing.NoReturn:
     raise ParamsError(f"params.yaml: '{key}' {message}")
 
@@ -379,14 +382,14 @@ def _convert(key: str, value, hint):
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer")
+            _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{_ALLOWED_DOC}")
         return value
     if hint is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value)):
-            _fail(key, f"is {value!r} ({type(value).__name__}); expected a number")
+            _fail(key, f"is {value!r} ({type(value).__name__}); expected a number{_ALLOWED_DOC}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -1,6 +1,8 @@
 """Predictions of a model over stored images, and the metrics computed from them."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
@@ -42,4 +44,10 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
             "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro",
                                        zero_division=0)),
             "per_class": per_class,
-            "confusion": confusion_matrix(labels, predicted, labels=indices).tolist()}
+            "confusion": _confusion(labels, predicted, indices)}
+
+
+def _confusion(labels: np.ndarray, predicted: np.ndarray, indices: list[int]) -> list[list[int]]:
+    with warnings.catch_warnings():  # one class (evaluating a one-class folder): a 1 x 1 matrix
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        return confusion_matrix(labels, predicted, labels=indices).tolist()
