@@ -201,7 +201,7 @@ def test_the_cli_exits_0_with_a_json_list_for_a_clean_folder(tmp_path):
 
 def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "absent")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"{tmp_path / 'absent'}: does not exist" in capsys.readouterr().err
     make_shapes_folder(tmp_path / "one", 2)
     for kind in ("squares", "triangles"):
         shutil.rmtree(tmp_path / "one" / kind)

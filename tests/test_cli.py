@@ -279,9 +279,3 @@ def test_min_confidence_outside_0_to_1_or_with_a_class_named_unknown_is_refused(
     save_checkpoint(tmp_path / "odd.pt", model, "resnet18", ["cat", "unknown"], SIZE, 0.875, {})
     code, out, err = _run(capsys, "predict", tmp_path / "odd.pt", photos, "--min-confidence", "0.5")
     assert code == 2 and out == "" and "has a class named 'unknown'" in err
-
-
-def test_audit_of_a_missing_folder_names_it_in_the_cli_s_terms(tmp_path, capsys):
-    code, out, err = _run(capsys, "audit", tmp_path / "nowhere")
-    assert code == 2 and out == ""
-    assert f"{tmp_path / 'nowhere'}: not a folder (expected one sub-folder per class" in err

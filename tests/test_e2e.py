@@ -37,7 +37,8 @@ def ran_stages(output: str) -> set[str]:
 def project(tmp_path_factory) -> Path:
     """The project in a temp git repo with tiny images: conf/ made tiny (every `dvc exp run -S`
     composes params.yaml from it) and the project's own .dvc/config (its link type, Hydra
-    composition, the offline plots template)."""
+    composition, the offline plots template), and the team's DVC remote, a local folder, from
+    the start (every experiment's commit names it)."""
     repo = copy_project(tmp_path_factory.mktemp("project"))
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
     tiny_conf(repo)
@@ -46,6 +47,7 @@ def project(tmp_path_factory) -> Path:
     sh(repo, "git", "config", "user.name", "test")
     sh(repo, "dvc", "init", "-q")
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    sh(repo, "dvc", "remote", "add", "-d", "shared", str(tmp_path_factory.mktemp("dvc-store")))
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
     return repo
@@ -168,10 +170,9 @@ def experiments(shown) -> dict[str, dict]:
 
 def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path):
     sh(project, "dvc", "repro")
-    team, store, clone = tmp_path / "team.git", tmp_path / "dvc-store", tmp_path / "clone"
+    team, clone = tmp_path / "team.git", tmp_path / "clone"
     sh(tmp_path, "git", "init", "-q", "--bare", str(team))
-    sh(project, "dvc", "remote", "add", "-d", "shared", str(store))
-    commit_all(project, "results, and the team's DVC remote")
+    commit_all(project, "results")
     branch = sh(project, "git", "rev-parse", "--abbrev-ref", "HEAD").strip()
     sh(project, "git", "remote", "add", "origin", str(team))
     sh(project, "git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
@@ -187,8 +188,7 @@ def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path)
     assert ran_stages(sh(clone, "dvc", "repro")) == set()
 
     # an experiment travels the same way: its commit to git, its outputs to the DVC remote (the
-    # first test's experiment, run before the remote existed: its outputs are in the cache; so
-    # this test needs the first one)
+    # first test's experiment: this test needs that one)
     sh(project, "dvc", "exp", "push", "origin", "alice-lr")
     sh(clone, "dvc", "exp", "pull", "origin", "alice-lr")
     # based on an older commit than the clone's HEAD: shown with --all-commits

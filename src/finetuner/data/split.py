@@ -95,8 +95,8 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
     root = Path(root)
     ignore = ignore or {}
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder (expected one sub-folder per class; the "
-                           "pipeline reads the folder params.yaml's data.dir names)")
+        raise DatasetError(f"{root}: does not exist or is not a folder (expected one "
+                           "sub-folder per class; the pipeline reads params.yaml's data.dir)")
     items, skipped = [], []
     files = sorted((p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()),
                    key=lambda p: p.relative_to(root).parts)  # FIFOs, sockets, ... reported
