@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,11 +23,18 @@ from conftest import (ROOT, copy_project, flat, make_image_folder, offline_plots
 pytestmark = pytest.mark.slow
 
 
-def sh(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def sh(cwd: Path, *args: str, env: dict | None = None) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               **(env or {}))
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
+
+
+def readme_views() -> list[list[str]]:
+    """The README's `dvc exp show --drop ...` commands, as argument lists."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return [shlex.split(line) for line in lines if line.startswith("dvc exp show --drop")]
 
 
 def ran_stages(output: str) -> set[str]:
@@ -83,6 +91,12 @@ def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_ev
     shown = sh(project, "dvc", "exp", "show", "--json")  # DVC reads the live metrics
     assert '"dvclive/metrics.json"' in shown and '"step": 1' in shown
     assert '"accuracy_ci95"' in shown and '"macro_f1_ci95"' in shown  # the 95 % intervals
+    views = readme_views()
+    assert len(views) == 2, views  # headline metrics and params; cost
+    for view in views:  # the README's views fit a 120-column terminal
+        table = sh(project, *view, env={"COLUMNS": "200"})
+        assert "alice-lr" in table and "accuracy" in table
+        assert max(map(len, table.splitlines())) <= 120, table
     # `dvc plots show` writes a page that draws offline (the template of .dvc/config), with
     # DVC's plot of DVCLive's files in it
     sh(project, "dvc", "plots", "show", "-o", "plots_page")
