@@ -171,6 +171,20 @@ class _Best:
         return bool(self.patience) and self.stale >= self.patience
 
 
+@dataclass
+class _Progress:
+    """What a fit() has done so far, and what a resumed one takes over from the saved state:
+    the epochs' records and starting lrs, the best epoch, the probe the head started from."""
+    best: _Best
+    history: list[dict] = field(default_factory=list)
+    lrs: list[list[float]] = field(default_factory=list)
+    probe: Probe | None = None
+    stopped_early: bool = False
+    first: int = 0              # the first epoch still to train
+    earlier_seconds: float = 0.0
+    rng: dict | None = None     # the random state to continue from, once the prefix is ready
+
+
 def _start(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
            use_cache: bool, store: PrefixStore | None, progress: bool) -> _Run:
     """Model on the device, the schedule, class weights, this rank's val share: the setup."""
@@ -286,16 +300,16 @@ def _probe_from(state: dict | None) -> Probe | None:
                  state["val_loss"])
 
 
-def _epoch_state(run: _Run, epochs_done: int, history: list[dict], lrs: list, best: _Best,
-                 probe: Probe | None, stopped: bool, seconds: float) -> dict:
+def _epoch_state(run: _Run, epochs_done: int, went: _Progress, seconds: float) -> dict:
     """Everything fit() needs to go on after ``epochs_done`` epochs as if never stopped."""
-    return {"done": False, "epochs_done": epochs_done, "stopped_early": stopped,
+    best = went.best
+    return {"done": False, "epochs_done": epochs_done, "stopped_early": went.stopped_early,
             "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-            "step": run.step, "history": history, "lrs": lrs,
+            "step": run.step, "history": went.history, "lrs": went.lrs,
             "best": {"value": best.value, "epoch": best.epoch, "state": best.state,
                      "stale": best.stale},
-            "probe": _probe_state(probe), "seconds": seconds, "rng": rng_state()}
+            "probe": _probe_state(went.probe), "seconds": seconds, "rng": rng_state()}
 
 
 def _restore(run: _Run, best: _Best, saved: dict) -> None:
@@ -329,6 +343,77 @@ def _finished(model: StagedClassifier, saved: dict,
                      saved["precision"], saved["world_size"], _probe_from(saved["probe"]))
 
 
+def _begin(run: _Run, saved: dict | None, probe_grid: tuple[float, ...],
+           resume: ResumeSlot | None, on_epoch: Callable[[dict], None] | None) -> _Progress:
+    """Before the first epoch: the probe (LP-FT), the frozen depth and the optimizer; or, with
+    a ``saved`` state, everything put back where it was (its records replayed to ``on_epoch``)."""
+    model, t = run.model, run.params.train
+    went = _Progress(_Best(t.monitor, t.early_stopping_patience))
+    if t.head_init == "probe" and saved is None:
+        went.probe = probe_head(model, run.data, run.device, run.precision, run.budget, run.ctx,
+                                probe_grid, run.depth_of(0), run.store)
+    run.depth = run.depth_of(0)
+    set_frozen_prefix(model, run.depth)
+    run.optimizer = make_optimizer(model, run.depth, t.optimizer, run.params.lr, t.momentum,
+                                   t.weight_decay, t.backbone_lr_mult, t.stage_lr_decay)
+    if saved is None:
+        return went
+    _restore(run, went.best, saved)
+    went.first, went.history, went.lrs = saved["epochs_done"], saved["history"], saved["lrs"]
+    went.probe, went.stopped_early = _probe_from(saved["probe"]), saved["stopped_early"]
+    went.earlier_seconds, went.rng = saved["seconds"], saved["rng"]
+    for record in went.history:
+        if on_epoch:
+            on_epoch(record)
+    if run.ctx.is_main:
+        print(f"finetune: resuming '{resume.name}' after epoch {went.first} of {t.epochs} "
+              f"({resume.path})")
+    return went
+
+
+def _epoch(run: _Run, epoch: int, went: _Progress) -> dict:
+    """Train one epoch at its frozen depth and validate: the epoch's record.  A non-finite
+    training loss raises :class:`DivergedError` before anything of the epoch is kept."""
+    _enter_depth(run, run.depth_of(epoch))
+    if went.rng is not None:  # after the frozen prefix is computed, as in a run never stopped
+        set_rng_state(went.rng)
+        went.rng = None
+    epoch_start = time.perf_counter()
+    set_lr(run.optimizer, run.multiplier(run.step))
+    went.lrs.append([g["lr"] for g in run.optimizer.param_groups])  # what it really holds
+    train_loss, train_acc = _train_epoch(run, epoch)
+    if not math.isfinite(train_loss):
+        run.bar.close()
+        raise _diverged(train_loss, epoch + 1, run.params.train.epochs, run.params.lr)
+    val_loss, val_acc = (validate(run.model, run.val_prefix, run.val_labels, run.device,
+                                  run.precision, run.ctx, run.params.train.batch_size)
+                         if run.validating else (math.nan, math.nan))
+    run.bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
+    return {"epoch": epoch + 1, "frozen_stages": run.depth, "lr": went.lrs[-1][0],
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "seconds": time.perf_counter() - epoch_start}
+
+
+def _end(run: _Run, went: _Progress, seconds: float, resume: ResumeSlot | None) -> FitResult:
+    """The result: the best epoch's weights put into the model (the last epoch's without val),
+    and saved as done for a rerun to return at once."""
+    run.bar.close()
+    run.trainable = None
+    best = went.best
+    if run.validating:
+        run.model.load_state_dict(best.state)
+    else:
+        best.state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    result = FitResult(went.history, best.epoch, best.state, went.stopped_early, seconds,
+                       went.lrs, run.precision.name, run.ctx.world_size, went.probe)
+    if resume is not None:
+        resume.save({"done": True, "final": result.best_state, "history": went.history,
+                     "best_epoch": result.best_epoch, "stopped_early": went.stopped_early,
+                     "seconds": result.seconds, "lrs": went.lrs, "precision": result.precision,
+                     "world_size": result.world_size, "probe": _probe_state(went.probe)})
+    return result
+
+
 def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.device,
         progress: bool = True, use_cache: bool = True, dist: Dist | None = None,
         probe_grid: tuple[float, ...] = C_GRID, store: PrefixStore | None = None,
@@ -349,7 +434,6 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     (the resumed epochs' too, first), e.g. a live log.  An epoch whose mean training loss is
     not finite raises :class:`DivergedError` before anything of it is saved.
     """
-    t = params.train
     ctx = dist if dist is not None else Dist(device)
     start_time = time.perf_counter()
     run = _start(model, data, params, ctx, use_cache, store, progress)
@@ -357,68 +441,16 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     if saved is not None and saved["done"]:
         run.bar.close()
         return _finished(model, saved, on_epoch)
-    probe = None
-    if t.head_init == "probe" and saved is None:
-        probe = probe_head(model, data, run.device, run.precision, run.budget, ctx, probe_grid,
-                           run.depth_of(0), run.store)
-    run.depth = run.depth_of(0)
-    set_frozen_prefix(model, run.depth)
-    run.optimizer = make_optimizer(model, run.depth, t.optimizer, params.lr, t.momentum,
-                                   t.weight_decay, t.backbone_lr_mult, t.stage_lr_decay)
-    history, lrs, best, stopped_early = [], [], _Best(t.monitor, t.early_stopping_patience), False
-    first, earlier_seconds, rng = 0, 0.0, None
-    if saved is not None:
-        _restore(run, best, saved)
-        first, history, lrs = saved["epochs_done"], saved["history"], saved["lrs"]
-        probe, stopped_early = _probe_from(saved["probe"]), saved["stopped_early"]
-        earlier_seconds, rng = saved["seconds"], saved["rng"]
-        for record in history:
-            if on_epoch:
-                on_epoch(record)
-        if ctx.is_main:
-            print(f"finetune: resuming '{resume.name}' after epoch {first} of {t.epochs} "
-                  f"({resume.path})")
-    for epoch in range(first, t.epochs if not stopped_early else first):
-        _enter_depth(run, run.depth_of(epoch))
-        if rng is not None:  # after the frozen prefix is computed, as in a run never stopped
-            set_rng_state(rng)
-            rng = None
-        epoch_start = time.perf_counter()
-        set_lr(run.optimizer, run.multiplier(run.step))
-        lrs.append([g["lr"] for g in run.optimizer.param_groups])  # what it really holds
-        train_loss, train_acc = _train_epoch(run, epoch)
-        if not math.isfinite(train_loss):
-            run.bar.close()
-            raise _diverged(train_loss, epoch + 1, t.epochs, params.lr)
-        val_loss, val_acc = (validate(model, run.val_prefix, run.val_labels, run.device,
-                                      run.precision, ctx, t.batch_size)
-                             if run.validating else (math.nan, math.nan))
-        record = {"epoch": epoch + 1, "frozen_stages": run.depth, "lr": lrs[-1][0],
-                  "train_loss": train_loss, "train_acc": train_acc,
-                  "val_loss": val_loss, "val_acc": val_acc,
-                  "seconds": time.perf_counter() - epoch_start}
-        history.append(record)
-        run.bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.3f}", refresh=False)
-        stopped_early = best.update(record, model, run.validating)
+    went = _begin(run, saved, probe_grid, resume, on_epoch)
+    for epoch in range(went.first, params.train.epochs if not went.stopped_early else went.first):
+        record = _epoch(run, epoch, went)
+        went.history.append(record)
+        went.stopped_early = went.best.update(record, model, run.validating)
         if resume is not None:
-            resume.save(_epoch_state(run, epoch + 1, history, lrs, best, probe, stopped_early,
-                                     earlier_seconds + time.perf_counter() - start_time))
+            resume.save(_epoch_state(run, epoch + 1, went,
+                                     went.earlier_seconds + time.perf_counter() - start_time))
         if on_epoch:
             on_epoch(record)
-        if stopped_early:
+        if went.stopped_early:
             break
-    run.bar.close()
-    run.trainable = None
-    if run.validating:
-        model.load_state_dict(best.state)
-    else:
-        best.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    result = FitResult(history, best.epoch, best.state, stopped_early,
-                       earlier_seconds + time.perf_counter() - start_time, lrs,
-                       run.precision.name, ctx.world_size, probe)
-    if resume is not None:
-        resume.save({"done": True, "final": result.best_state, "history": history,
-                     "best_epoch": result.best_epoch, "stopped_early": stopped_early,
-                     "seconds": result.seconds, "lrs": lrs, "precision": result.precision,
-                     "world_size": result.world_size, "probe": _probe_state(probe)})
-    return result
+    return _end(run, went, went.earlier_seconds + time.perf_counter() - start_time, resume)
