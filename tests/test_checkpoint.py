@@ -242,6 +242,17 @@ def test_a_checkpoint_that_is_not_what_it_claims_is_refused(tmp_path, good_check
         assert word in str(error.value)
 
 
+def test_an_unknown_layers_field_is_named_as_such_not_as_a_weights_mismatch(tmp_path,
+                                                                           good_checkpoint):
+    payload = payload_of(good_checkpoint)
+    payload["layers"] = "some"
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: field 'layers' is 'some'; allowed: ")
+
+
 @pytest.mark.parametrize("saved, words", [
     (lambda: build_model("resnet18", "none", 3).state_dict(), "a OrderedDict without"),
     (lambda: [torch.zeros(3)], "a list without a format tag"),

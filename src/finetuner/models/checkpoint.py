@@ -61,6 +61,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     and plain containers, so a pickle that would run code is refused, not run.
     """
     path = Path(path)
+    payload = _read_payload(path)
+    _check_fields(path, payload)
+    model = _rebuild(path, payload)
+    model.to(device).eval()
+    info = payload.get("info")
+    return Checkpoint(model, payload["arch"], list(payload["class_names"]),
+                      payload["image_size"], payload["crop_pct"],
+                      info if isinstance(info, dict) else {})
+
+
+def _read_payload(path: Path) -> dict:
+    """The file's tagged dict, read with ``weights_only=True``; a folder, a missing, empty or
+    foreign file, or one of another format is refused by name."""
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
@@ -85,6 +98,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
                 "format" in payload else f"a {type(payload).__name__} without a format tag")
         raise CheckpointError(f"{path}: not a {FORMAT} file ({what}); models/model.pt written "
                               "by the finetune stage is one")
+    return payload
+
+
+def _check_fields(path: Path, payload: dict) -> None:
+    """Every field of the format present with its type, and an architecture this build has."""
     for key, kind in _FIELDS.items():
         value = payload.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -98,12 +116,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         check_arch(payload["arch"])
     except ArchError as error:
         raise CheckpointError(f"{path}: architecture {error}") from None
+    layers = payload.get("layers", "last")  # absent in checkpoints before layers existed
+    if layers not in LAYERS:
+        raise CheckpointError(f"{path}: field 'layers' is {layers!r}; allowed: "
+                              f"{', '.join(LAYERS)}")
+
+
+def _rebuild(path: Path, payload: dict) -> torch.nn.Module:
+    """The network of the checkpoint's architecture, with its weights (on the CPU)."""
     try:
-        layers = payload.get("layers", "last")  # absent in checkpoints before layers existed
-        if layers not in LAYERS:
-            raise CheckpointError(f"{path}: field 'layers' is {layers!r}; allowed: "
-                                  f"{', '.join(LAYERS)}")
-        model = build_model(payload["arch"], "none", len(payload["class_names"]), layers)
+        model = build_model(payload["arch"], "none", len(payload["class_names"]),
+                            payload.get("layers", "last"))
         model.load_state_dict(payload["state_dict"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not match architecture "
@@ -111,11 +134,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
                               f"classes (a checkpoint of an older finetuner that cut the "
                               f"network into other stages? `dvc repro` retrains it): "
                               f"{str(error)[:500]}") from None
-    model.to(device).eval()
-    info = payload.get("info")
-    return Checkpoint(model, payload["arch"], list(payload["class_names"]),
-                      payload["image_size"], payload["crop_pct"],
-                      info if isinstance(info, dict) else {})
+    return model
 
 
 def _load_failure(error: Exception) -> str:
