@@ -183,9 +183,16 @@ def read_onnx(path: str | Path, threads: int | None = None) -> tuple[object, dic
     Raises :class:`ExportError` naming ``path`` for a missing, empty, corrupt or foreign file
     (an ONNX model without our metadata), or one ONNX Runtime cannot load.
     """
+    path = Path(path)
+    data, proto = _parse_onnx(path)
+    metadata = _onnx_metadata(path, proto)
+    return _onnx_session(path, data, metadata["image_size"], threads), metadata
+
+
+def _parse_onnx(path: Path) -> tuple[bytes, object]:
+    """The file's bytes and its parsed model; a missing, empty or unparsable file is refused."""
     import onnx
 
-    path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such ONNX file")
     data = path.read_bytes()
@@ -198,6 +205,11 @@ def read_onnx(path: str | Path, threads: int | None = None) -> tuple[object, dic
                           f"{_first_line(error)})") from None
     if not proto.graph.node or not proto.ir_version:
         raise ExportError(f"{path}: not an ONNX model (no graph in it)")
+    return data, proto
+
+
+def _onnx_metadata(path: Path, proto) -> dict:
+    """finetuner's metadata in ``proto``, each key of its type (and any other JSON values)."""
     props = {p.key: p.value for p in proto.metadata_props}
     hint = "; `python -m finetuner export CHECKPOINT OUT.onnx` writes one"
     try:
@@ -225,6 +237,11 @@ def read_onnx(path: str | Path, threads: int | None = None) -> tuple[object, dic
         raise ExportError(f"{path}: metadata 'temperature' must be positive")
     metadata.update({k: json.loads(v) for k, v in props.items()
                      if k not in metadata and k != "finetuner" and _is_json(v)})
+    return metadata
+
+
+def _onnx_session(path: Path, data: bytes, size: int, threads: int | None):
+    """An ONNX Runtime session of ``data`` with one (N, 3, H, W) float input of ``size`` px."""
     try:
         session = onnx_session(data, threads)
     except Exception as error:
@@ -234,11 +251,10 @@ def read_onnx(path: str | Path, threads: int | None = None) -> tuple[object, dic
             or inputs[0].type != "tensor(float)" or len(outputs) != 1):
         raise ExportError(f"{path}: expected one float input (N, 3, H, W) and one output; "
                           f"it has inputs {[(i.name, i.shape) for i in inputs]}")
-    size = metadata["image_size"]
     if any(isinstance(side, int) and side != size for side in inputs[0].shape[2:]):
         raise ExportError(f"{path}: its input is {inputs[0].shape[2:]} px but its metadata "
                           f"says image_size {size}; the file was changed after export")
-    return session, metadata
+    return session
 
 
 def _is_json(text: str) -> bool:
