@@ -354,47 +354,10 @@ def _convert(key: str, value, hint):
     """Check ``value`` against the annotation ``hint``; return it in that type."""
     _placeholder(key, value)
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        for option in options:
-            try:
-                return _convert(key, value, option)
-            except ParamsError:
-                continue
-        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-        _fail(key, f"is {value!r} ({type(value).__name__}); expected {names}")
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
-        return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        key_hint, value_hint = typing.get_args(hint)
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            _fail(key, f"is {value!r}; expected a mapping (key: value, or {{}} for none)")
-        return {_convert(f"{key} (a key)", k, key_hint): _convert(f"{key}[{k!r}]", v, value_hint)
-                for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(key, f"is {value!r}; expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{_ALLOWED_DOC}")
-        return value
-    if hint is float:
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value)):
-            _fail(key, f"is {value!r} ({type(value).__name__}); expected a number{_ALLOWED_DOC}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            _fail(key, f"is {value!r} ({type(value).__name__}); expected a string")
-        return value
+    if origin in _CONTAINERS:
+        return _CONTAINERS[origin](key, value, hint)
+    if hint in _SCALARS:
+        return _SCALARS[hint](key, value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if value is None:
             value = {}
@@ -402,6 +365,66 @@ def _convert(key: str, value, hint):
             _fail(key, f"is {value!r}; expected a mapping of {hint.__name__} keys")
         return _build(hint, value, key + ".")
     raise TypeError(f"unsupported annotation {hint!r} for {key}")
+
+
+def _to_union(key: str, value, hint):
+    options = typing.get_args(hint)
+    for option in options:
+        try:
+            return _convert(key, value, option)
+        except ParamsError:
+            continue
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    _fail(key, f"is {value!r} ({type(value).__name__}); expected {names}")
+
+
+def _to_tuple(key: str, value, hint) -> tuple:
+    args = typing.get_args(hint)
+    if not isinstance(value, (list, tuple)) or len(value) != len(args):
+        _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
+    return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _to_dict(key: str, value, hint) -> dict:
+    key_hint, value_hint = typing.get_args(hint)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        _fail(key, f"is {value!r}; expected a mapping (key: value, or {{}} for none)")
+    return {_convert(f"{key} (a key)", k, key_hint): _convert(f"{key}[{k!r}]", v, value_hint)
+            for k, v in value.items()}
+
+
+def _to_bool(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        _fail(key, f"is {value!r}; expected true or false")
+    return value
+
+
+def _to_int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{_ALLOWED_DOC}")
+    return value
+
+
+def _to_float(key: str, value) -> float:
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(key, f"is {value!r} ({type(value).__name__}); expected a number{_ALLOWED_DOC}")
+    return float(value)
+
+
+def _to_str(key: str, value) -> str:
+    if not isinstance(value, str):
+        _fail(key, f"is {value!r} ({type(value).__name__}); expected a string")
+    return value
+
+
+# how a value of each annotation is checked: generic containers by their origin, then scalars
+_CONTAINERS = {typing.Union: _to_union, types.UnionType: _to_union, tuple: _to_tuple,
+               dict: _to_dict}
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 # names people write for a key, where string similarity alone does not find it
