@@ -108,6 +108,26 @@ def _bomb(width: int | None, height: int | None, message: str = "") -> ImageErro
                       "refused without decoding")
 
 
+def _check_header(image: Image.Image) -> None:
+    """Refuse, from the header alone, a format we do not take and a size we cannot decode."""
+    if image.format not in ACCEPTED_FORMATS:
+        raise ImageError(f"unsupported format {image.format}; accepted: "
+                         f"{', '.join(ACCEPTED_FORMATS)} (convert it to PNG to use it)")
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise _bomb(width, height)
+    if width < 1 or height < 1:
+        raise ImageError(f"{width}x{height} pixels: an image needs at least 1x1")
+
+
+def _draft(image: Image.Image, min_side: int) -> None:
+    """Have a JPEG decode at the smallest DCT scale whose short side is still >= ``min_side``."""
+    width, height = image.size
+    scale = min_side / min(width, height)
+    if scale < 1:
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+
+
 def decode_image(path: str | Path, min_side: int | None = None) -> Image.Image:
     """Decode ``path`` fully into an RGB image, EXIF orientation applied.
 
@@ -130,18 +150,9 @@ def decode_image(path: str | Path, min_side: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:  # reads the header only
-                if image.format not in ACCEPTED_FORMATS:
-                    raise ImageError(f"unsupported format {image.format}; accepted: "
-                                     f"{', '.join(ACCEPTED_FORMATS)} (convert it to PNG to use it)")
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise _bomb(width, height)
-                if width < 1 or height < 1:
-                    raise ImageError(f"{width}x{height} pixels: an image needs at least 1x1")
+                _check_header(image)
                 if min_side and image.format in ("JPEG", "MPO"):
-                    scale = min_side / min(width, height)
-                    if scale < 1:
-                        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+                    _draft(image, min_side)
                 image.load()  # full decode: truncated and corrupt files fail here
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
