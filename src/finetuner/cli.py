@@ -174,9 +174,9 @@ def _export(args) -> int:
                    else None)
     meta = export_model(checkpoint, args.out, fmt, temperature, sha)
     calibrated = "not calibrated" if temperature is None else f"temperature {temperature:.4g}"
-    diff = meta["parity_max_abs_diff"]
+    diff = meta["parity_error"]
     parity = ("gives the checkpoint's logits exactly" if diff == 0
-              else f"logits within {diff:.2g} of the checkpoint's")
+              else f"logits within {diff:.2g} of the checkpoint's (relative beyond ±1)")
     print(f"export: {checkpoint.arch}, {len(checkpoint.class_names)} classes, "
           f"{checkpoint.image_size} px, {calibrated} -> {args.out} ({fmt}, "
           f"+ {args.out.name}.json); {parity}")
