@@ -33,5 +33,5 @@ start=$(date +%s.%N)
 dvc exp run "${recipe[@]}" "$@" >"$work/run.log" 2>&1 || { tail -40 "$work/run.log"; exit 1; }
 end=$(date +%s.%N)
 echo "wall time of the whole pipeline: $(python3 -c "print(f'{$end - $start:.0f} s')")"
-python3 -c "import json; m = json.load(open('metrics/eval.json')); print('test accuracy', round(m['accuracy'], 4), 'macro_f1', round(m['macro_f1'], 4), 'on', m['test_images'], 'images of the', m['evaluated_on'] + ';', 'chosen on val:', m['strategy'], '(val acc', round(m['best_val_acc'], 4), end='), '); print('trained on', m['trained_images'], 'images')"
+python3 -c "import json; m = json.load(open('metrics/eval.json')); print('test accuracy', round(m['accuracy'], 4), 'macro_f1', round(m['macro_f1'], 4), 'on', m['test_images'], 'images of the', m['evaluated_on'] + ';', 'chosen on val:', m['strategy'], '(val acc', m['best_val_acc'] if m['best_val_acc'] is None else round(m['best_val_acc'], 4), end='), '); print('trained on', m['trained_images'], 'images')"
 echo "$work/models/model.pt"

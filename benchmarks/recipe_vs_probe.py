@@ -121,6 +121,10 @@ def recipe_accuracy(params, data: Path, work: Path) -> tuple[float, float, dict]
             outcome.cross_validation or {})
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def interval(differences: list[float]) -> tuple[float, float, float]:
     """Mean and 95 % t-interval of paired differences."""
     d = np.asarray(differences)
@@ -157,7 +161,7 @@ def main() -> None:
             each = " ".join(f"floor_{a.rsplit('_', 1)[-1]}={v:.4f}" for a, v in floors.items())
             layers = ",".join(m.get("layers", "?") for m in cv.get("members", []))
             print(f"set={set_name} seed={seed} recipe={acc:.4f} floor={floors[best]:.4f} "
-                  f"({best}) {each} recipe_cv_acc={cv.get('cv_acc', float('nan')):.4f} "
+                  f"({best}) {each} recipe_cv_acc={_number(cv.get('cv_acc')):.4f} "
                   f"recipe_layers={layers} recipe_train_seconds={secs:.1f}", flush=True)
         gain, low, high = interval([100 * (r - f) for r, f in zip(recipe, floor)])
         print(f"recipe_mean_{set_name}={statistics.mean(recipe):.4f}")

@@ -79,8 +79,10 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                       f"{', refit on train + val' if outcome.refit else ''})")
             if outcome.cross_validation:
                 Cs = ", ".join(f"{m['C']:g}" for m in outcome.cross_validation["members"])
+                estimate = (f"out-of-fold acc {outcome.best_val_acc:.4f}"
+                            if outcome.cross_validation["folds"] else "no out-of-fold estimate")
                 chosen = (f"{outcome.chosen}, by {outcome.cross_validation['selection']} "
-                          f"(C {Cs}; out-of-fold acc {outcome.best_val_acc:.4f})")
+                          f"(C {Cs}; {estimate})")
             if outcome.probe_drop:
                 print(f"finetune: warning: {drop_message(outcome.probe_drop, outcome.chosen)}")
             print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "

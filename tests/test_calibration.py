@@ -60,6 +60,15 @@ def test_no_temperature_when_every_prediction_is_right_or_there_is_nothing():
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) is None
 
 
+def test_rows_never_predicted_are_left_out_of_the_temperature_fit():
+    logits = np.array([[5.0, 0.0]] * 8 + [[0.0, 5.0]] * 2)
+    labels = np.zeros(10, int)
+    with_nan = np.concatenate([logits, np.full((5, 2), np.nan)])
+    temperature = fit_temperature(with_nan, np.zeros(15, int))
+    assert temperature == pytest.approx(fit_temperature(logits, labels))
+    assert fit_temperature(np.full((4, 2), np.nan), np.zeros(4, int)) is None
+
+
 def test_ece_by_hand():
     probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
     labels = np.array([0, 1, 0, 0])

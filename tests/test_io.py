@@ -224,3 +224,14 @@ def test_only_temps_of_dead_processes_are_removed(tmp_path):
 
 def test_no_stale_temps_in_a_missing_folder(tmp_path):
     assert remove_stale_temps(tmp_path / "missing" / "x.pt") == []
+
+
+def test_json_outputs_are_strict_json_with_null_for_a_score_never_computed(tmp_path):
+    path = tmp_path / "eval.json"
+    io_module.write_json(path, {"best_val_acc": float("nan"), "ok": 0.5,
+                                "members": [{"cv_loss": float("inf")}, (1.0, float("-inf"))]})
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {"best_val_acc": None, "ok": 0.5, "members": [{"cv_loss": None}, [1.0, None]]}

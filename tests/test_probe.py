@@ -344,6 +344,25 @@ def test_the_cross_validated_probe_never_reads_the_test_split(tmp_path, arch, la
         clean.labels["val"])
 
 
+def test_a_class_of_one_image_gives_no_made_up_out_of_fold_estimate(tmp_path):
+    """No fold can hold out a class of one image: C is the grid's middle, and the record says
+    so instead of scoring predictions that were never made (nan read as class 0 once)."""
+    from finetuner.training.batches import TrainData
+    image_folder = make_image_folder(tmp_path / "images", {"r": 12, "g": 12, "b": 1})
+    prepared = _prepared_with_test_labels(tmp_path / "prepared", image_folder)
+    params = params_for("probe", model={"arch": "resnet18", "weights": "none"},
+                        probe={"folds": 3})
+    torch.manual_seed(0)
+    _, outcome = train_model(lambda: build_model("resnet18", "none", 3, "last"),
+                             TrainData.from_prepared(prepared, 0), params,
+                             Dist(torch.device("cpu")), progress=False)
+    record = outcome.cross_validation
+    assert record["folds"] == 0 and "fewer than 2 images" in record["selection"]
+    assert record["cv_acc"] is None and record["cv_loss"] is None
+    assert outcome.out_of_fold is None  # the evaluate stage fits its temperature on val
+    assert math.isnan(outcome.best_val_acc)
+
+
 # ---------------------------------------------------------------- an LP-FT that loses its probe
 
 def test_a_fall_below_the_probe_is_reported_with_its_epoch_and_a_collapse_named():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -112,8 +113,22 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data) -> None:
+    """``data`` as strict JSON: a float that is not finite (a score never computed) is null,
+    since json.dumps would write ``NaN``, which JSON has not and strict readers refuse."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
+                       + "\n", encoding="utf-8")
+
+
+def _finite(data):
+    """``data`` with every nan or infinite float replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def write_csv(path: str | Path, header: list[str], rows) -> None:

@@ -45,8 +45,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float | None:
 
     None when there is no best ``T`` to find: no examples, or every prediction right (then the
     NLL only falls as ``T`` -> 0, and a tiny ``T`` would make every later mistake look certain).
+    Rows with a logit that is not finite are left out.
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    finite = np.isfinite(logits).all(1) if logits.ndim == 2 else np.ones(len(labels), bool)
+    logits, labels = logits[finite], labels[finite]  # a row never predicted teaches nothing
     if len(labels) == 0 or (logits.argmax(1) == labels).all():
         return None
     z = torch.as_tensor(logits)

@@ -253,7 +253,8 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
     features and the last stage's alone (:func:`fit_probe_cv_columns`).  Returns the record:
     each member's C, features read and out-of-fold scores, and the out-of-fold accuracy and
     log-loss of the whole model (members' probabilities averaged), an estimate from the
-    training images alone.  Nothing of the test split is read."""
+    training images alone (None, with no out-of-fold predictions, when a class has fewer than 2
+    images: the middle of the grid is used).  Nothing of the test split is read."""
     members = list(model.members) if isinstance(model, ProbeEnsemble) else [model]
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
@@ -279,6 +280,11 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                         "cv_loss": cv.probe.val_loss, "layers": layers,
                         "features": int(features.shape[1] if cv.columns == "all" else last)})
         oofs.append(cv.oof)
+    if cv.folds < 2:  # a class of one image: no fold can hold it out, so nothing is scored
+        return {"selection": f"no cross-validation (a class has fewer than 2 images): "
+                             f"C {records[0]['C']:g}, the middle of the grid",
+                "folds": 0, "members": records, "cv_acc": None, "cv_loss": None,
+                "oof_log_probs": None, "oof_labels": None}
     mean = np.clip(np.mean(oofs, 0), 1e-12, 1)
     what = "L2 strength and stages read" if choose_layers else "L2 strength"
     return {"selection": f"{cv.folds}-fold cross-validation on train + val: {what}",

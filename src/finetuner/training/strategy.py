@@ -228,19 +228,24 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     record = cv_probe_heads(model, data, ctx.device, precision,
                             params.train.feature_cache_gb * 1e9, ctx, params.probe.folds,
                             params.seed, params.probe.layers == "auto")
-    scores = {"val_acc": record["cv_acc"], "val_loss": record["cv_loss"]}
+    scores = {"val_acc": _or_nan(record["cv_acc"]), "val_loss": _or_nan(record["cv_loss"])}
     seconds = time.perf_counter() - start
     history = [{"epoch": 1, "frozen_stages": _stages(model), "lr": 0.0,
                 "train_loss": float("nan"), "train_acc": float("nan"), **scores,
                 "seconds": seconds}]
-    oof = {"log_probs": torch.from_numpy(record.pop("oof_log_probs")),
-           "labels": torch.from_numpy(record.pop("oof_labels"))}
+    log_probs, labels = record.pop("oof_log_probs"), record.pop("oof_labels")
+    oof = (None if log_probs is None else
+           {"log_probs": torch.from_numpy(log_probs), "labels": torch.from_numpy(labels)})
     Cs = [m["C"] for m in record["members"]]
     outcome = Outcome("probe", {"probe": scores}, history, 1, seconds, precision.name,
                       ctx.world_size, Cs[0] if len(Cs) == 1 else None, False)
     outcome.cross_validation, outcome.out_of_fold = record, oof
     outcome.trained_on = {"train": len(data.train_labels), "val": len(data.val_labels)}
     return outcome
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _log_probe(on_epoch: Callable[[str, dict], None] | None, outcome: Outcome) -> None:
