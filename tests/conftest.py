@@ -159,12 +159,13 @@ def edit_yaml(path: Path, changes: dict) -> None:
 
 
 def tiny_conf(repo: Path, base: dict | None = None, demo: dict | None = None) -> None:
-    """The copied project's conf/ made tiny (images of ``data/images``, 32 px, 2 views, 2
-    epochs of batch 8 at a constant lr, no pretrained weights), ``base`` and ``demo`` changes on
-    top; then its params.yaml written from it, as `python -m finetuner.presets` writes it."""
+    """The copied project's conf/ made tiny (images of ``data/my photos``: a space, as a user's
+    folder may have, through dvc.yaml's commands; 32 px, 2 views, 2 epochs of batch 8 at a
+    constant lr, no pretrained weights), ``base`` and ``demo`` changes on top; then its
+    params.yaml written from it, as `python -m finetuner.presets` writes it."""
     from finetuner.presets import params_yaml
     edit_yaml(repo / "conf" / "config.yaml", {
-        "data": {"dir": "data/images"}, "preprocess": {"workers": 0},
+        "data": {"dir": "data/my photos"}, "preprocess": {"workers": 0},
         "model": {"weights": "none"}, "train": {"batch_size": 8, "schedule": "constant"}})
     edit_yaml(repo / "conf" / "preset" / "demo.yaml", {
         "preprocess": {"image_size": 32, "train_views": 2},

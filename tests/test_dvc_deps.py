@@ -117,3 +117,17 @@ def test_the_walk_sees_relative_and_package_imports():
     assert "src/finetuner/training/batches.py" in files  # from finetuner.training.batches import
     assert "src/finetuner/data/rows.py" in files       # relative, two levels down
     assert "src/finetuner/models/__init__.py" in files  # a package's __init__ runs on import
+
+
+def test_every_interpolated_param_in_a_command_is_one_quoted_argument():
+    """`${data.dir}` reaches the stage as one argument, spaces and all (`data/my photos`, which
+    test_e2e.py's project uses); params.py refuses the characters a shell reads inside double
+    quotes."""
+    import re
+    import shlex
+    for name, stage in stages().items():
+        command = stage["cmd"]
+        for match in re.finditer(r"\$\{[^}]+\}", command):
+            assert command[match.start() - 1] == '"' == command[match.end()], (name, command)
+        spaced = command.replace("${data.dir}", "my photos")
+        assert len(shlex.split(spaced)) == len(shlex.split(command)), name

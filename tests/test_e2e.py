@@ -48,7 +48,7 @@ def project(tmp_path_factory) -> Path:
     composition, the offline plots template), and the team's DVC remote, a local folder, from
     the start (every experiment's commit names it)."""
     repo = copy_project(tmp_path_factory.mktemp("project"))
-    make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
+    make_image_folder(repo / "data" / "my photos", {"a": 8, "b": 8, "c": 8}, size=24)
     tiny_conf(repo)
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "test@example.com")
@@ -124,7 +124,7 @@ def test_adding_an_image_and_another_input_size_rerun_split_input_spec_and_after
     image reruns split (input_spec does not read the images), a new size reruns input_spec."""
     make_image_folder(project / "data" / "extra", {"a": 1}, size=24, seed=9)
     shutil.move(project / "data" / "extra" / "a" / "img_000.png",
-                project / "data" / "images" / "a" / "new.png")
+                project / "data" / "my photos" / "a" / "new.png")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["preprocess"]["image_size"] = 40
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

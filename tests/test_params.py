@@ -72,6 +72,8 @@ def test_unknown_keys_name_the_closest(raw, closest):
     ({"data": {"test_fraction": -0.1}}, ["data.test_fraction", ">= 0"]),
     ({"data": {"val_fraction": 0.7, "test_fraction": 0.4}}, ["train fraction", "1.1"]),
     ({"data": {"dir": " "}}, ["data.dir", "empty"]),
+    ({"data": {"dir": "photos of $HOME"}}, ["data.dir", "double quotes", "ln -s"]),
+    ({"data": {"dir": 'my "best" photos'}}, ["data.dir", "double quotes", "rename the folder"]),
     ({"freeze_depth": 6, "model": {"arch": "resnet18"}}, ["resnet18 has 5 freezable", "0..5"]),
     ({"freeze_depth": -1}, ["freeze_depth", ">= 0"]),
     ({"preprocess": {"image_size": 20}}, ["tf_efficientnet_lite0 needs at least 32 px"]),
@@ -167,6 +169,8 @@ def test_every_stage_checks_params_before_any_work(tmp_path, monkeypatch):
     """Each params-reading stage of dvc.yaml, run with a typo in params.yaml and none of its
     inputs, fails on the params (a stage that started work first would fail on its inputs).
     The scripts run as ``__main__`` in this process (conftest.stage_exit)."""
+    import shlex
+
     import yaml
 
     from conftest import ROOT, stage_exit
@@ -176,7 +180,7 @@ def test_every_stage_checks_params_before_any_work(tmp_path, monkeypatch):
     assert {"split", "preprocess", "finetune", "evaluate"} <= set(commands)
     (tmp_path / "params.yaml").write_text("learning_rate: 0.1\n")
     for name, command in commands.items():
-        argv = command.split()
+        argv = shlex.split(command)  # as a shell reads it: "${data.dir}" is quoted
         assert argv[0] == "python" and argv[1].startswith("stages/"), command
         code = stage_exit(tmp_path, ROOT / argv[1], argv[2:], monkeypatch)
         assert isinstance(code, str), (name, code)  # a message: exit status 1

@@ -42,6 +42,9 @@ def _range(key: str, value, low=None, high=None, low_open=False) -> None:
         _fail(key, f"is {value!r}; must be {' and '.join(p for p in (lo, hi) if p)}")
 
 
+_SHELL_SPECIAL = '"$`\n'  # what a shell still reads inside double quotes, and a newline
+
+
 @dataclass(frozen=True)
 class DataParams:
     """Where the labelled image folder is and how it is split.
@@ -59,6 +62,10 @@ class DataParams:
     def validate(self, prefix: str) -> None:
         if not self.dir.strip():
             _fail(f"{prefix}.dir", "is empty; set it to a folder with one sub-folder per class")
+        if set(self.dir) & set(_SHELL_SPECIAL):
+            _fail(f"{prefix}.dir", f"is {self.dir!r}; dvc.yaml passes it to the stages in double "
+                  "quotes, where a shell still reads \", $ and ` itself: rename the folder, or "
+                  "link it under a plain name (ln -s)")
         for path, reason in self.ignore.items():
             if not path.strip() or path.startswith("/") or "\\" in path:
                 _fail(f"{prefix}.ignore", f"has the path {path!r}; write each file relative to "
