@@ -30,9 +30,10 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
 def macro_f1_per_resample(labels: np.ndarray, predicted: np.ndarray, classes: int,
                           rows: np.ndarray) -> np.ndarray:
     """Macro-F1 of each resample: ``rows`` (resamples, n) indexes the test images.  As
-    scikit-learn's ``f1_score(average="macro", labels=range(classes), zero_division=0)``: a
-    class with no true and no predicted image counts 0.  One confusion matrix per resample,
-    counted with a single ``bincount``."""
+    :func:`~finetuner.evaluation.metrics.classification_metrics`, scikit-learn's
+    ``f1_score(average="macro", labels=<the classes with true images>, zero_division=0)``: a
+    class without true images in the resample is not averaged.  One confusion matrix per
+    resample, counted with a single ``bincount``."""
     count = len(rows)
     cells = (np.arange(count)[:, None] * classes * classes
              + labels[rows] * classes + predicted[rows])
@@ -41,7 +42,8 @@ def macro_f1_per_resample(labels: np.ndarray, predicted: np.ndarray, classes: in
     hits = np.diagonal(confusion, axis1=1, axis2=2)
     denominator = confusion.sum(1) + confusion.sum(2)  # 2 TP + FP + FN
     f1 = np.divide(2 * hits, denominator, out=np.zeros(hits.shape), where=denominator > 0)
-    return f1.mean(1)
+    present = confusion.sum(2) > 0  # true images of the class in the resample
+    return (f1 * present).sum(1) / np.maximum(1, present.sum(1))
 
 
 def bootstrap_interval(values: np.ndarray) -> tuple[float, float]:
