@@ -59,38 +59,44 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                                          resume=resume, on_epoch=live.epoch if live else None)
         if ctx.is_main:
             save_checkpoint(model_out, model, params.model.arch, data.class_names,
-                            data.image_size, data.crop_pct,
-                            {"params": to_dict(params), "history": outcome.history,
-                             "best_epoch": outcome.best_epoch,
-                             "best_val_acc": outcome.best_val_acc, "strategy": outcome.info(),
-                             "train_seconds": outcome.seconds,
-                             "epochs_run": len(outcome.history),
-                             "stopped_early": outcome.stopped_early,
-                             "device": str(ctx.device), "precision": outcome.precision,
-                             "world_size": outcome.world_size, "threads_per_process": threads,
-                             "out_of_fold": outcome.out_of_fold})
+                            data.image_size, data.crop_pct, _info(params, outcome, ctx, threads))
             live.close()
             if resume is not None:
                 resume.clear()
-            where = (f"{ctx.device}" if not ctx.enabled
-                     else f"{ctx.world_size} processes on {ctx.device.type}")
-            learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
-            chosen = (f"{outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
-                      f"{', refit on train + val' if outcome.refit else ''})")
-            if outcome.cross_validation:
-                Cs = ", ".join(f"{m['C']:g}" for m in outcome.cross_validation["members"])
-                estimate = (f"out-of-fold acc {outcome.best_val_acc:.4f}"
-                            if outcome.cross_validation["folds"] else "no out-of-fold estimate")
-                chosen = (f"{outcome.chosen}, by {outcome.cross_validation['selection']} "
-                          f"(C {Cs}; {estimate})")
             if outcome.probe_drop:
                 print(f"finetune: warning: {drop_message(outcome.probe_drop, outcome.chosen)}")
-            print(f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "
-                  f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
-                  f"{threads} thread(s) per process -> {model_out}")
+            print(_summary(outcome, ctx, threads, model_out))
     finally:
         distributed.cleanup(ctx)
 
+
+def _info(params, outcome, ctx, threads: int) -> dict:
+    """The checkpoint's record of how it was trained (evaluate reads it into eval.json)."""
+    return {"params": to_dict(params), "history": outcome.history,
+            "best_epoch": outcome.best_epoch, "best_val_acc": outcome.best_val_acc,
+            "strategy": outcome.info(), "train_seconds": outcome.seconds,
+            "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,
+            "device": str(ctx.device), "precision": outcome.precision,
+            "world_size": outcome.world_size, "threads_per_process": threads,
+            "out_of_fold": outcome.out_of_fold}
+
+
+def _summary(outcome, ctx, threads: int, model_out: str) -> str:
+    """The stage's last line: what was chosen and how, from what, where, how long."""
+    where = (f"{ctx.device}" if not ctx.enabled
+             else f"{ctx.world_size} processes on {ctx.device.type}")
+    learnt = " + ".join(f"{n} {split}" for split, n in outcome.trained_on.items())
+    chosen = (f"{outcome.chosen} chosen on val (val acc {outcome.best_val_acc:.4f}"
+              f"{', refit on train + val' if outcome.refit else ''})")
+    cv = outcome.cross_validation
+    if cv:
+        Cs = ", ".join(f"{m['C']:g}" for m in cv["members"])
+        estimate = (f"out-of-fold acc {outcome.best_val_acc:.4f}" if cv["folds"]
+                    else "no out-of-fold estimate")
+        chosen = f"{outcome.chosen}, by {cv['selection']} (C {Cs}; {estimate})"
+    return (f"finetune: best epoch {outcome.best_epoch}, {chosen}, learnt from {learnt} "
+            f"images in {outcome.seconds:.1f} s on {where}, {outcome.precision}, "
+            f"{threads} thread(s) per process -> {model_out}")
 
 if __name__ == "__main__":
     run_stage("finetune", main, "PREPARED_DIR MODEL_OUT LIVE_DIR",
