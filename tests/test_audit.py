@@ -194,14 +194,21 @@ def test_a_blank_image_is_an_outlier(faulty):
 def test_the_cli_exits_0_with_a_json_list_for_a_clean_folder(tmp_path):
     root = make_shapes_folder(tmp_path / "clean", 3)
     shutil.rmtree(root / "triangles")
+    (root / "stars").mkdir()  # an empty class folder: left out, with a warning
     code, out, err = run_cli(str(root), "--arch", ARCH, "--json", "--image-size", "48")
     assert code == 0 and isinstance(json.loads(out), list)
     assert f"({ARCH} at 48 px)" in err  # what a stage with preprocess.image_size: 48 reads
+    assert (f"warning: {root}: class folder(s) with no usable image, left out: stars\n"
+            in err)
 
 
 def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "absent")]) == 2
     assert f"{tmp_path / 'absent'}: does not exist" in capsys.readouterr().err
+    (tmp_path / "some_file.txt").write_text("x")
+    assert main(["audit", str(tmp_path / "some_file.txt")]) == 2
+    err = capsys.readouterr().err  # no pipeline hint (params.yaml) on the command line
+    assert err.endswith("is not a folder (expected one sub-folder per class)\n")
     make_shapes_folder(tmp_path / "one", 2)
     for kind in ("squares", "triangles"):
         shutil.rmtree(tmp_path / "one" / kind)

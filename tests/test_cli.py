@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ CLASSES = ["blue", "green", "red"]
 SIZE = 32
 
 
-def _checkpoint(path: Path, always: int | None = None) -> Path:
+def _checkpoint(path: Path, always: int | None = None, classes: list[str] = CLASSES) -> Path:
     """A resnet18 checkpoint; with ``always`` its head predicts that class for every image."""
     torch.manual_seed(0)
     model = build_model("resnet18", "none", len(CLASSES))
@@ -32,7 +33,7 @@ def _checkpoint(path: Path, always: int | None = None) -> Path:
         with torch.no_grad():
             model.classifier.weight.zero_()
             model.classifier.bias.copy_(torch.nn.functional.one_hot(torch.tensor(always), 3) * 5.0)
-    save_checkpoint(path, model, "resnet18", CLASSES, SIZE, 0.875, {})
+    save_checkpoint(path, model, "resnet18", classes, SIZE, 0.875, {})
     return path
 
 
@@ -139,6 +140,19 @@ def test_evaluate_refuses_a_class_folder_the_model_does_not_know(checkpoint, pho
     code, out, err = _run(capsys, "evaluate", checkpoint, photos)
     assert code == 2 and out == ""
     assert "'purple'" in err and "blue, green, red" in err
+
+
+def test_evaluate_matches_a_class_folder_written_in_another_unicode_form(tmp_path, capsys):
+    """A macOS copy of the data names the folder "café" in NFD; the model's class is NFC."""
+    cafe = "caf\u00e9"
+    model = _checkpoint(tmp_path / "cafe.pt", always=0, classes=[cafe, "green", "red"])
+    folder = make_image_folder(tmp_path / "mac", {unicodedata.normalize("NFD", cafe): 2,
+                                                  "green": 1})
+    code, out, err = _run(capsys, "evaluate", model, folder, "--json")
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert result["per_class"][cafe]["support"] == 2  # named as the model spells it
+    assert result["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_evaluate_json_has_the_right_accuracy_and_macro_f1(always_blue, photos, capsys):

@@ -92,6 +92,16 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
 
 
 
+def test_cjk_class_names_draw_without_missing_glyph_warnings(tmp_path, recwarn):
+    """No CJK font is shipped: "猫" draws as a box, and matplotlib's warning is silenced."""
+    names = ["猫", "犬"]
+    confusion_png(tmp_path / "confusion.png", [[1, 0], [1, 1]], names)
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    mistakes_png(tmp_path / "mistakes.png", images, np.array([0, 1]), np.eye(2)[[1, 0]], names, 4)
+    assert [str(w.message) for w in recwarn] == []
+    assert _png_size(tmp_path / "confusion.png") == (350, 350)
+
+
 def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
     from finetuner.models.checkpoint import load_checkpoint
     model = load_checkpoint(evaluated / "model.pt").model

@@ -35,6 +35,16 @@ def test_labelled_views_of_a_test_folder(tmp_path):
         labelled_views(folder, ["b", "a", "c"], 16, 0.875)
 
 
+@pytest.mark.parametrize("model_name, folder_name", [("caf\u00e9", "cafe\u0301"),
+                                                     ("cafe\u0301", "caf\u00e9")])
+def test_a_class_folder_matches_the_model_class_in_another_unicode_form(tmp_path, model_name,
+                                                                        folder_name):
+    """A macOS copy writes "café" in NFD (e + combining accent); it is the model's "café"."""
+    folder = make_image_folder(tmp_path / "test", {folder_name: 2, "tea": 1}, size=20)
+    files = labelled_files(folder, ["tea", model_name], lambda path, reason: None)
+    assert [label for _, label in files] == [1, 1, 0]
+
+
 def test_a_fifo_and_a_dangling_link_are_reported_with_what_they_are(tmp_path):
     folder = make_image_folder(tmp_path / "test", {"a": 2, "b": 1}, size=20)
     odd_entries(folder / "a")

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from conftest import jpeg_copy, load_stage, make_image_folder, make_shapes_folder
-from finetuner.data.split import DatasetError, split_folder
+from finetuner.data.split import DatasetError, scan_folder, split_folder
 
 
 def test_stratified_fractions_and_manifest_fields(image_folder):
@@ -82,6 +82,43 @@ def test_class_without_usable_image_is_named(image_folder):
     (image_folder / "void" / "x.jpg").write_text("hello")
     with pytest.raises(DatasetError, match="void"):
         split_folder(image_folder, 0.1, 0.1, 0, progress=False)
+
+
+def test_an_empty_class_folder_is_called_empty_with_no_reasons_promised(tmp_path):
+    make_image_folder(tmp_path, {"a": 4, "b": 4})
+    (tmp_path / "c" / "nested").mkdir(parents=True)  # no file at all, even deeper down
+    with pytest.raises(DatasetError) as error:
+        split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    message = str(error.value)
+    assert "no usable image: c (remove the folder, or add images)" in message
+    assert message.splitlines()[1:] == ["  c: empty folder"]
+    assert "see the reasons below" not in message
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"  # one name: macOS writes folder names in NFD
+
+
+def test_class_folders_that_are_one_name_in_two_unicode_forms_are_an_error(tmp_path):
+    make_image_folder(tmp_path, {NFC: 4, NFD: 4, "tea": 4})
+    with pytest.raises(DatasetError, match="two Unicode forms") as error:
+        split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    assert "'caf\\xe9'" in str(error.value) and "'cafe\\u0301'" in str(error.value)
+
+
+def test_a_class_keeps_the_unicode_form_its_folder_has(tmp_path):
+    make_image_folder(tmp_path, {NFD: 4, "tea": 4})
+    result = split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    assert result.classes == [NFD, "tea"]
+
+
+def test_the_missing_folder_hint_names_params_yaml_only_for_the_pipeline(tmp_path):
+    (tmp_path / "some_file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="params.yaml's data.dir"):
+        scan_folder(tmp_path / "some_file.txt", progress=False)
+    with pytest.raises(DatasetError) as error:
+        scan_folder(tmp_path / "some_file.txt", progress=False, hint="")
+    assert str(error.value) == (f"{tmp_path / 'some_file.txt'}: does not exist or is not a "
+                                "folder (expected one sub-folder per class)")
 
 
 def test_tiny_class_goes_to_train_with_a_warning(tmp_path):

@@ -256,15 +256,19 @@ def _list_families(as_json: bool) -> int:
 def _audit(args) -> int:
     from .audit.features import audit_arch, folder_batches, image_features
     from .audit.findings import COLUMNS, audit
-    from .data.split import DatasetError, scan_folder
+    from .data.split import DatasetError, class_folders, scan_folder
     try:
         check_arch(args.arch)
-        items, skipped = scan_folder(args.dir, progress=False)
+        items, skipped = scan_folder(args.dir, progress=False, hint="")
     except (ArchError, DatasetError) as error:
         raise UsageError(str(error)) from None
     for path, reason in skipped:
         print(f"skipped {args.dir / path}: {reason}", file=sys.stderr)
     classes = sorted({item.label for item in items})
+    left_out = [name for name in class_folders(args.dir) if name not in classes]
+    if left_out:
+        print(f"warning: {args.dir}: class folder(s) with no usable image, left out: "
+              f"{', '.join(left_out)}", file=sys.stderr)
     if len(classes) < 2:
         raise UsageError(f"{args.dir}: images in {len(classes)} class folder(s); the audit "
                          "needs a labelled folder with at least 2 (one sub-folder per class)")

@@ -11,7 +11,9 @@ Rules:
   with what they are; so are files that do not decode, and in a labelled folder files outside
   any class folder;
 * a labelled folder's sub-folders must all be classes of the model (an unknown name is an
-  error naming it and the model's classes); files in deeper folders belong to their class;
+  error naming it and the model's classes); names are compared in Unicode NFC form, so a
+  macOS copy whose folder "café" is written NFD matches the model's "café"; files in deeper
+  folders belong to their class;
 * an image is given the evaluation view of :func:`finetuner.data.preprocess.eval_view`, as the
   pipeline's val and test images are.
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from .images import ImageError, decode_image, entry_problem
 from .preprocess import eval_view
-from .split import DatasetError, is_hidden
+from .split import DatasetError, class_name_key, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
 
@@ -64,7 +66,8 @@ def labelled_files(folder: Path, class_names: list[str], skip: Skip) -> list[tup
         raise DatasetError(f"{folder}: not a folder (expected one sub-folder per class)")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     classes = [p for p in entries if p.is_dir()]  # a link to a class folder is followed
-    unknown = [p.name for p in classes if p.name not in class_names]
+    index = {class_name_key(name): i for i, name in enumerate(class_names)}
+    unknown = [p.name for p in classes if class_name_key(p.name) not in index]
     if unknown:
         raise DatasetError(f"{folder}: class folder(s) {', '.join(map(repr, unknown))} are not "
                            f"classes of the model; its classes are: {', '.join(class_names)}")
@@ -75,7 +78,7 @@ def labelled_files(folder: Path, class_names: list[str], skip: Skip) -> list[tup
         if path not in classes:
             problem = entry_problem(path)
             skip(path, "not inside a class folder" if problem is None else problem)
-    return [(path, class_names.index(class_dir.name))
+    return [(path, index[class_name_key(class_dir.name)])
             for class_dir in classes for path in _walk(class_dir, skip)]
 
 

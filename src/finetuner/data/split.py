@@ -18,11 +18,16 @@ Rules (also in docs/pipeline.md):
   test and ``round(n * val_fraction)`` to val, each at least one when the class has three
   groups or more (none to test when ``test_fraction`` is 0), the rest (at least one) to train;
   a class with fewer than three groups goes wholly to train, with a warning;
-* a class with no usable image, or fewer than two classes, is an error.
+* a class with no usable image (an empty folder, or every file skipped), or fewer than two
+  classes, is an error;
+* class folder names are matched in Unicode NFC form (macOS may write "café" as NFD, ``e`` +
+  combining accent): two class folders that are one name in two forms are an error, as they
+  would be one class; a class keeps the name as its folder spells it.
 """
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +93,40 @@ def _printable(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] | None = None
+def class_name_key(name: str) -> str:
+    """The form in which class names are compared: NFC, so that macOS's NFD "café" (``e`` +
+    combining accent) is the same class as "café" written in one code point."""
+    return unicodedata.normalize("NFC", name)
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folder names of ``root`` (printable), sorted; raises :class:`DatasetError`
+    when two of them are one name in two Unicode forms (they would be one class)."""
+    names = sorted(_printable(p.name) for p in root.iterdir()
+                   if p.is_dir() and not p.name.startswith("."))
+    forms = defaultdict(list)
+    for name in names:
+        forms[class_name_key(name)].append(name)
+    for same in forms.values():
+        if len(same) > 1:
+            raise DatasetError(f"{root}: class folders {' and '.join(map(repr, same))} are one "
+                               f"name in two Unicode forms ({', '.join(map(ascii, same))}): "
+                               "they would be one class; move their files into one folder")
+    return names
+
+
+def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] | None = None,
+                hint: str = "the pipeline reads params.yaml's data.dir"
                 ) -> tuple[list[Item], list[tuple[str, str]]]:
     """Every usable image under ``root``'s class folders, and the skipped files with reasons
-    (``ignore``: relative path -> why the user left it out)."""
+    (``ignore``: relative path -> why the user left it out).  ``hint`` ends the message for a
+    missing folder (the command line sets it to "")."""
     root = Path(root)
     ignore = ignore or {}
     if not root.is_dir():
         raise DatasetError(f"{root}: does not exist or is not a folder (expected one "
-                           "sub-folder per class; the pipeline reads params.yaml's data.dir)")
+                           f"sub-folder per class{'; ' + hint if hint else ''})")
+    class_folders(root)  # one name in two Unicode forms: an error before reading any file
     items, skipped = [], []
     files = sorted((p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()),
                    key=lambda p: p.relative_to(root).parts)  # FIFOs, sockets, ... reported
@@ -196,14 +226,27 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
     return splits, warnings
 
 
+def _unusable(root: Path, empty: list[str], skipped: list[tuple[str, str]]) -> DatasetError:
+    """The error for class folders with no usable image: under the summary, each skipped file's
+    reason, or "empty folder" for a folder with no file at all."""
+    lines, any_reason = [], False
+    for name in empty:
+        reasons = [f"  {p}: {r}" for p, r in sorted(skipped) if p.split("/")[0] == name]
+        any_reason = any_reason or bool(reasons)
+        lines += reasons or [f"  {name}: empty folder"]
+    advice = ("see the reasons below, or remove the folder" if any_reason
+              else "remove the folder, or add images")
+    return DatasetError(f"{root}: class folder(s) with no usable image: {', '.join(empty)} "
+                        f"({advice})\n" + "\n".join(lines))
+
+
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
                  progress: bool = True, group_near_duplicates: bool = False,
                  ignore: dict[str, str] | None = None) -> SplitResult:
     """Scan, verify and split ``root``; raises :class:`DatasetError` if it cannot be used."""
     root = Path(root)
     if root.is_dir():  # checked before verifying any file: that can take a while
-        class_dirs = sorted(_printable(p.name) for p in root.iterdir()
-                            if p.is_dir() and not p.name.startswith("."))
+        class_dirs = class_folders(root)
         if len(class_dirs) < 2:
             raise DatasetError(f"{root}: found {len(class_dirs)} class folder(s) "
                                f"({', '.join(class_dirs) or 'none'}); a classifier needs at "
@@ -213,10 +256,7 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
     usable = {item.label for item in items}
     empty = [name for name in class_dirs if name not in usable]
     if empty:
-        raise DatasetError(f"{root}: class folder(s) with no usable image: "
-                           f"{', '.join(empty)} (see the reasons below, or remove the folder)\n"
-                           + "\n".join(f"  {p}: {r}" for p, r in sorted(skipped)
-                                       if p.split('/')[0] in empty))
+        raise _unusable(root, empty, skipped)
     pairs = near_duplicate_pairs(items)
     splits, warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs,
                                    pairs if group_near_duplicates else [])

@@ -1,7 +1,13 @@
 """PNG pictures: confusion matrix, training curves, galleries (the worst mistakes, the audit's
-suspects)."""
+suspects).
+
+Class names with glyphs the font lacks (CJK: matplotlib's DejaVu Sans has none) draw as boxes
+unless a CJK font is installed and listed in matplotlib's ``font.sans-serif``; as no such font
+is shipped, matplotlib's "Glyph ... missing from font" warnings are silenced here."""
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -13,12 +19,21 @@ import numpy as np  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
 
+@contextmanager
+def _missing_glyphs_quiet():
+    """Drawing labels whose glyphs the font lacks warns once per glyph and draw: not here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        yield
+
+
 def _save(figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
 
 
+@_missing_glyphs_quiet()
 def confusion_png(path: str | Path, confusion: list[list[int]], class_names: list[str]) -> None:
     matrix = np.asarray(confusion)
     n = len(class_names)
@@ -39,6 +54,7 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
     _save(figure, path)
 
 
+@_missing_glyphs_quiet()
 def curves_png(path: str | Path, history: list[dict]) -> None:
     epochs = [h["epoch"] for h in history]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -66,6 +82,7 @@ def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
                        "no mistakes on the test split")
 
 
+@_missing_glyphs_quiet()
 def reliability_png(path: str | Path, before: list[dict], after: list[dict],
                     ece_before: float, ece_after: float, temperature: float | None) -> None:
     """Reliability diagram: accuracy against mean confidence per bin, before and after
@@ -95,6 +112,7 @@ def reliability_png(path: str | Path, before: list[dict], after: list[dict],
     _save(figure, path)
 
 
+@_missing_glyphs_quiet()
 def gallery_png(path: str | Path, tiles: list[tuple[np.ndarray, str]], title: str,
                 empty: str) -> int:
     """A grid of images (uint8 (H, W, 3), any width) with a caption each; ``empty``: the text
