@@ -15,7 +15,7 @@ dependency replace it (tests/test_export.py checks the result either way).
 
 Each export is checked before it is written: the exported model must give the PyTorch model's
 logits within :data:`PARITY_TOLERANCE` on a random batch (relative to the logit beyond ±1: see
-:func:`_max_diff`), or nothing is written.  The ONNX models
+:func:`_parity_error`), or nothing is written.  The ONNX models
 made in memory (``predict --runtime onnxruntime`` on a checkpoint, the evaluate stage's ONNX
 Runtime timing) come from :func:`onnx_checked`, which makes the same check.
 """
@@ -37,7 +37,7 @@ FORMATS = {"onnx": (".onnx",), "torchscript": (".ts", ".pt"), "pt2": (".pt2",)}
 ONNX_TAG = "finetuner-onnx/1"  # metadata_props["finetuner"] of our ONNX files (JSON-encoded)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 OPSET = 18
-PARITY_TOLERANCE = 1e-4  # the largest parity error (:func:`_max_diff`) an export may have
+PARITY_TOLERANCE = 1e-4  # the largest parity error (:func:`_parity_error`) an export may have
 EXTRA_FILE = "finetuner.json"  # the metadata inside TorchScript and .pt2 archives
 
 
@@ -130,7 +130,7 @@ def _onnx_measured(model: torch.nn.Module, image_size: int, metadata: dict | Non
     data = onnx_bytes(model, image_size, metadata)
     session = onnx_session(data, threads)
     run = onnx_runner(session)
-    return data, session, _max_diff(lambda x: run(x.numpy()), model, image_size)
+    return data, session, _parity_error(lambda x: run(x.numpy()), model, image_size)
 
 
 def check_parity(diff: float, what: str, advice: str) -> None:
@@ -280,7 +280,7 @@ def _traced(model: torch.nn.Module, image_size: int):
         return torch.jit.trace(model.cpu().eval(), torch.rand(1, 3, image_size, image_size))
 
 
-def _max_diff(run, model: torch.nn.Module, image_size: int) -> float:
+def _parity_error(run, model: torch.nn.Module, image_size: int) -> float:
     """The parity error of ``run`` on a random batch of 3 (a batch size the export never saw):
     the largest ``|run(x) - model(x)| / max(1, |model(x)|)`` over the logits, absolute within
     ±1 and relative beyond.  float32 rounding grows with the logit: a confident ensemble's
@@ -303,7 +303,7 @@ def _onnx(model: torch.nn.Module, size: int, metadata: dict, inside: str):
 
 def _torchscript(model: torch.nn.Module, size: int, metadata: dict, inside: str):
     traced = _traced(model, size)
-    diff = _max_diff(traced, model, size)
+    diff = _parity_error(traced, model, size)
 
     def save(tmp: Path) -> None:
         torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: inside})
@@ -312,7 +312,7 @@ def _torchscript(model: torch.nn.Module, size: int, metadata: dict, inside: str)
 
 def _pt2(model: torch.nn.Module, size: int, metadata: dict, inside: str):
     program = _exported_program(model, size)
-    diff = _max_diff(program.module(), model, size)
+    diff = _parity_error(program.module(), model, size)
 
     def save(tmp: Path) -> None:
         buffer = io.BytesIO()

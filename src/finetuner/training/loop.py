@@ -442,15 +442,15 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
         run.bar.close()
         return _finished(model, saved, on_epoch)
     went = _begin(run, saved, probe_grid, resume, on_epoch)
+    seconds = lambda: went.earlier_seconds + time.perf_counter() - start_time  # noqa: E731
     for epoch in range(went.first, params.train.epochs if not went.stopped_early else went.first):
         record = _epoch(run, epoch, went)
         went.history.append(record)
         went.stopped_early = went.best.update(record, model, run.validating)
         if resume is not None:
-            resume.save(_epoch_state(run, epoch + 1, went,
-                                     went.earlier_seconds + time.perf_counter() - start_time))
+            resume.save(_epoch_state(run, epoch + 1, went, seconds()))
         if on_epoch:
             on_epoch(record)
         if went.stopped_early:
             break
-    return _end(run, went, went.earlier_seconds + time.perf_counter() - start_time, resume)
+    return _end(run, went, seconds(), resume)
