@@ -208,7 +208,8 @@ def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     (tmp_path / "some_file.txt").write_text("x")
     assert main(["audit", str(tmp_path / "some_file.txt")]) == 2
     err = capsys.readouterr().err  # no pipeline hint (params.yaml) on the command line
-    assert err.endswith("is not a folder (expected one sub-folder per class)\n")
+    assert err.endswith("some_file.txt: is a file, not a folder (expected a folder with one "
+                        "sub-folder per class)\n")
     make_shapes_folder(tmp_path / "one", 2)
     for kind in ("squares", "triangles"):
         shutil.rmtree(tmp_path / "one" / kind)

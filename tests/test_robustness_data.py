@@ -475,6 +475,16 @@ def test_fewer_than_two_classes_is_an_error(tmp_path, classes, found):
     assert found in str(error.value)
 
 
+def test_images_outside_any_class_folder_are_named_in_the_error(tmp_path):
+    make_image_folder(tmp_path, {"cats": 4})
+    for name in ("a.png", "b.png"):
+        shutil.copy(tmp_path / "cats" / "img_000.png", tmp_path / name)
+    with pytest.raises(DatasetError, match="needs at least 2") as error:
+        split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    assert str(error.value).endswith("; 2 file(s) are directly in it, outside any class folder: "
+                                     "move each image into the sub-folder named after its class")
+
+
 def test_a_missing_data_folder_says_which_param_to_set(tmp_path):
     with pytest.raises(DatasetError, match="data.dir"):
         split_folder(tmp_path / "nope", 0.1, 0.1, 0, progress=False)

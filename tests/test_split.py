@@ -117,8 +117,54 @@ def test_the_missing_folder_hint_names_params_yaml_only_for_the_pipeline(tmp_pat
         scan_folder(tmp_path / "some_file.txt", progress=False)
     with pytest.raises(DatasetError) as error:
         scan_folder(tmp_path / "some_file.txt", progress=False, hint="")
-    assert str(error.value) == (f"{tmp_path / 'some_file.txt'}: does not exist or is not a "
-                                "folder (expected one sub-folder per class)")
+    assert str(error.value) == (f"{tmp_path / 'some_file.txt'}: is a file, not a folder "
+                                "(expected a folder with one sub-folder per class)")
+    with pytest.raises(DatasetError, match="absent: does not exist"):
+        scan_folder(tmp_path / "absent", progress=False, hint="")
+
+
+def test_class_folders_that_differ_only_in_case_are_an_error(tmp_path):
+    """On Linux "Cat" and "cat" are two folders; a copy of the data on macOS or Windows would
+    merge them into one, and the same pipeline would then see other classes."""
+    make_image_folder(tmp_path, {"Cat": 4, "cat": 4, "dog": 4})
+    with pytest.raises(DatasetError, match="'Cat' and 'cat' differ only in case"):
+        split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    with pytest.raises(DatasetError, match="differ only in case"):
+        scan_folder(tmp_path, progress=False)  # the audit command's way in
+
+
+@pytest.mark.parametrize("folders", [("test", "train", "val"), ("Train",), ("training", "valid")])
+def test_a_folder_of_split_folders_is_refused_with_the_folder_meant(tmp_path, folders):
+    """data.dir at a data set's top (train/, val/, test/ with the classes inside) would train a
+    classifier of the split names: refused, naming the train folder as the likely meaning."""
+    for folder in folders:
+        make_image_folder(tmp_path / folder, {"cats": 4, "dogs": 4})
+    with pytest.raises(DatasetError, match="look like a split already made") as error:
+        split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    meant = next((f for f in folders if f.lower().startswith("train")), folders[0])
+    assert f"e.g. {tmp_path / meant} " in str(error.value)
+
+
+def test_a_class_named_like_a_split_beside_others_is_a_class(tmp_path):
+    make_image_folder(tmp_path, {"test": 4, "cats": 4})
+    assert split_folder(tmp_path, 0.1, 0.1, 0, progress=False).classes == ["cats", "test"]
+
+
+def test_a_class_folder_with_images_only_in_sub_folders_is_a_warning(tmp_path):
+    make_image_folder(tmp_path / "animals", {"cats": 3, "dogs": 3})
+    make_image_folder(tmp_path / "plants", {"rose": 3}, seed=1)  # other images than the cats'
+    make_image_folder(tmp_path, {"rocks": 4}, seed=2)
+    (tmp_path / "rocks" / "more").mkdir()  # images directly in it too: no warning
+    result = split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
+    assert result.classes == ["animals", "plants", "rocks"]
+    nested = [w for w in result.warnings if "only in sub-folders" in w]
+    assert nested == [
+        f"class folder 'animals' has images only in sub-folders (cats, dogs): they all count as "
+        f"class 'animals'; if those sub-folders are the classes, point data.dir at "
+        f"{tmp_path / 'animals'}",
+        f"class folder 'plants' has images only in sub-folders (rose): they all count as class "
+        f"'plants'; if those sub-folders are the classes, point data.dir at "
+        f"{tmp_path / 'plants'}"]
 
 
 def test_tiny_class_goes_to_train_with_a_warning(tmp_path):

@@ -22,7 +22,13 @@ Rules (also in docs/pipeline.md):
   classes, is an error;
 * class folder names are matched in Unicode NFC form (macOS may write "café" as NFD, ``e`` +
   combining accent): two class folders that are one name in two forms are an error, as they
-  would be one class; a class keeps the name as its folder spells it.
+  would be one class; a class keeps the name as its folder spells it;
+* two class folders whose names differ only in case (``Cat``, ``cat``) are an error: on macOS
+  and Windows they are one folder, so a checkout of the data there would silently merge them;
+* class folders that are all named like splits (``train``, ``val``, ``test``, ...) are an
+  error: the folder holds a split already made, and its classes are one level down;
+* a class folder with images only in sub-folders is a warning: those sub-folders are not
+  classes (point ``data.dir`` at the class folder if they are meant to be).
 """
 from __future__ import annotations
 
@@ -38,6 +44,9 @@ from .images import ImageError, decode_image, entry_problem, file_hash
 from .near_duplicates import HASH_SIDE, groups, hash_pairs, perceptual_hash
 
 SPLITS = ("train", "val", "test")
+# folder names that say a split was made already (compared case-insensitively)
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev",
+                                "test", "testing", "eval"})
 
 
 class DatasetError(ValueError):
@@ -101,18 +110,43 @@ def class_name_key(name: str) -> str:
 
 def class_folders(root: Path) -> list[str]:
     """The class folder names of ``root`` (printable), sorted; raises :class:`DatasetError`
-    when two of them are one name in two Unicode forms (they would be one class)."""
+    when two of them are one name in two Unicode forms or in two cases (they would be one
+    class, or one folder on macOS and Windows), or when they are all named like splits."""
     names = sorted(_printable(p.name) for p in root.iterdir()
                    if p.is_dir() and not p.name.startswith("."))
+    _refuse_one_name_twice(root, names)
+    if names and all(name.lower() in SPLIT_FOLDER_NAMES for name in names):
+        meant = root / _train_first(names)
+        raise DatasetError(f"{root}: its sub-folders ({', '.join(names)}) look like a split "
+                           "already made, not like classes; point data.dir at the folder whose "
+                           f"sub-folders are the classes, e.g. {meant} (the pipeline makes its "
+                           "own train/val/test split; to use all of them, move their class "
+                           "folders together)")
+    return names
+
+
+def _train_first(names: list[str]) -> str:
+    """The split folder a user most likely meant: train's, else the first."""
+    return next((n for n in names if n.lower() in ("train", "training")), names[0])
+
+
+def _refuse_one_name_twice(root: Path, names: list[str]) -> None:
+    """A :class:`DatasetError` for class folder names that are one name in two Unicode forms,
+    or that differ only in case."""
     forms = defaultdict(list)
     for name in names:
-        forms[class_name_key(name)].append(name)
+        forms[class_name_key(name).casefold()].append(name)
     for same in forms.values():
-        if len(same) > 1:
+        if len(same) < 2:
+            continue
+        if len({class_name_key(name) for name in same}) < len(same):
             raise DatasetError(f"{root}: class folders {' and '.join(map(repr, same))} are one "
                                f"name in two Unicode forms ({', '.join(map(ascii, same))}): "
                                "they would be one class; move their files into one folder")
-    return names
+        raise DatasetError(f"{root}: class folders {' and '.join(map(repr, same))} differ only "
+                           "in case: on macOS and Windows they are one folder, so a copy of the "
+                           "data there would merge them; rename one, or move their files into "
+                           "one folder")
 
 
 def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] | None = None,
@@ -124,8 +158,9 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
     root = Path(root)
     ignore = ignore or {}
     if not root.is_dir():
-        raise DatasetError(f"{root}: does not exist or is not a folder (expected one "
-                           f"sub-folder per class{'; ' + hint if hint else ''})")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{root}: {what} (expected a folder with one sub-folder per class"
+                           f"{'; ' + hint if hint else ''})")
     class_folders(root)  # one name in two Unicode forms: an error before reading any file
     items, skipped = [], []
     files = sorted((p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()),
@@ -240,6 +275,27 @@ def _unusable(root: Path, empty: list[str], skipped: list[tuple[str, str]]) -> D
                         f"({advice})\n" + "\n".join(lines))
 
 
+def _loose_files(root: Path) -> str:
+    """"; N files are directly in it: ..." when ``root`` holds files outside any class
+    folder (images not sorted into classes yet), else ""."""
+    loose = sum(1 for p in root.iterdir() if not p.name.startswith(".") and p.is_file())
+    return (f"; {loose} file(s) are directly in it, outside any class folder: move each "
+            "image into the sub-folder named after its class") if loose else ""
+
+
+def _nested_warnings(root: Path, items: list[Item]) -> list[str]:
+    """A warning for each class folder whose images are all in sub-folders: those sub-folders
+    are one class here, which is not what a folder of class folders one level down means."""
+    depths = defaultdict(set)
+    for item in items:
+        depths[item.label].add(item.path.count("/") > 1)
+    nested = sorted(label for label, deep in depths.items() if deep == {True})
+    return [f"class folder '{label}' has images only in sub-folders ("
+            + ", ".join(sorted({p.name for p in (root / label).iterdir() if p.is_dir()}))
+            + f"): they all count as class '{label}'; if those sub-folders are the classes, "
+            f"point data.dir at {root / label}" for label in nested]
+
+
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
                  progress: bool = True, group_near_duplicates: bool = False,
                  ignore: dict[str, str] | None = None) -> SplitResult:
@@ -250,7 +306,7 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
         if len(class_dirs) < 2:
             raise DatasetError(f"{root}: found {len(class_dirs)} class folder(s) "
                                f"({', '.join(class_dirs) or 'none'}); a classifier needs at "
-                               "least 2 (one sub-folder per class)")
+                               f"least 2 (one sub-folder per class){_loose_files(root)}")
     items, skipped = scan_folder(root, progress, ignore)
     items = _drop_label_conflicts(items, skipped)
     usable = {item.label for item in items}
@@ -258,11 +314,12 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
     if empty:
         raise _unusable(root, empty, skipped)
     pairs = near_duplicate_pairs(items)
-    splits, warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs,
-                                   pairs if group_near_duplicates else [])
+    splits, dealt = split_items(items, val_fraction, test_fraction, seed, class_dirs,
+                                pairs if group_near_duplicates else [])
     found = {path for path, _ in skipped}
-    warnings += [f"data.ignore lists {path!r}, which is not in {root} (already removed?)"
-                 for path in sorted(ignore or {}) if path not in found]
+    warnings = _nested_warnings(root, items) + dealt + [
+        f"data.ignore lists {path!r}, which is not in {root} (already removed?)"
+        for path in sorted(ignore or {}) if path not in found]
     skipped.sort()
     return SplitResult(class_dirs, splits, skipped, warnings,
                        [(items[a].path, items[b].path, bits) for a, b, bits in pairs],
