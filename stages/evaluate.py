@@ -177,5 +177,4 @@ def test_images(test_dir: str, data, checkpoint) -> tuple[np.ndarray, np.ndarray
 
 if __name__ == "__main__":
     run_stage("evaluate", main, "MODEL PREPARED_DIR METRICS_DIR",
-              (CheckpointError, InputError, ImageError, DatasetError),
-              interrupted="interrupted")
+              (CheckpointError, InputError, ImageError, DatasetError))

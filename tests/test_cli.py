@@ -91,6 +91,28 @@ def test_predict_reports_non_images_on_stderr_gives_rows_for_images_and_exits_1(
     assert ".thumb.png" not in done.stderr + done.stdout  # hidden: not even looked at
 
 
+def test_a_ctrl_c_exits_130_with_one_line_and_the_rows_printed_until_then_whole(
+        checkpoint, photos, capsys, monkeypatch):
+    """Exit status 1 means "done, some files skipped": an interrupted predict must not say it,
+    or a script would take its partial CSV for a finished one."""
+    import finetuner.cli as cli
+    real = cli.predict_files
+
+    def first_batch_then_ctrl_c(*args):
+        yield next(real(*args))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "predict_files", first_batch_then_ctrl_c)
+    code, out, err = _run(capsys, "predict", checkpoint, photos, "--batch-size", 1)
+    assert code == 130
+    assert err.splitlines()[-1] == ("finetuner predict: interrupted; the rows printed so far "
+                                    "are whole, the files after them were not predicted")
+    assert "Traceback" not in err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert len(rows) == 2 and Path(rows[1][0]) == _images(photos)[0] and len(rows[1]) == 7
+    code, _, err = _run(capsys, "evaluate", checkpoint, photos)
+    assert (code, err.splitlines()[-1]) == (130, "finetuner evaluate: interrupted")
+
+
 def _fifo_and_dangling_link(folder: Path) -> None:
     os.mkfifo(folder / "pipe.jpg")  # opened by a reader, it would block: the test would hang
     (folder / "gone.png").symlink_to(folder / "deleted.png")

@@ -229,6 +229,23 @@ def test_an_export_that_misses_the_tolerance_writes_nothing(resnet, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_export_interrupted_before_its_json_leaves_no_older_json_beside_it(
+        resnet, tmp_path, monkeypatch):
+    """The model is renamed into place before its metadata file is written: a Ctrl-C between
+    the two must not leave the previous export's metadata (another temperature) beside it."""
+    out = tmp_path / "model.onnx"
+    export_model(load_checkpoint(resnet), out, "onnx", temperature=2.0)
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["temperature"] == 2.0
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export_module, "write_json", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(load_checkpoint(resnet), out, "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp, no old json
+    assert read_onnx(out)[1]["temperature"] is None  # the new export, whole
+
+
 def test_predictor_from_a_checkpoint_in_onnxruntime_equals_torch(resnet, photos):
     images = _views(photos)
     torch_run = load_predictor(resnet)

@@ -24,6 +24,7 @@ import yaml
 from conftest import ROOT, copy_project, ignored, make_image_folder, stage_exit
 from finetuner.models.checkpoint import load_checkpoint
 from finetuner.params import ParamsError
+from finetuner.stage import INTERRUPTED
 
 FINETUNE_OUTS = ["models/model.pt"]
 FINETUNE_ARGS = ["data/prepared", *FINETUNE_OUTS, "dvclive"]  # the last: DVCLive's live log
@@ -133,7 +134,7 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     assert all(name.startswith(".") and ignored(name) for name in left), left
     if sig == signal.SIGINT:
         assert left == [], f"SIGINT should clean up its temp files: {left}"
-        assert "finetune: interrupted; nothing was written" in log.read_text()
+        assert f"finetune: {INTERRUPTED}" in log.read_text()
         assert "Traceback" not in log.read_text()
 
     set_params(project, epochs=2)
@@ -199,7 +200,7 @@ def test_run_stage_checks_arguments_and_turns_errors_and_ctrl_c_into_exit_codes(
     with pytest.raises(SystemExit) as stop:
         run_stage("x", main, "A B")
     assert stop.value.code == 130
-    assert "x: interrupted; nothing was written" in capsys.readouterr().err
+    assert f"x: {INTERRUPTED}" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["x.py", "bug", "b"])
     with pytest.raises(RuntimeError, match="a bug"):  # not an input error: keeps its traceback
         run_stage("x", main, "A B")
@@ -251,7 +252,7 @@ def test_preprocess_killed_mid_way_leaves_no_output_and_the_rerun_works(project,
     if sig == signal.SIGKILL:  # no chance to clean up: a hidden, git-ignored temp folder
         assert len(left) == 1 and left[0].startswith(".") and ignored(left[0])
     else:
-        assert left == [] and "interrupted; nothing was written" in log.read_text()
+        assert left == [] and INTERRUPTED in log.read_text()
 
     set_params(project)
     run_stage(project, "preprocess", "data/many", "data/split_many", "data/input_spec_many.json",

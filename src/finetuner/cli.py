@@ -12,7 +12,8 @@ in ONNX Runtime): finetuner.predictor. Export formats: finetuner.export.  audit 
 checkpoint: it prints the audit stage's suspects (docs/audit.md) for any labelled folder.
 
 Exit status: 0 done; 1 done, but some files were skipped (not images, reasons on stderr);
-2 usage error (missing checkpoint, unknown class folder, ...).  audit exits 0 whatever it
+2 usage error (missing checkpoint, unknown class folder, ...); 130 interrupted (Ctrl-C: one line
+on stderr, no traceback; predict's rows printed until then are whole but not all).  audit exits 0 whatever it
 finds, skipped files included (they are findings too, on stderr).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import re
 import sys
 import textwrap
+from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -41,6 +43,12 @@ from .models.spec import WeightsError
 from .params import PHOTOS_ARCH, AuditParams
 from .predictor import RUNTIMES, Predictor, load_predictor
 
+# the one line a Ctrl-C prints, per command (exit status 130)
+INTERRUPTED = defaultdict(lambda: "interrupted", {
+    "predict": "interrupted; the rows printed so far are whole, the files after them were not "
+               "predicted",
+    "export": "interrupted; no file is half-written (the model and its .json are each written "
+              "whole or not at all)"})
 UNKNOWN = "unknown"  # predict's answer when the top probability is not above --min-confidence
 
 
@@ -391,3 +399,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # 130, not 1 ("done, files skipped"): a script must not mistake
+        print(f"finetuner {args.command}: {INTERRUPTED[args.command]}", file=sys.stderr)
+        return 130  # a partial output for a finished one

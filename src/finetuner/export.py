@@ -329,7 +329,9 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
     """Write ``checkpoint``'s model to ``out`` in ``fmt`` and its metadata to ``out.json``.
 
     Both are written atomically, after the export gave the checkpoint's logits within
-    :data:`PARITY_TOLERANCE`; returns the metadata, with ``parity_error`` added.
+    :data:`PARITY_TOLERANCE`; an older ``out.json`` is removed before the model is replaced,
+    so an interrupted export never leaves a model beside another export's metadata.  Returns
+    the metadata, with ``parity_error`` added.
     """
     out = Path(out)
     if fmt not in FORMATS:
@@ -344,7 +346,9 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
                           f"{type(error).__name__}: {_first_line(error)}") from None
     check_parity(diff, f"{out}: the {fmt} export", "nothing written")
     metadata["parity_error"] = diff
+    sidecar = out.with_name(out.name + ".json")
+    sidecar.unlink(missing_ok=True)  # a Ctrl-C between the two writes leaves no stale pair
     with atomic_path(out) as tmp, _quiet_jit():
         save(tmp)
-    write_json(out.with_name(out.name + ".json"), metadata)
+    write_json(sidecar, metadata)
     return metadata
