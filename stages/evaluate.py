@@ -93,8 +93,11 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     onnx = (f", ONNX Runtime {cost['onnxruntime_latency_ms']:.1f} ms"
             if "onnxruntime_latency_ms" in cost else "")
     low, high = interval["accuracy"]["low"], interval["accuracy"]["high"]
+    untested = [name for name, row in metrics["per_class"].items() if row["support"] == 0]
+    untested = f" (no image of {', '.join(untested)}: not scored)" if untested else ""
     print(f"evaluate: accuracy {metrics['accuracy']:.4f} (95 % {low:.3f}-{high:.3f}), "
-          f"macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} images of the {source}; "
+          f"macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} images of the {source}"
+          f"{untested}; "
           f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
           f"({fitted} on the {fitted_on}); {cost['gflops']:.3f} GFLOPs, "
           f"{cost['cpu_latency_ms']:.1f} ms per image on CPU{onnx} -> {out}")

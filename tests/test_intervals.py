@@ -79,3 +79,10 @@ def test_a_class_without_test_images_is_left_out_of_macro_f1_as_in_finetuner_eva
     wrong = np.array([0, 0, 2, 1, 1, 1])  # one image of class 0 called c
     assert classification_metrics(labels, wrong, ["a", "b", "c"])["macro_f1"] == pytest.approx(
         f1_score(labels, wrong, labels=[0, 1], average="macro"))
+    # per_class.json: nothing measured is null (0.0 looked like a total failure), except the
+    # precision of a class that was predicted: every prediction of it was wrong
+    assert perfect["per_class"]["c"] == {"precision": None, "recall": None, "f1": None,
+                                         "support": 0}
+    called_c = classification_metrics(labels, wrong, ["a", "b", "c"])["per_class"]
+    assert called_c["c"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert called_c["a"]["recall"] == pytest.approx(2 / 3)

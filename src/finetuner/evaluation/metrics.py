@@ -38,19 +38,30 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
     Macro-F1 averages the classes that have images in ``labels`` (as ``finetuner evaluate``
     does): a class with none, too few photos for the test split, has no F1 to count (it counted
     0 once, 0.22 for a model right on every image of the other classes); predicting it is
-    still a mistake, in the recall of the true class."""
+    still a mistake, in the recall of the true class.  In ``per_class`` such a class has
+    ``recall`` and ``f1`` None (JSON null: not measured, which 0.0 would misstate in
+    ``dvc exp show``), and ``precision`` None too unless the model predicted it (then 0.0)."""
     indices = list(range(len(class_names)))
     present = sorted(set(np.asarray(labels).tolist()))
     report = classification_report(labels, predicted, labels=indices, target_names=class_names,
                                    output_dict=True, zero_division=0)
-    per_class = {name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
-                        "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
-                 for name in class_names}
+    predicted_any = set(np.asarray(predicted).tolist())
+    per_class = {name: _class_row(report[name], i in predicted_any)
+                 for i, name in enumerate(class_names)}
     return {"accuracy": float(accuracy_score(labels, predicted)),
             "macro_f1": float(f1_score(labels, predicted, labels=present or indices,
                                        average="macro", zero_division=0)),
             "per_class": per_class,
             "confusion": _confusion(labels, predicted, indices)}
+
+
+def _class_row(row: dict, predicted: bool) -> dict:
+    """One class's precision, recall, F1 and support; None where there is nothing to measure
+    (no image of the class to recall; never predicted, so no precision)."""
+    tested = row["support"] > 0
+    return {"precision": row["precision"] if tested or predicted else None,
+            "recall": row["recall"] if tested else None,
+            "f1": row["f1-score"] if tested else None, "support": int(row["support"])}
 
 
 def _confusion(labels: np.ndarray, predicted: np.ndarray, indices: list[int]) -> list[list[int]]:
