@@ -12,9 +12,9 @@ in ONNX Runtime): finetuner.predictor. Export formats: finetuner.export.  audit 
 checkpoint: it prints the audit stage's suspects (docs/audit.md) for any labelled folder.
 
 Exit status: 0 done; 1 done, but some files were skipped (not images, reasons on stderr);
-2 usage error (missing checkpoint, unknown class folder, ...); 130 interrupted (Ctrl-C: one line
-on stderr, no traceback; predict's rows printed until then are whole but not all).  audit exits 0 whatever it
-finds, skipped files included (they are findings too, on stderr).
+2 usage error (missing checkpoint, unknown class folder, ...); 130 interrupted (Ctrl-C: one
+line on stderr, no traceback; predict's rows printed until then are whole but not all).  audit
+exits 0 whatever it finds, skipped files included (they are findings too, on stderr).
 """
 from __future__ import annotations
 

@@ -161,7 +161,7 @@ def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] 
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DatasetError(f"{root}: {what} (expected a folder with one sub-folder per class"
                            f"{'; ' + hint if hint else ''})")
-    class_folders(root)  # one name in two Unicode forms: an error before reading any file
+    class_folders(root)  # names that clash, or split folders: an error before reading a file
     items, skipped = [], []
     files = sorted((p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()),
                    key=lambda p: p.relative_to(root).parts)  # FIFOs, sockets, ... reported
