@@ -70,6 +70,8 @@ def test_a_resumed_fit_ends_with_the_weights_of_a_run_never_stopped(name, tmp_pa
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in whole_result.history]
     assert result.best_epoch == whole_result.best_epoch and result.lrs == whole_result.lrs
+    # the seconds count the killed run's epochs too (eval.json's train_seconds)
+    assert result.earlier_seconds > 0 and result.seconds > result.earlier_seconds
     for key, value in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
 
@@ -85,6 +87,7 @@ def test_a_finished_fit_is_not_trained_again(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_train_epoch", no_training)
     again, again_result, logged = _fit({"freeze_depth": 3}, slot)
     assert logged == [1, 2, 3, 4] and again_result.best_epoch == result.best_epoch
+    assert again_result.seconds == again_result.earlier_seconds == result.seconds
     assert all(torch.equal(again.state_dict()[k], v) for k, v in first.state_dict().items())
 
 
@@ -180,3 +183,25 @@ def test_a_nan_loss_stops_the_finetune_stage_with_one_line_and_writes_no_model(
     assert not (tmp_path / "model.pt").exists()
     state, = (tmp_path / ".finetuner" / "resume").glob("*/finetune.pt")
     assert torch.load(state, weights_only=True)["epochs_done"] == 1
+
+
+def test_a_rerun_that_finds_every_fit_done_reports_their_seconds_not_the_replay(tmp_path):
+    """The finetune stage's train_seconds (eval.json, dvc exp show) after a resume: the fine-tune
+    and the refit trained in an earlier process count, as they would in a run never stopped."""
+    from finetuner.training.distributed import Dist
+    from finetuner.training.strategy import train_model
+    params = parse_params({"lr": 0.01, "model": {"arch": "resnet18", "weights": "none"},
+                           "preprocess": {"image_size": 32},
+                           "train": {"epochs": 2, "batch_size": 8, "refit": True}})
+    store = ResumeStore("key", tmp_path)
+
+    def run():
+        torch.manual_seed(0)
+        return train_model(lambda: build_model("resnet18", "none", 3), tiny_data(), params,
+                           Dist(torch.device("cpu")), progress=False, resume=store)[1]
+    first = run()
+    assert first.refit and {p.stem for p in store.folder.iterdir()} == {"finetune", "refit"}
+    saved = sum(torch.load(store.folder / f"{slot}.pt", weights_only=True)["seconds"]
+                for slot in ("finetune", "refit"))
+    again = run()
+    assert again.earlier_seconds == saved and again.seconds >= saved > 0

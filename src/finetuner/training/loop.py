@@ -66,6 +66,7 @@ class FitResult:
     precision: str = "fp32"  # what the forward passes ran in (fp32, bf16, fp16)
     world_size: int = 1      # data-parallel processes
     probe: Probe | None = None  # the head's starting point with train.head_init: probe
+    earlier_seconds: float = 0.0  # of ``seconds``, those spent before this process (resumed)
 
 
 @torch.no_grad()
@@ -340,7 +341,8 @@ def _finished(model: StagedClassifier, saved: dict,
             on_epoch(record)
     return FitResult(saved["history"], saved["best_epoch"], saved["final"],
                      saved["stopped_early"], saved["seconds"], saved["lrs"],
-                     saved["precision"], saved["world_size"], _probe_from(saved["probe"]))
+                     saved["precision"], saved["world_size"], _probe_from(saved["probe"]),
+                     earlier_seconds=saved["seconds"])
 
 
 def _begin(run: _Run, saved: dict | None, probe_grid: tuple[float, ...],
@@ -405,7 +407,8 @@ def _end(run: _Run, went: _Progress, seconds: float, resume: ResumeSlot | None) 
     else:
         best.state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     result = FitResult(went.history, best.epoch, best.state, went.stopped_early, seconds,
-                       went.lrs, run.precision.name, run.ctx.world_size, went.probe)
+                       went.lrs, run.precision.name, run.ctx.world_size, went.probe,
+                       went.earlier_seconds)
     if resume is not None:
         resume.save({"done": True, "final": result.best_state, "history": went.history,
                      "best_epoch": result.best_epoch, "stopped_early": went.stopped_early,

@@ -59,6 +59,7 @@ class Outcome:
     cross_validation: dict | None = None  # the probe's choice by CV (probe.folds)
     out_of_fold: dict | None = None  # its out-of-fold log-probabilities and labels (tensors)
     probe_drop: dict | None = None  # an LP-FT that fell below its probe on val (probe_drop())
+    earlier_seconds: float = 0.0  # training done before this process: resumed fits' seconds
 
     @property
     def best_val_acc(self) -> float:
@@ -137,7 +138,7 @@ def train_model(build_fresh: Builder, data: TrainData, params: Params,
         else:
             model = refitted
             outcome.trained_on["val"] = len(data.val_labels)
-    outcome.seconds = time.perf_counter() - start
+    outcome.seconds = time.perf_counter() - start + outcome.earlier_seconds
     return model, outcome
 
 
@@ -194,7 +195,7 @@ def _finetune_and_choose(build: Builder, data: TrainData, params: Params, ctx: D
             history = _probe_history(result.probe, model.num_stages, time.perf_counter() - start)
     outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
                       result.world_size, result.probe.C if result.probe else None, refit,
-                      result.stopped_early)
+                      result.stopped_early, earlier_seconds=result.earlier_seconds)
     if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
         outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
                                         data.val_labels, params.train.freeze_bn)
@@ -332,6 +333,7 @@ def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Param
                      probe_grid=grid, store=store, resume=resume, on_epoch=on_epoch)
     except DivergedError as error:
         return model, f"the refit on train + val diverged: {error}"
+    outcome.earlier_seconds += result.earlier_seconds
     chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "
