@@ -93,8 +93,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     onnx = (f", ONNX Runtime {cost['onnxruntime_latency_ms']:.1f} ms"
             if "onnxruntime_latency_ms" in cost else "")
     low, high = interval["accuracy"]["low"], interval["accuracy"]["high"]
-    untested = [name for name, row in metrics["per_class"].items() if row["support"] == 0]
-    untested = f" (no image of {', '.join(untested)}: not scored)" if untested else ""
+    untested = untested_note(metrics["per_class"])
     print(f"evaluate: accuracy {metrics['accuracy']:.4f} (95 % {low:.3f}-{high:.3f}), "
           f"macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} images of the {source}"
           f"{untested}; "
@@ -176,6 +175,12 @@ def test_images(test_dir: str, data, checkpoint) -> tuple[np.ndarray, np.ndarray
               "(and trained it, with train.refit): NOT an honest estimate")
         return np.asarray(data.images["val"]), data.labels["val"], VAL_SOURCE
     return np.asarray(data.images["test"]), data.labels["test"], "test split"
+
+
+def untested_note(per_class: dict) -> str:
+    """" (no image of a, b: not scored)" for the classes the scored images lack, else ""."""
+    untested = [name for name, row in per_class.items() if row["support"] == 0]
+    return f" (no image of {', '.join(untested)}: not scored)" if untested else ""
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def test_a_ctrl_c_exits_130_with_one_line_and_the_rows_printed_until_then_whole(
     assert "Traceback" not in err
     rows = list(csv.reader(io.StringIO(out)))
     assert len(rows) == 2 and Path(rows[1][0]) == _images(photos)[0] and len(rows[1]) == 7
+    code, out, err = _run(capsys, "predict", checkpoint, photos, "--json")
+    assert (code, out, err.splitlines()[-1]) == (130, "", "finetuner predict: interrupted")
     code, _, err = _run(capsys, "evaluate", checkpoint, photos)
     assert (code, err.splitlines()[-1]) == (130, "finetuner evaluate: interrupted")
 

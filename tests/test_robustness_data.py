@@ -482,7 +482,7 @@ def test_images_outside_any_class_folder_are_named_in_the_error(tmp_path):
     with pytest.raises(DatasetError, match="needs at least 2") as error:
         split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
     assert str(error.value).endswith("; 2 file(s) are directly in it, outside any class folder: "
-                                     "move each image into the sub-folder named after its class")
+                                     "images go in the sub-folder named after their class")
 
 
 def test_a_missing_data_folder_says_which_param_to_set(tmp_path):

@@ -133,6 +133,13 @@ def test_class_folders_that_differ_only_in_case_are_an_error(tmp_path):
         scan_folder(tmp_path, progress=False)  # the audit command's way in
 
 
+def test_names_a_case_insensitive_file_system_keeps_apart_are_two_classes(tmp_path):
+    """"Straße" and "STRASSE" are one name to str.casefold, but two folders on macOS and
+    Windows (they fold case one character at a time): not refused."""
+    make_image_folder(tmp_path, {"Straße": 4, "STRASSE": 4})
+    assert split_folder(tmp_path, 0.1, 0.1, 0, progress=False).classes == ["STRASSE", "Straße"]
+
+
 @pytest.mark.parametrize("folders", [("test", "train", "val"), ("Train",), ("training", "valid")])
 def test_a_folder_of_split_folders_is_refused_with_the_folder_meant(tmp_path, folders):
     """data.dir at a data set's top (train/, val/, test/ with the classes inside) would train a
@@ -155,13 +162,19 @@ def test_a_class_folder_with_images_only_in_sub_folders_is_a_warning(tmp_path):
     make_image_folder(tmp_path / "plants", {"rose": 3}, seed=1)  # other images than the cats'
     make_image_folder(tmp_path, {"rocks": 4}, seed=2)
     (tmp_path / "rocks" / "more").mkdir()  # images directly in it too: no warning
+    (tmp_path / "animals" / ".thumbs").mkdir()  # folders holding no image it uses: not named
+    (tmp_path / "animals" / "notes").mkdir()
+    make_image_folder(tmp_path / "days", {f"2026-01-0{d}": 1 for d in range(1, 8)}, seed=4)
     result = split_folder(tmp_path, 0.1, 0.1, 0, progress=False)
-    assert result.classes == ["animals", "plants", "rocks"]
+    assert result.classes == ["animals", "days", "plants", "rocks"]
     nested = [w for w in result.warnings if "only in sub-folders" in w]
     assert nested == [
         f"class folder 'animals' has images only in sub-folders (cats, dogs): they all count as "
         f"class 'animals'; if those sub-folders are the classes, point data.dir at "
         f"{tmp_path / 'animals'}",
+        f"class folder 'days' has images only in sub-folders (2026-01-01, 2026-01-02, 2026-01-03, "
+        f"2026-01-04, 2026-01-05 and 2 more): they all count as class 'days'; if those "
+        f"sub-folders are the classes, point data.dir at {tmp_path / 'days'}",
         f"class folder 'plants' has images only in sub-folders (rose): they all count as class "
         f"'plants'; if those sub-folders are the classes, point data.dir at "
         f"{tmp_path / 'plants'}"]

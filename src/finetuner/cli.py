@@ -43,7 +43,7 @@ from .models.spec import WeightsError
 from .params import PHOTOS_ARCH, AuditParams
 from .predictor import RUNTIMES, Predictor, load_predictor
 
-# the one line a Ctrl-C prints, per command (exit status 130)
+# the one line a Ctrl-C prints, per command (exit status 130); predict --json prints nothing
 INTERRUPTED = defaultdict(lambda: "interrupted", {
     "predict": "interrupted; the rows printed so far are whole, the files after them were not "
                "predicted",
@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:  # 130, not 1 ("done, files skipped"): a script must not mistake
-        print(f"finetuner {args.command}: {INTERRUPTED[args.command]}", file=sys.stderr)
-        return 130  # a partial output for a finished one
+    except KeyboardInterrupt:  # 130, not 1 ("done, files skipped"): a partial output must not
+        # pass for a finished one
+        said = "interrupted" if getattr(args, "json", False) else INTERRUPTED[args.command]
+        print(f"finetuner {args.command}: {said}", file=sys.stderr)
+        return 130

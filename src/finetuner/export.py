@@ -329,7 +329,7 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
     """Write ``checkpoint``'s model to ``out`` in ``fmt`` and its metadata to ``out.json``.
 
     Both are written atomically, after the export gave the checkpoint's logits within
-    :data:`PARITY_TOLERANCE`; an older ``out.json`` is removed before the model is replaced,
+    :data:`PARITY_TOLERANCE`; an older ``out.json`` is removed just before the model is replaced,
     so an interrupted export never leaves a model beside another export's metadata.  Returns
     the metadata, with ``parity_error`` added.
     """
@@ -347,8 +347,8 @@ def export_model(checkpoint: Checkpoint, out: str | Path, fmt: str,
     check_parity(diff, f"{out}: the {fmt} export", "nothing written")
     metadata["parity_error"] = diff
     sidecar = out.with_name(out.name + ".json")
-    sidecar.unlink(missing_ok=True)  # a Ctrl-C between the two writes leaves no stale pair
     with atomic_path(out) as tmp, _quiet_jit():
         save(tmp)
+        sidecar.unlink(missing_ok=True)  # just before the rename: never a stale pair
     write_json(sidecar, metadata)
     return metadata

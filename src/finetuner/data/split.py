@@ -115,19 +115,28 @@ def class_folders(root: Path) -> list[str]:
     names = sorted(_printable(p.name) for p in root.iterdir()
                    if p.is_dir() and not p.name.startswith("."))
     _refuse_one_name_twice(root, names)
-    if names and all(name.lower() in SPLIT_FOLDER_NAMES for name in names):
-        meant = root / _train_first(names)
-        raise DatasetError(f"{root}: its sub-folders ({', '.join(names)}) look like a split "
-                           "already made, not like classes; point data.dir at the folder whose "
-                           f"sub-folders are the classes, e.g. {meant} (the pipeline makes its "
-                           "own train/val/test split; to use all of them, move their class "
-                           "folders together)")
+    _refuse_split_folders(root, names)
     return names
 
 
-def _train_first(names: list[str]) -> str:
-    """The split folder a user most likely meant: train's, else the first."""
-    return next((n for n in names if n.lower() in ("train", "training")), names[0])
+def _refuse_split_folders(root: Path, names: list[str]) -> None:
+    """A :class:`DatasetError` when every class folder is named like a split (train/, val/,
+    test/): the classes are one level down, and the folder meant is most likely train's."""
+    if not names or not all(name.casefold() in SPLIT_FOLDER_NAMES for name in names):
+        return
+    meant = next((n for n in names if n.casefold() in ("train", "training")), names[0])
+    raise DatasetError(f"{root}: its sub-folders ({', '.join(names)}) look like a split "
+                       "already made, not like classes; use the folder whose sub-folders are "
+                       f"the classes, e.g. {root / meant} (finetuner makes its own "
+                       "train/val/test split from it; to use all of them, move their class "
+                       "folders together)")
+
+
+def _case_key(name: str) -> str:
+    """``name`` in NFC with each character case-folded where folding keeps it one character:
+    the names a case-insensitive file system (macOS, Windows) takes for one ("Cat", "cat"),
+    and not "Straße" and "STRASSE", which it keeps apart."""
+    return "".join(c.casefold() if len(c.casefold()) == 1 else c for c in class_name_key(name))
 
 
 def _refuse_one_name_twice(root: Path, names: list[str]) -> None:
@@ -135,7 +144,7 @@ def _refuse_one_name_twice(root: Path, names: list[str]) -> None:
     or that differ only in case."""
     forms = defaultdict(list)
     for name in names:
-        forms[class_name_key(name).casefold()].append(name)
+        forms[_case_key(name)].append(name)
     for same in forms.values():
         if len(same) < 2:
             continue
@@ -143,10 +152,11 @@ def _refuse_one_name_twice(root: Path, names: list[str]) -> None:
             raise DatasetError(f"{root}: class folders {' and '.join(map(repr, same))} are one "
                                f"name in two Unicode forms ({', '.join(map(ascii, same))}): "
                                "they would be one class; move their files into one folder")
+        also = "" if all(class_name_key(n) == n for n in same) else " (and Unicode form)"
         raise DatasetError(f"{root}: class folders {' and '.join(map(repr, same))} differ only "
-                           "in case: on macOS and Windows they are one folder, so a copy of the "
-                           "data there would merge them; rename one, or move their files into "
-                           "one folder")
+                           f"in case{also}: on macOS and Windows they are one folder, so a copy "
+                           "of the data there would merge them; rename one, or move their "
+                           "files into one folder")
 
 
 def scan_folder(root: str | Path, progress: bool = True, ignore: dict[str, str] | None = None,
@@ -276,24 +286,30 @@ def _unusable(root: Path, empty: list[str], skipped: list[tuple[str, str]]) -> D
 
 
 def _loose_files(root: Path) -> str:
-    """"; N files are directly in it: ..." when ``root`` holds files outside any class
-    folder (images not sorted into classes yet), else ""."""
+    """"; N file(s) are directly in it ..." when ``root`` holds files outside any class
+    folder (images not sorted into classes yet, or a README), else ""."""
     loose = sum(1 for p in root.iterdir() if not p.name.startswith(".") and p.is_file())
-    return (f"; {loose} file(s) are directly in it, outside any class folder: move each "
-            "image into the sub-folder named after its class") if loose else ""
+    return (f"; {loose} file(s) are directly in it, outside any class folder: images go in "
+            "the sub-folder named after their class") if loose else ""
 
 
-def _nested_warnings(root: Path, items: list[Item]) -> list[str]:
+def _nested_warnings(root: Path, items: list[Item], shown: int = 5) -> list[str]:
     """A warning for each class folder whose images are all in sub-folders: those sub-folders
-    are one class here, which is not what a folder of class folders one level down means."""
-    depths = defaultdict(set)
+    are one class here, which is not what a folder of class folders one level down means.
+    Names the sub-folders that hold the images (the first ``shown``)."""
+    subfolders = defaultdict(set)  # label -> sub-folders holding its images ("" for none)
     for item in items:
-        depths[item.label].add(item.path.count("/") > 1)
-    nested = sorted(label for label, deep in depths.items() if deep == {True})
-    return [f"class folder '{label}' has images only in sub-folders ("
-            + ", ".join(sorted({p.name for p in (root / label).iterdir() if p.is_dir()}))
-            + f"): they all count as class '{label}'; if those sub-folders are the classes, "
-            f"point data.dir at {root / label}" for label in nested]
+        parts = item.path.split("/")
+        subfolders[item.label].add(parts[1] if len(parts) > 2 else "")
+    warnings = []
+    for label in sorted(label for label, subs in subfolders.items() if "" not in subs):
+        subs = sorted(subfolders[label])
+        more = f" and {len(subs) - shown} more" if len(subs) > shown else ""
+        warnings.append(f"class folder '{label}' has images only in sub-folders "
+                        f"({', '.join(subs[:shown])}{more}): they all count as class "
+                        f"'{label}'; if those sub-folders are the classes, point data.dir at "
+                        f"{root / label}")
+    return warnings
 
 
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
@@ -314,10 +330,10 @@ def split_folder(root: str | Path, val_fraction: float, test_fraction: float, se
     if empty:
         raise _unusable(root, empty, skipped)
     pairs = near_duplicate_pairs(items)
-    splits, dealt = split_items(items, val_fraction, test_fraction, seed, class_dirs,
-                                pairs if group_near_duplicates else [])
+    splits, split_warnings = split_items(items, val_fraction, test_fraction, seed, class_dirs,
+                                         pairs if group_near_duplicates else [])
     found = {path for path, _ in skipped}
-    warnings = _nested_warnings(root, items) + dealt + [
+    warnings = _nested_warnings(root, items) + split_warnings + [
         f"data.ignore lists {path!r}, which is not in {root} (already removed?)"
         for path in sorted(ignore or {}) if path not in found]
     skipped.sort()
