@@ -115,6 +115,29 @@ def test_a_ctrl_c_exits_130_with_one_line_and_the_rows_printed_until_then_whole(
     assert (code, err.splitlines()[-1]) == (130, "finetuner evaluate: interrupted")
 
 
+def test_a_ctrl_c_while_the_command_imports_exits_130_with_one_line(monkeypatch, capsys):
+    """Importing torch and the rest takes seconds: a Ctrl-C then is one line too."""
+    import builtins
+
+    from finetuner.__main__ import run
+    real_import = builtins.__import__
+
+    def ctrl_c_on_cli(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "cli" and level == 1:
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+    monkeypatch.setattr(builtins, "__import__", ctrl_c_on_cli)
+    assert run() == 130
+    assert capsys.readouterr().err == "finetuner: interrupted while starting; nothing was done\n"
+
+
+def test_the_finetuner_command_starts_where_a_ctrl_c_while_importing_is_caught():
+    import tomllib
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts == {"finetuner": "finetuner.__main__:run"}
+
+
 def _fifo_and_dangling_link(folder: Path) -> None:
     os.mkfifo(folder / "pipe.jpg")  # opened by a reader, it would block: the test would hang
     (folder / "gone.png").symlink_to(folder / "deleted.png")
