@@ -24,7 +24,6 @@ import json
 import re
 import sys
 import textwrap
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -44,11 +43,11 @@ from .params import PHOTOS_ARCH, AuditParams
 from .predictor import RUNTIMES, Predictor, load_predictor
 
 # the one line a Ctrl-C prints, per command (exit status 130); predict --json prints nothing
-INTERRUPTED = defaultdict(lambda: "interrupted", {
+INTERRUPTED = {
     "predict": "interrupted; the rows printed so far are whole, the files after them were not "
                "predicted",
     "export": "interrupted; no file is half-written (the model and its .json are each written "
-              "whole or not at all)"})
+              "whole or not at all)"}
 UNKNOWN = "unknown"  # predict's answer when the top probability is not above --min-confidence
 
 
@@ -401,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # 130, not 1 ("done, files skipped"): a partial output must not
         # pass for a finished one
-        said = "interrupted" if getattr(args, "json", False) else INTERRUPTED[args.command]
+        said = ("interrupted" if getattr(args, "json", False)
+                else INTERRUPTED.get(args.command, "interrupted"))
         print(f"finetuner {args.command}: {said}", file=sys.stderr)
         return 130
