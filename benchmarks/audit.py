@@ -102,7 +102,7 @@ def side_by_side(parts: list):
 class SetUnderTest:
     """One shared set: its files, labels, perceptual hashes and features, computed once: the
     features of each member of ``arch`` (one, or an ensemble's) at ``arch``'s input size, as
-    the audit stage computes them from the prepared views (it reads the first member's:
+    the audit stage computes them from the evaluation views (it reads the first member's:
     ``audit_arch``), and for an ensemble all members' features :func:`side_by_side`, the
     alternative it was measured against."""
 
@@ -384,8 +384,8 @@ def scale(args) -> None:
                     ("input_spec", ["data/input_spec.json"]),
                     ("preprocess", ["images", "data/split", "data/input_spec.json",
                                     "data/prepared"]),
-                    ("audit", ["data/split", "data/prepared", "data/audit/suspects.csv",
-                               "metrics"])):
+                    ("audit", ["images", "data/split", "data/input_spec.json",
+                               "data/audit/suspects.csv", "metrics"])):
                 times[stage] = photos.run_stage(workspace, stage, *stage_args)
             metrics = json.loads((workspace / "metrics" / "audit.json").read_text())
             seconds, rss = times["audit"]

@@ -1,23 +1,32 @@
 """Stage audit: likely wrong labels, near-duplicates (across splits too) and outliers of the
-split images, from the frozen backbone's features of their prepared evaluation views (for an
-ensemble ``model.arch``, its first member's: ``finetuner.audit.features.audit_arch``).
+split images, from the frozen backbone's features of their evaluation views (for an ensemble
+``model.arch``, its first member's: ``finetuner.audit.features.audit_arch``).
 
-    python stages/audit.py SPLIT_DIR PREPARED_DIR SUSPECTS_CSV METRICS_DIR
+    python stages/audit.py DATA_DIR SPLIT_DIR INPUT_SPEC SUSPECTS_CSV METRICS_DIR
+
+The stage decodes the listed images of DATA_DIR itself, as preprocess decodes val and test
+(INPUT_SPEC: the input_spec stage's size and crop), instead of reading preprocess's arrays:
+so it reruns when the images, the split, the input size, ``model`` or ``audit`` change, and
+not for augmentation (``preprocess.*``), which changes only the training views.
 
 Writes SUSPECTS_CSV (one row per finding, most certain first),
 METRICS_DIR/audit.json (the counts) and METRICS_DIR/audit.png (the top suspects).  What to
 do with them: docs/audit.md.  Nothing downstream reads them: the pipeline trains on the
 folder as it is until the folder or ``data.ignore`` changes.
 """
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from finetuner.audit.features import Features, audit_arch, eval_rows, split_features
+from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
-from finetuner.data.prepared import InputError, load_prepared
+from finetuner.data.images import ImageError, decode_image
+from finetuner.data.prepared import InputError, check_inputs, read_input_spec
+from finetuner.data.preprocess import canvas_side, eval_view
 from finetuner.data.split import SPLITS
 from finetuner.io import read_csv, write_json
 from finetuner.models import build_model
@@ -27,30 +36,31 @@ from finetuner.runtime import resolve_device, set_threads
 from finetuner.stage import run_stage
 
 
-def main(split_dir: str, prepared_dir: str, suspects_csv: str, metrics_dir: str) -> None:
+def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
+         metrics_dir: str) -> None:
     params = load_params()
     set_threads(params.threads)
     device = resolve_device(params.device)
     start = time.perf_counter()
-    prepared = load_prepared(prepared_dir)
-    paths, splits = manifest(Path(split_dir), prepared)
+    data, split = Path(data_dir), Path(split_dir)
+    check_inputs(data, split)
+    size, crop_pct = read_input_spec(Path(input_spec))
+    classes, paths, labels, splits = manifest(split)
     arch = audit_arch(params.model.arch)  # an ensemble's first member, at the views' size
-    model = build_model(arch, params.model.weights, len(prepared.class_names))
-    features = Features.concatenate([split_features(model, prepared, split, device=device)
-                                     for split in SPLITS])
+    model = build_model(arch, params.model.weights, len(classes))
+    with tqdm(total=len(paths), desc="audit", unit="image", leave=False, mininterval=1.0) as bar:
+        batches = folder_batches([data / path for path in paths], size, crop_pct,
+                                 workers=params.preprocess.workers)
+        features = image_features(model, batches, device, bar.update)
     feature_seconds = time.perf_counter() - start
-    labels = np.concatenate([prepared.labels[split] for split in SPLITS])
     a = params.audit
-    result = audit(features, labels, prepared.class_names, paths, splits,
-                   a.near_duplicate_ratio, a.outlier_fence, params.seed)
+    result = audit(features, labels, classes, paths, splits, a.near_duplicate_ratio,
+                   a.outlier_fence, params.seed)
     write_suspects(suspects_csv, result)
-    where = {path: (split, n) for split in SPLITS
-             for n, path in enumerate(p for p, s in zip(paths, splits) if s == split)}
 
     def view(path: str) -> np.ndarray:
-        split, n = where[path]
-        rows, index = eval_rows(prepared, split)
-        return rows.take(index[n:n + 1])[0].numpy()
+        image = decode_image(data / path, canvas_side(size, crop_pct))
+        return np.asarray(eval_view(image, size, crop_pct))
 
     suspects_png(Path(metrics_dir) / "audit.png", result, view, a.gallery_size)
     summary = result.summary()
@@ -65,22 +75,20 @@ def main(split_dir: str, prepared_dir: str, suspects_csv: str, metrics_dir: str)
           "(what to do: docs/audit.md)")
 
 
-def manifest(split_dir: Path, prepared) -> tuple[list[str], list[str]]:
-    """(path, split) of every prepared image, in the prepared arrays' order."""
-    paths, splits = [], []
+def manifest(split_dir: Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(classes, path, label index, split) of every image the split stage listed, train then
+    val then test (check_inputs has checked the files are there and agree)."""
+    classes = json.loads((split_dir / "summary.json").read_text(encoding="utf-8"))["classes"]
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels, splits = [], [], []
     for split in SPLITS:
-        file = split_dir / f"{split}.csv"
-        if not file.is_file():
-            raise InputError(f"{file} is missing: run the split stage first (dvc repro split)")
-        rows = read_csv(file)
-        if len(rows) != len(prepared.labels[split]):
-            raise InputError(f"{file} lists {len(rows)} images but {prepared.directory} holds "
-                             f"{len(prepared.labels[split])}: rerun the preprocess stage")
+        rows = read_csv(split_dir / f"{split}.csv")
         paths += [row["path"] for row in rows]
+        labels += [index[row["label"]] for row in rows]
         splits += [split] * len(rows)
-    return paths, splits
+    return classes, paths, np.array(labels, dtype=np.int64), splits
 
 
 if __name__ == "__main__":
-    run_stage("audit", main, "SPLIT_DIR PREPARED_DIR SUSPECTS_CSV METRICS_DIR",
-              (InputError, WeightsError))
+    run_stage("audit", main, "DATA_DIR SPLIT_DIR INPUT_SPEC SUSPECTS_CSV METRICS_DIR",
+              (InputError, ImageError, WeightsError))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import jpeg_copy, load_stage, make_shapes_folder, noise_prepared, shapes_image
+from conftest import SHAPES, jpeg_copy, load_stage, make_shapes_folder, shapes_image
 from finetuner.audit.features import Features
 from finetuner.audit.findings import COLUMNS, audit, near_duplicate_pairs
 from finetuner.cli import main
@@ -120,24 +120,73 @@ def test_the_taps_are_every_stage_but_the_last_pooled_in_order():
     assert features.taps.shape[1] == expected.shape[1] - features.pooled.shape[1] > 0
 
 
+def split_project(root, counts: dict[str, int], size: int = 32, workers: int = 0,
+                  arch: str = ARCH):
+    """In ``root``: images/ (96 px JPEGs of three shapes), the split stage's manifests of
+    ``counts`` images per split, input_spec.json at ``size`` and params.yaml; returns root."""
+    per_class = -(-sum(counts.values()) // len(SHAPES))
+    make_shapes_folder(root / "images", per_class)
+    files = [f"{kind}/img_{i:03d}.jpg" for i in range(per_class) for kind in SHAPES]  # mixed
+    (root / "split").mkdir()
+    for split, count in counts.items():
+        rows, files = files[:count], files[count:]
+        (root / "split" / f"{split}.csv").write_text("\n".join(
+            ["path,label,sha256", *(f"{path},{path.split('/')[0]},0" for path in rows)]))
+    (root / "split" / "summary.json").write_text(json.dumps({"classes": list(SHAPES)}))
+    (root / "input_spec.json").write_text(json.dumps({"image_size": size, "crop_pct": 0.875}))
+    (root / "params.yaml").write_text(
+        f"preset: demo\nstrategy: probe\nmodel:\n  arch: {arch}\n  weights: none\n"
+        f"preprocess:\n  workers: {workers}\n")
+    return root
+
+
+AUDIT_ARGS = ["images", "split", "input_spec.json", "audit/suspects.csv", "metrics"]
+
+
 @pytest.mark.parametrize("arch", [ARCH, "tf_efficientnet_lite0+mobilenet_v3_small"])
 def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_path, monkeypatch,
                                                                           arch):
     """An ensemble model.arch (the photos preset's kind): the audit reads its first member."""
-    noise_prepared(tmp_path / "prepared", {"train": 9, "val": 3, "test": 0})
-    for split, count in (("train", 9), ("val", 3), ("test", 0)):
-        rows = [f"{'abc'[n % 3]}/{split}{n}.png,{'abc'[n % 3]},0" for n in range(count)]
-        (tmp_path / "split").mkdir(exist_ok=True)
-        (tmp_path / "split" / f"{split}.csv").write_text("\n".join(["path,label,sha256", *rows]))
-    (tmp_path / "params.yaml").write_text(
-        f"preset: demo\nstrategy: probe\nmodel:\n  arch: {arch}\n  weights: none\n")
+    split_project(tmp_path, {"train": 9, "val": 3, "test": 0}, arch=arch)
     monkeypatch.chdir(tmp_path)
-    load_stage("audit").main("split", "prepared", "audit/suspects.csv", "metrics")
+    load_stage("audit").main(*AUDIT_ARGS)
     counts = json.loads((tmp_path / "metrics" / "audit.json").read_text())
     assert counts["images"] == 12 and counts["arch"] == ARCH
     with open(tmp_path / "audit" / "suspects.csv") as f:
         assert tuple(csv.DictReader(f).fieldnames) == COLUMNS
     assert (tmp_path / "metrics" / "audit.png").stat().st_size > 0
+
+
+def test_the_stage_reads_the_pixels_preprocess_stores_for_evaluation(tmp_path):
+    """The audit decodes the images itself (so augmentation does not rerun it): its views
+    are preprocess's evaluation views to the byte, JPEG draft decoding and 2 workers
+    included."""
+    from finetuner.audit.features import folder_batches
+    from finetuner.data.augment import Augmentation
+    from finetuner.data.prepared import load_prepared, prepare
+    split_project(tmp_path, {"train": 6, "val": 3, "test": 3}, size=24)
+    (tmp_path / "prepared").mkdir()
+    prepare(tmp_path / "split", tmp_path / "images", tmp_path / "prepared", 24, 0.875, 1,
+            Augmentation(), 0, 0)
+    prepared = load_prepared(tmp_path / "prepared")
+    manifest = load_stage("audit").manifest(tmp_path / "split")
+    views = np.concatenate([b.numpy() for b in folder_batches(
+        [tmp_path / "images" / p for p in manifest[1]], 24, 0.875, batch_size=5, workers=2)])
+    stored = np.concatenate([prepared.images[s] for s in ("train", "val", "test")])
+    assert views.shape == (12, 24, 24, 3) and np.array_equal(views, stored)
+    assert list(manifest[2]) == list(np.concatenate([prepared.labels[s] for s in
+                                                      ("train", "val", "test")]))
+
+
+def test_an_image_gone_after_the_split_stops_the_stage_with_one_line(tmp_path, monkeypatch):
+    from conftest import ROOT, stage_exit
+    split_project(tmp_path, {"train": 6, "val": 3, "test": 3}, workers=2)
+    gone = (tmp_path / "split" / "val.csv").read_text().splitlines()[2].split(",")[0]
+    (tmp_path / "images" / gone).unlink()
+    code = stage_exit(tmp_path, ROOT / "stages" / "audit.py", AUDIT_ARGS, monkeypatch)
+    assert code.startswith(f"audit: error: images/{gone}: cannot read") and "\n" not in code
+    assert "did the data change after split?" in code
+    assert not (tmp_path / "metrics" / "audit.json").exists()
 
 
 # --- `finetuner audit` on tiny generated images -----------------------------------------------

@@ -131,3 +131,14 @@ def test_every_interpolated_param_in_a_command_is_one_quoted_argument():
             assert command[match.start() - 1] == '"' == command[match.end()], (name, command)
         spaced = command.replace("${data.dir}", "my photos")
         assert len(shlex.split(spaced)) == len(shlex.split(command)), name
+
+
+def test_the_audit_reruns_for_neither_augmentation_nor_the_training_views():
+    """The audit decodes its evaluation views from the images (stages/audit.py), so a change
+    of augmentation (preprocess.*), which rewrites data/prepared, reruns preprocess, finetune
+    and evaluate, not the audit; a new input size still does (data/input_spec.json)."""
+    audit = stages()["audit"]
+    assert not any(dep.startswith("data/prepared") for dep in audit["deps"])
+    assert not any(str(param).startswith("preprocess") for param in audit["params"])
+    assert {"data/split", "data/input_spec.json", "${data.dir}"} <= set(audit["deps"])
+    assert '"${data.dir}" data/split data/input_spec.json' in audit["cmd"]

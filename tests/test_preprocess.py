@@ -95,3 +95,18 @@ def test_split_and_prepare_makes_what_the_two_stages_make(tmp_path):
                                                16, 16, 3)
     assert (tmp_path / "work" / "split" / "train.csv").read_text().count("\n") == 1 + len(
         splits["train"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_gone_after_the_split_is_one_line_naming_it_from_a_worker_too(splits, tmp_path,
+                                                                            workers):
+    """A worker's exception reaches the caller wrapped in PyTorch's traceback (14 lines); the
+    reason is handed back from the worker instead and raised here, one line."""
+    from finetuner.data.images import ImageError
+    gone = tmp_path / "a" / "gone.png"
+    jobs = [SplitViews("val", [splits[1][0], gone, splits[1][1]], 1, tmp_path / "val.npy")]
+    with pytest.raises(ImageError) as error:
+        write_views(jobs, 16, 0.875, AUGMENT, seed=4, workers=workers)
+    assert str(error.value).startswith(f"{gone}: cannot read")
+    assert "did the data change after split?" in str(error.value)
+    assert len(str(error.value).splitlines()) == 1

@@ -18,9 +18,9 @@ One forward pass gives two vectors per image:
   bounded whatever the architecture.
 
 Images are read batch by batch, so memory holds the features and one batch of pixels, never
-a split's pixels.  :func:`split_features` reads a prepared split (view 0 of stored training
-views, the centre of an online-mode canvas, the one view of val and test);
-:func:`folder_batches` decodes files as the pipeline does (``eval_view``).
+a split's pixels.  :func:`folder_batches` decodes the files as preprocess decodes val and test
+(``eval_view``): the audit stage and ``finetuner audit`` read the images themselves, not the
+prepared arrays, so changing augmentation (``preprocess.*``) does not rerun the audit.
 """
 from __future__ import annotations
 
@@ -32,10 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.images import decode_image
-from ..data.prepared import Prepared
-from ..data.preprocess import eval_view
-from ..data.rows import CentreRows, Rows
+from ..data.images import ImageError, decode_image
+from ..data.preprocess import canvas_side, changed_after_split, eval_view
 from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4
@@ -126,35 +124,48 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
                       for part in (pooled, regional, taps)))
 
 
-def eval_rows(prepared: Prepared, split: str) -> tuple[Rows, np.ndarray]:
-    """(rows holding the evaluation view of every image of ``split``, the row of each image):
-    one row per image, in the order of the split's manifest."""
-    rows = prepared.rows(split)
-    count = len(prepared.labels[split])
-    if split == "train" and prepared.online:
-        return CentreRows(rows, prepared.image_size), np.arange(count)
-    views = prepared.train_views if split == "train" else 1
-    return rows, np.arange(count) * views  # view 0 of each image: its evaluation view
+class EvalViews(torch.utils.data.Dataset):
+    """Item i: the evaluation view (size, size, 3) uint8 of ``paths[i]``, decoded as preprocess
+    decodes val and test (a JPEG at the smallest DCT scale that still covers the canvas), so
+    the audit sees the pixels the evaluate stage scores.  A file that no longer decodes raises
+    :class:`ImageError` naming it (:func:`folder_batches`)."""
+
+    def __init__(self, paths: list[Path], size: int, crop_pct: float):
+        self.paths, self.size, self.crop_pct = paths, size, crop_pct
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray | str:
+        """The view, or why the file no longer decodes (handed back, not raised: a worker's
+        exception would reach the stage wrapped in a traceback)."""
+        path = self.paths[index]
+        try:
+            image = decode_image(path, canvas_side(self.size, self.crop_pct))
+        except ImageError as error:
+            return changed_after_split(path, error)
+        return np.asarray(eval_view(image, self.size, self.crop_pct))
 
 
-def split_batches(prepared: Prepared, split: str, batch_size: int = 32) -> Iterator[torch.Tensor]:
-    """The evaluation views of ``split``'s images, ``batch_size`` at a time."""
-    rows, index = eval_rows(prepared, split)
-    for start in range(0, len(index), batch_size):
-        yield rows.take(index[start:start + batch_size])
+def _one_thread(_):
+    torch.set_num_threads(1)  # one core per decoding process
 
 
-def split_features(model: StagedClassifier, prepared: Prepared, split: str,
-                   batch_size: int = 32, device: torch.device | None = None,
-                   progress: Callable[[int], None] | None = None) -> Features:
-    """:class:`Features` of the evaluation view of every image of a prepared ``split``."""
-    return image_features(model, split_batches(prepared, split, batch_size), device, progress)
+def _stack(views: list[np.ndarray | str]) -> torch.Tensor | str:
+    failed = [view for view in views if isinstance(view, str)]
+    if failed:
+        return failed[0]
+    return torch.from_numpy(np.stack(views))  # a worker hands it over in shared memory
 
 
-def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: int = 32
-                   ) -> Iterator[np.ndarray]:
-    """Evaluation views (B, size, size, 3) uint8 of image files, decoded as the pipeline
-    decodes them (the files must decode: :func:`finetuner.data.split.scan_folder` checked)."""
-    for start in range(0, len(paths), batch_size):
-        yield np.stack([np.asarray(eval_view(decode_image(path), size, crop_pct))
-                        for path in paths[start:start + batch_size]])
+def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: int = 32,
+                   workers: int = 0) -> Iterator[torch.Tensor]:
+    """Evaluation views (B, size, size, 3) uint8 of image files, in order (:class:`EvalViews`),
+    decoded in ``workers`` DataLoader processes (0: in this one) while the caller computes."""
+    loader = torch.utils.data.DataLoader(
+        EvalViews(list(paths), size, crop_pct), batch_size=batch_size, num_workers=workers,
+        collate_fn=_stack, worker_init_fn=_one_thread if workers else None)
+    for batch in loader:
+        if isinstance(batch, str):
+            raise ImageError(batch)
+        yield batch

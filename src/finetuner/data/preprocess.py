@@ -84,14 +84,17 @@ class ViewsDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, item: int) -> tuple[int, int, np.ndarray]:
+    def __getitem__(self, item: int) -> tuple[int, int, np.ndarray | str]:
+        """(split, index, views), or (split, index, why) when the file no longer decodes: the
+        reason is handed back, not raised, because a DataLoader worker's exception reaches
+        the stage wrapped in a traceback (:func:`write_views` raises it, one line)."""
         split, index = self.items[item]
         path, views = self.splits[split].paths[index], self.splits[split].views
         try:
             image = decode_image(path, decode_side(self.size, self.crop_pct, views,
                                                    self.augmentation))
         except ImageError as error:
-            raise ImageError(f"{path}: {error} (did the data change after split?)") from None
+            return split, index, changed_after_split(path, error)
         if views == 0:
             side = canvas_side(self.size, self.crop_pct)
             return split, index, np.asarray(canvas(image, side))[None]
@@ -113,10 +116,19 @@ def split_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
-def _concatenate(batch: list[tuple[int, int, np.ndarray]]) -> tuple[int, int, torch.Tensor]:
+def _concatenate(batch: list[tuple[int, int, np.ndarray | str]]
+                 ) -> tuple[int, int, torch.Tensor | str]:
     """(split, first index, all views as one tensor): workers hand a tensor over in shared
-    memory, not through a pipe."""
+    memory, not through a pipe.  An image that failed: (split, first index, its reason)."""
+    failed = [views for _, _, views in batch if isinstance(views, str)]
+    if failed:
+        return batch[0][0], batch[0][1], failed[0]
     return batch[0][0], batch[0][1], torch.from_numpy(np.concatenate([b[2] for b in batch]))
+
+
+def changed_after_split(path: Path, error: ImageError) -> str:
+    """Why a file the split listed (so it decoded then) cannot be decoded now."""
+    return f"{path}: {error} (did the data change after split?)"
 
 
 def _worker_init(_):
@@ -142,6 +154,8 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
     names = "+".join(split.name for split in splits)
     for split, index, batch in tqdm(loader, desc=f"preprocess {names}", unit="batch",
                                     leave=False, mininterval=1.0):
+        if isinstance(batch, str):
+            raise ImageError(batch)
         start = index * max(1, splits[split].views)
         arrays[split].write(start, batch.numpy())
     for array in arrays:
