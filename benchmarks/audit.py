@@ -151,13 +151,11 @@ def pairs_of(result) -> set[frozenset]:
 
 def unchanged(s: SetUnderTest, variant: str, ratio: float, out: Path):
     from finetuner.audit.report import suspects_png, write_suspects
-    from finetuner.data.images import decode_image
-    from finetuner.data.preprocess import eval_view
+    from finetuner.data.preprocess import eval_view_of
     result = run_audit(s.features[variant], s.labels, s.classes, s.paths, ratio, 0)
     out.mkdir(parents=True, exist_ok=True)
     write_suspects(out / "suspects.csv", result)
-    view = lambda p: np.asarray(eval_view(decode_image(s.root / p), s.spec.size,  # noqa: E731
-                                          s.spec.crop_pct))
+    view = lambda p: eval_view_of(s.root / p, s.spec.size, s.spec.crop_pct)  # noqa: E731
     suspects_png(out / "audit.png", result, view, 24)
     return result
 

@@ -24,9 +24,9 @@ from tqdm import tqdm
 from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
-from finetuner.data.images import ImageError, decode_image
+from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, check_inputs, read_input_spec
-from finetuner.data.preprocess import canvas_side, eval_view
+from finetuner.data.preprocess import eval_view_of
 from finetuner.data.split import SPLITS
 from finetuner.io import read_csv, write_json
 from finetuner.models import build_model
@@ -58,10 +58,7 @@ def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
                    a.outlier_fence, params.seed)
     write_suspects(suspects_csv, result)
 
-    def view(path: str) -> np.ndarray:
-        image = decode_image(data / path, canvas_side(size, crop_pct))
-        return np.asarray(eval_view(image, size, crop_pct))
-
+    view = lambda path: eval_view_of(data / path, size, crop_pct)  # noqa: E731
     suspects_png(Path(metrics_dir) / "audit.png", result, view, a.gallery_size)
     summary = result.summary()
     seconds = time.perf_counter() - start

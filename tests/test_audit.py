@@ -157,12 +157,14 @@ def test_the_stage_writes_its_three_outputs_and_takes_an_empty_test_split(tmp_pa
     assert (tmp_path / "metrics" / "audit.png").stat().st_size > 0
 
 
-def test_the_stage_reads_the_pixels_preprocess_stores_for_evaluation(tmp_path):
-    """The audit decodes the images itself (so augmentation does not rerun it): its views
-    are preprocess's evaluation views to the byte, JPEG draft decoding and 2 workers
-    included."""
+def test_the_audit_and_the_folder_readers_see_the_pixels_preprocess_stores(tmp_path):
+    """The audit decodes the images itself (so augmentation does not rerun it), and so do
+    ``evaluate.test_dir``, ``finetuner predict`` and ``evaluate`` (finetuner.data.folders):
+    their views are preprocess's evaluation views to the byte, JPEG draft decoding and 2
+    workers included."""
     from finetuner.audit.features import folder_batches
     from finetuner.data.augment import Augmentation
+    from finetuner.data.folders import eval_views
     from finetuner.data.prepared import load_prepared, prepare
     split_project(tmp_path, {"train": 6, "val": 3, "test": 3}, size=24)
     (tmp_path / "prepared").mkdir()
@@ -174,6 +176,11 @@ def test_the_stage_reads_the_pixels_preprocess_stores_for_evaluation(tmp_path):
         [tmp_path / "images" / p for p in manifest[1]], 24, 0.875, batch_size=5, workers=2)])
     stored = np.concatenate([prepared.images[s] for s in ("train", "val", "test")])
     assert views.shape == (12, 24, 24, 3) and np.array_equal(views, stored)
+    skipped = []
+    read = np.concatenate([v for _, v in eval_views(
+        [tmp_path / "images" / p for p in manifest[1]], 24, 0.875, 5,
+        lambda *entry: skipped.append(entry))])
+    assert not skipped and np.array_equal(read, stored)
     assert list(manifest[2]) == list(np.concatenate([prepared.labels[s] for s in
                                                       ("train", "val", "test")]))
 

@@ -19,7 +19,7 @@ One forward pass gives two vectors per image:
 
 Images are read batch by batch, so memory holds the features and one batch of pixels, never
 a split's pixels.  :func:`folder_batches` decodes the files as preprocess decodes val and test
-(``eval_view``): the audit stage and ``finetuner audit`` read the images themselves, not the
+(``eval_view_of``): the audit stage and ``finetuner audit`` read the images themselves, not the
 prepared arrays, so changing augmentation (``preprocess.*``) does not rerun the audit.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.images import ImageError, decode_image
-from ..data.preprocess import canvas_side, changed_after_split, eval_view
+from ..data.images import ImageError
+from ..data.preprocess import changed_after_split, eval_view_of
 from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4
@@ -141,10 +141,9 @@ class EvalViews(torch.utils.data.Dataset):
         exception would reach the stage wrapped in a traceback)."""
         path = self.paths[index]
         try:
-            image = decode_image(path, canvas_side(self.size, self.crop_pct))
+            return eval_view_of(path, self.size, self.crop_pct)
         except ImageError as error:
             return changed_after_split(path, error)
-        return np.asarray(eval_view(image, self.size, self.crop_pct))
 
 
 def _one_thread(_):

@@ -14,8 +14,8 @@ Rules:
   error naming it and the model's classes); names are compared in Unicode NFC form, so a
   macOS copy whose folder "café" is written NFD matches the model's "café"; files in deeper
   folders belong to their class;
-* an image is given the evaluation view of :func:`finetuner.data.preprocess.eval_view`, as the
-  pipeline's val and test images are.
+* an image is given the evaluation view of :func:`finetuner.data.preprocess.eval_view_of`,
+  decoded as the pipeline's val and test images are (the same pixels).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .images import ImageError, decode_image, entry_problem
-from .preprocess import eval_view
+from .images import ImageError, entry_problem
+from .preprocess import eval_view_of
 from .split import DatasetError, class_name_key, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
@@ -89,7 +89,7 @@ def eval_views(files: list[Path], size: int, crop_pct: float, batch_size: int,
     paths, views = [], []
     for index, path in enumerate(files):
         try:
-            views.append(np.asarray(eval_view(decode_image(path), size, crop_pct)))
+            views.append(eval_view_of(path, size, crop_pct))
             paths.append(path)
         except ImageError as error:
             skip(path, str(error))

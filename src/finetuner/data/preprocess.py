@@ -41,6 +41,16 @@ def canvas_side(size: int, crop_pct: float) -> int:
     return max(size, int(math.floor(size / crop_pct)))
 
 
+def eval_view_of(path: str | Path, size: int, crop_pct: float) -> np.ndarray:
+    """The evaluation view (size, size, 3) uint8 of an image file, decoded as preprocess
+    decodes val and test (a JPEG at the smallest DCT scale that still covers the canvas):
+    every reader of files after the split (the audit, ``evaluate.test_dir``, ``finetuner
+    predict`` and ``evaluate``) gets the pixels the test split was scored on.  Raises
+    :class:`ImageError` as :func:`decode_image` does."""
+    image = decode_image(path, canvas_side(size, crop_pct))
+    return np.asarray(eval_view(image, size, crop_pct))
+
+
 def decode_side(size: int, crop_pct: float, views: int, augmentation: Augmentation) -> int:
     """The short side an image must keep after a JPEG draft decode: the canvas's side, and for
     stored augmented views enough that the smallest random crop is not upsampled."""
