@@ -142,3 +142,59 @@ def test_the_audit_reruns_for_neither_augmentation_nor_the_training_views():
     assert not any(str(param).startswith("preprocess") for param in audit["params"])
     assert {"data/split", "data/input_spec.json", "${data.dir}"} <= set(audit["deps"])
     assert '"${data.dir}" data/split data/input_spec.json' in audit["cmd"]
+
+
+# Params a stage script reads that are not results-bearing, or derived from listed ones.
+PARAM_EXEMPT = {"preprocess.workers": "decoding processes: the speed, not the arrays",
+                "image_size": "Params.image_size: preprocess.image_size resolved for model.arch",
+                "probe.model_layers": "Params.probe.model_layers: probe.layers resolved"}
+
+
+def params_read(script: Path) -> set[str]:
+    """Dotted params keys ``script`` reads: ``params.a.b`` chains, and ``x.b`` after
+    ``x = params.a`` (a simple alias)."""
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+
+    def chain(node) -> list[str] | None:
+        names = []
+        while isinstance(node, ast.Attribute):
+            names.insert(0, node.attr)
+            node = node.value
+        return [node.id, *names] if isinstance(node, ast.Name) else None
+
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+                node.targets[0], ast.Name) and (found := chain(node.value)) and \
+                found[0] == "params" and len(found) > 1:
+            aliases[node.targets[0].id] = ".".join(found[1:])
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    reads = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:  # whole chains only
+            found = chain(node)
+            if found and found[0] == "params" and len(found) > 1:
+                reads.add(".".join(found[1:]))
+            elif found and found[0] in aliases and len(found) > 1:
+                reads.add(".".join([aliases[found[0]], *found[1:]]))
+    return reads
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in stages().items() if s.get("params")))
+def test_each_stage_lists_every_param_its_script_reads(name):
+    """DVC reruns a stage only for the params it lists: a param the script reads and does not
+    list (evaluate's `threads` and `device`, which its `cost` depends on) leaves its outputs
+    stale when that param changes."""
+    stage = stages()[name]
+    listed = [str(p) for p in stage["params"]]
+    reads = params_read(ROOT / stage["cmd"].split()[1])
+    assert reads, f"{name}: found no params read (is the walk broken?)"
+    missing = sorted(r for r in reads - set(PARAM_EXEMPT) if not any(
+        r == key or r.startswith(key + ".") or key.startswith(r + ".") for key in listed))
+    assert not missing, f"dvc.yaml stage {name!r} reads params {missing} but does not list them"
+
+
+def test_the_params_walk_sees_chains_and_aliases():
+    reads = params_read(ROOT / "stages" / "preprocess.py")
+    assert {"preprocess.train_views", "seed"} <= reads  # p = params.preprocess; p.train_views
+    assert "threads" in params_read(ROOT / "stages" / "evaluate.py")
