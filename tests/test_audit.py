@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -276,3 +277,6 @@ def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     make_shapes_folder(tmp_path / "two", 2)
     assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--image-size", "8"]) == 2
     assert "--image-size 8 is below" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a device that is not here: before any image is read
+        assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--device", "cuda"]) == 2
+        assert "--device is 'cuda' but CUDA is not available here" in capsys.readouterr().err

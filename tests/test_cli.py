@@ -182,6 +182,39 @@ def test_predict_with_a_missing_checkpoint_is_a_usage_error(tmp_path, photos, ca
     assert "nope.pt" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
+def test_a_device_not_here_or_not_a_device_is_a_usage_error(checkpoint, photos, capsys):
+    code, out, err = _run(capsys, "predict", checkpoint, photos, "--device", "cuda")
+    assert code == 2 and out == ""
+    assert "--device is 'cuda' but CUDA is not available here; use auto or cpu" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(checkpoint), str(photos), "--device", "gpu"])
+    assert stop.value.code == 2
+    assert "must be auto, cpu, cuda, cuda:N or mps, not 'gpu'" in capsys.readouterr().err
+
+
+def test_auto_runs_torch_on_cuda_when_present_and_onnxruntime_on_the_cpu(checkpoint,
+                                                                          monkeypatch):
+    """What `--device auto` picks on a GPU machine (CUDA made to look present); onnxruntime's
+    CPU provider is the one installed, so a GPU asked of it is refused with the way there."""
+    from argparse import Namespace
+
+    from finetuner import cli
+    from finetuner.export import ExportError
+    from finetuner.predictor import load_predictor
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli._device(Namespace(device="auto"), "torch") == torch.device("cuda")
+    assert cli._device(Namespace(device="auto"), "onnxruntime") == torch.device("cpu")
+    with pytest.raises(ExportError, match="onnxruntime runs on the CPU here.*--runtime torch"):
+        load_predictor(checkpoint, "onnxruntime", device=torch.device("cuda"))
+
+
+def test_predict_on_the_cpu_named_gives_what_auto_gives_here(checkpoint, photos, capsys):
+    auto = _run(capsys, "predict", checkpoint, photos, "--json")
+    cpu = _run(capsys, "predict", checkpoint, photos, "--json", "--device", "cpu")
+    assert auto == cpu and auto[0] == 1 and json.loads(auto[1])  # notes.txt: skipped
+
+
 def test_evaluate_refuses_a_class_folder_the_model_does_not_know(checkpoint, photos, capsys):
     make_image_folder(photos, {"purple": 1})
     code, out, err = _run(capsys, "evaluate", checkpoint, photos)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from .data.folders import eval_views, find_files, labelled_files
 from .data.split import DatasetError
@@ -39,8 +40,9 @@ from .models import (ArchError, archs_by_family, build_model, check_arch, get_ar
                      list_archs)
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.spec import WeightsError
-from .params import PHOTOS_ARCH, AuditParams
-from .predictor import RUNTIMES, Predictor, load_predictor
+from .params import PHOTOS_ARCH, AuditParams, ParamsError
+from .predictor import RUNTIMES, Predictor, load_predictor, runtime_for
+from .runtime import resolve_device
 
 # the one line a Ctrl-C prints, per command (exit status 130); predict --json prints nothing
 INTERRUPTED = {
@@ -96,7 +98,25 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
 # --- predict ----------------------------------------------------------------------------------
 
 def _load(args) -> Predictor:
-    return load_predictor(args.model, args.runtime, args.calibration)
+    runtime = runtime_for(args.model, args.runtime)
+    return load_predictor(args.model, runtime, args.calibration, device=_device(args, runtime))
+
+
+def _device(args, runtime: str) -> torch.device:
+    """``--device`` resolved: ``auto`` is CUDA when present (else MPS, else the CPU) for torch,
+    the CPU for onnxruntime (its CPU provider is the one installed)."""
+    if runtime == "onnxruntime" and args.device == "auto":
+        return torch.device("cpu")
+    try:
+        return resolve_device(args.device, "--device")
+    except ParamsError as error:
+        raise UsageError(str(error)) from None
+
+
+def _device_name(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+    return text
 
 
 def _predict(args) -> int:
@@ -291,7 +311,8 @@ def _audit(args) -> int:
     paths = [item.path for item in items]
     features = image_features(model, folder_batches([args.dir / p for p in paths],
                                                     size, spec.crop_pct,
-                                                    args.batch_size))
+                                                    args.batch_size),
+                              _device(args, "torch"))
     result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
                    paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
                    args.seed)
@@ -320,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "a checkpoint (models/model.pt) or an ONNX file written by export"
     runtime_help = ("torch or onnxruntime (a checkpoint is exported to ONNX in memory); default: "
                     "onnxruntime for an .onnx file, torch for a checkpoint")
+    device_help = ("where torch runs the model: auto (CUDA when present, else MPS, else the CPU; "
+                   "the CPU for onnxruntime), cpu, cuda, cuda:N or mps (default auto)")
     p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
@@ -334,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, metavar="FILE",
                    help="metrics/calibration.json: divide the logits by its temperature")
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
+    p.add_argument("--device", type=_device_name, default="auto", help=device_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_predict)
@@ -343,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, metavar="DIR",
                    help="one sub-folder per class, named as the model's classes")
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
+    p.add_argument("--device", type=_device_name, default="auto", help=device_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(run=_evaluate, calibration=None)
@@ -382,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outlier-fence", type=float, default=defaults.outlier_fence,
                    help="as audit.outlier_fence (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the probe's folds (default 0)")
+    p.add_argument("--device", type=_device_name, default="auto",
+                   help="where the backbone runs: auto (CUDA when present, else MPS, else the "
+                        "CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_audit)

@@ -56,9 +56,11 @@ def runtime_for(path: Path, runtime: str | None) -> str:
 
 
 def load_predictor(path: str | Path, runtime: str | None = None,
-                   calibration: str | Path | None = None, threads: int | None = None) -> Predictor:
-    """A checkpoint (``.pt``, run in torch, or in onnxruntime after an in-memory export) or an
-    ONNX file written by ``finetuner export``.
+                   calibration: str | Path | None = None, threads: int | None = None,
+                   device: torch.device | None = None) -> Predictor:
+    """A checkpoint (``.pt``, run in torch on ``device``, default the CPU, or in onnxruntime
+    after an in-memory export) or an ONNX file written by ``finetuner export`` (onnxruntime's
+    CPU provider: ``device`` must then be the CPU or None).
 
     The temperature is the ONNX file's (if it was exported with one), replaced by the one in
     ``calibration`` (``metrics/calibration.json``) when given; that file must have been fitted
@@ -67,6 +69,10 @@ def load_predictor(path: str | Path, runtime: str | None = None,
     """
     path = Path(path)
     runtime = runtime_for(path, runtime)
+    device = device or torch.device("cpu")
+    if runtime == "onnxruntime" and device.type != "cpu":
+        raise ExportError(f"{path}: onnxruntime runs on the CPU here, not {device}; give the "
+                          "checkpoint with --runtime torch to use the GPU, or --device cpu")
     if path.suffix.lower() == ".onnx":
         session, meta = read_onnx(path, threads)
         temperature = meta["temperature"]
@@ -89,8 +95,10 @@ def load_predictor(path: str | Path, runtime: str | None = None,
                                   "run it with --runtime torch", threads)
         run = onnx_runner(session)
     else:
+        model.to(device)
+
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
+                return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
     return Predictor(path, runtime, checkpoint.class_names, checkpoint.image_size,
                      checkpoint.crop_pct, temperature, run)

@@ -80,8 +80,10 @@ def reuse_freed_memory() -> bool:
     return True
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else MPS, else CPU; an explicit device must exist."""
+def resolve_device(name: str, source: str = "params.yaml: 'device'") -> torch.device:
+    """``auto``: CUDA when present, else MPS, else CPU; an explicit device must exist
+    (:class:`ParamsError` otherwise, its message starting with ``source``: where the name
+    came from)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -90,14 +92,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError(f"params.yaml: 'device' is {name!r} but CUDA is not available here; "
+        raise ParamsError(f"{source} is {name!r} but CUDA is not available here; "
                           "use auto or cpu")
     if (device.type == "cuda" and device.index is not None
             and device.index >= torch.cuda.device_count()):
-        raise ParamsError(f"params.yaml: 'device' is {name!r} but there are only "
+        raise ParamsError(f"{source} is {name!r} but there are only "
                           f"{torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ParamsError("params.yaml: 'device' is 'mps' but MPS is not available here")
+        raise ParamsError(f"{source} is 'mps' but MPS is not available here")
     return device
 
 
