@@ -108,7 +108,7 @@ class SetUnderTest:
 
     def __init__(self, root: Path, arch: str, first_only: bool = False,
                  image_size: int | None = None):
-        from finetuner.data.split import scan_folder
+        from finetuner.data.scan import scan_folder
         from finetuner.models import build_model, input_spec, member_names
         self.root, self.arch = root, arch
         items, _ = scan_folder(root, progress=False)
@@ -250,7 +250,7 @@ class Junk:
             files.append(work / f"{name}.png")
             image.save(files[-1])
         self.kinds = ["made"] * len(files)
-        from finetuner.data.split import scan_folder
+        from finetuner.data.scan import scan_folder
         rng = random.Random(0)
         for other, root in SETS.items():
             if root != s.root and root.is_dir():  # (verifies every file only to sample 10)

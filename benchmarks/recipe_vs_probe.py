@@ -93,7 +93,7 @@ def train_on_split(params, data: Path, work: Path, device=torch.device("cpu")):
     stage's own :func:`finetuner.training.strategy.train_model` on a split of ``data`` made
     in ``work`` by the project's ``split_folder`` (near-duplicates not grouped)."""
     from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import split_and_prepare
+    from finetuner.data.workspace import split_and_prepare
     from finetuner.models import build_model, input_spec
     from finetuner.training.batches import TrainData
     from finetuner.training.distributed import Dist

@@ -167,13 +167,11 @@ def main() -> None:
         split = split_folder(data, 1e-9, 1e-9, seed=0, progress=False)  # (almost) all to train
         split_dir = work / "split"
         split_dir.mkdir()
-        from finetuner.io import write_csv, write_json
+        from finetuner.data.manifest import write_manifests
         train = [i for s in split.splits.values() for i in s]
-        for name in ("train", "val", "test"):
-            rows = train if name == "train" else train[:32]
-            write_csv(split_dir / f"{name}.csv", ["path", "label", "sha256"],
-                      [(i.path, i.label, i.sha256) for i in rows])
-        write_json(split_dir / "summary.json", {"classes": split.classes})
+        write_manifests(split_dir, split.classes, {
+            name: [(i.path, i.label, i.sha256) for i in (train if name == "train" else train[:32])]
+            for name in ("train", "val", "test")})
         prepared_dir = work / "prepared"
         prepared_dir.mkdir()
         start = time.perf_counter()

@@ -49,7 +49,7 @@ for index in (0, 1, 2):  # backbone comparison at one cheap strategy: head only
 def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict, work: Path):
     """The split (val 0.15, test 0.2) and stored views for this seed and size, made once."""
     from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import split_and_prepare
+    from finetuner.data.workspace import split_and_prepare
     key = (seed, size, crop_pct)
     if key not in cache:
         start = time.perf_counter()

@@ -14,21 +14,19 @@ METRICS_DIR/audit.json (the counts) and METRICS_DIR/audit.png (the top suspects)
 do with them: docs/audit.md.  Nothing downstream reads them: the pipeline trains on the
 folder as it is until the folder or ``data.ignore`` changes.
 """
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
 from finetuner.data.images import ImageError
-from finetuner.data.prepared import InputError, check_inputs, read_input_spec
+from finetuner.data.manifest import read_manifests
+from finetuner.data.prepared import InputError, read_input_spec
 from finetuner.data.preprocess import eval_view_of
-from finetuner.data.split import SPLITS
-from finetuner.io import read_csv, write_json
+from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.spec import WeightsError
 from finetuner.params import load_params
@@ -43,9 +41,9 @@ def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
     device = resolve_device(params.device)
     start = time.perf_counter()
     data, split = Path(data_dir), Path(split_dir)
-    check_inputs(data, split)
+    manifests = read_manifests(split, data)  # checked before any image is decoded
     size, crop_pct = read_input_spec(Path(input_spec))
-    classes, paths, labels, splits = manifest(split)
+    classes, (paths, labels, splits) = manifests.classes, manifests.listed()
     arch = audit_arch(params.model.arch)  # an ensemble's first member, at the views' size
     model = build_model(arch, params.model.weights, len(classes))
     with tqdm(total=len(paths), desc="audit", unit="image", leave=False, mininterval=1.0) as bar:
@@ -70,20 +68,6 @@ def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
           f"({summary['near_duplicate_pairs_across_splits']} across splits), "
           f"{summary['outlier']} outlier(s) in {seconds:.0f} s -> {suspects_csv} "
           "(what to do: docs/audit.md)")
-
-
-def manifest(split_dir: Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
-    """(classes, path, label index, split) of every image the split stage listed, train then
-    val then test (check_inputs has checked the files are there and agree)."""
-    classes = json.loads((split_dir / "summary.json").read_text(encoding="utf-8"))["classes"]
-    index = {name: i for i, name in enumerate(classes)}
-    paths, labels, splits = [], [], []
-    for split in SPLITS:
-        rows = read_csv(split_dir / f"{split}.csv")
-        paths += [row["path"] for row in rows]
-        labels += [index[row["label"]] for row in rows]
-        splits += [split] * len(rows)
-    return classes, paths, np.array(labels, dtype=np.int64), splits
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 from finetuner.data.folders import labelled_views
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, load_prepared
-from finetuner.data.split import DatasetError
+from finetuner.data.scan import DatasetError
 from finetuner.evaluation.calibration import (calibration_record, calibration_scores,
                                               coverage_curve, file_sha256, fit_temperature,
                                               reliability, softmax)

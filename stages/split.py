@@ -5,8 +5,10 @@ skipped files with reasons, and the near-duplicate pairs its perceptual hash fou
 """
 import sys
 
-from finetuner.data.split import SPLITS, DatasetError, split_folder
-from finetuner.io import atomic_path, write_csv, write_json
+from finetuner.data.manifest import SPLITS, write_manifests
+from finetuner.data.scan import DatasetError
+from finetuner.data.split import split_folder
+from finetuner.io import atomic_path, write_csv
 from finetuner.params import load_params
 from finetuner.stage import run_stage
 
@@ -18,17 +20,13 @@ def main(data_dir: str, out_dir: str) -> None:
                           group_near_duplicates=data.group_near_duplicates, ignore=data.ignore)
     near = result.near_duplicate_summary()
     with atomic_path(out_dir, directory=True) as tmp:
-        for name in SPLITS:
-            write_csv(tmp / f"{name}.csv", ["path", "label", "sha256"],
-                      [(i.path, i.label, i.sha256) for i in result.splits[name]])
+        write_manifests(tmp, result.classes, {
+            name: [(i.path, i.label, i.sha256) for i in result.splits[name]] for name in SPLITS},
+            counts={name: len(result.splits[name]) for name in SPLITS},
+            skipped=len(result.skipped), near_duplicates=near, warnings=result.warnings)
         write_csv(tmp / "skipped.csv", ["path", "reason"], result.skipped)
         write_csv(tmp / "near_duplicates.csv", ["path", "other", "differing_bits"],
                   result.near_duplicates)
-        write_json(tmp / "summary.json", {
-            "classes": result.classes,
-            "counts": {name: len(result.splits[name]) for name in SPLITS},
-            "skipped": len(result.skipped), "near_duplicates": near,
-            "warnings": result.warnings})
     counts = ", ".join(f"{name} {len(result.splits[name])}" for name in SPLITS)
     print(f"split: {len(result.classes)} classes; {counts}; skipped {len(result.skipped)} "
           f"(listed in {out_dir}/skipped.csv)")

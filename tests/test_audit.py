@@ -166,24 +166,25 @@ def test_the_audit_and_the_folder_readers_see_the_pixels_preprocess_stores(tmp_p
     from finetuner.audit.features import folder_batches
     from finetuner.data.augment import Augmentation
     from finetuner.data.folders import eval_views
+    from finetuner.data.manifest import read_manifests
     from finetuner.data.prepared import load_prepared, prepare
     split_project(tmp_path, {"train": 6, "val": 3, "test": 3}, size=24)
     (tmp_path / "prepared").mkdir()
     prepare(tmp_path / "split", tmp_path / "images", tmp_path / "prepared", 24, 0.875, 1,
             Augmentation(), 0, 0)
     prepared = load_prepared(tmp_path / "prepared")
-    manifest = load_stage("audit").manifest(tmp_path / "split")
+    paths, labels, _ = read_manifests(tmp_path / "split").listed()
     views = np.concatenate([b.numpy() for b in folder_batches(
-        [tmp_path / "images" / p for p in manifest[1]], 24, 0.875, batch_size=5, workers=2)])
+        [tmp_path / "images" / p for p in paths], 24, 0.875, batch_size=5, workers=2)])
     stored = np.concatenate([prepared.images[s] for s in ("train", "val", "test")])
     assert views.shape == (12, 24, 24, 3) and np.array_equal(views, stored)
     skipped = []
     read = np.concatenate([v for _, v in eval_views(
-        [tmp_path / "images" / p for p in manifest[1]], 24, 0.875, 5,
+        [tmp_path / "images" / p for p in paths], 24, 0.875, 5,
         lambda *entry: skipped.append(entry))])
     assert not skipped and np.array_equal(read, stored)
-    assert list(manifest[2]) == list(np.concatenate([prepared.labels[s] for s in
-                                                      ("train", "val", "test")]))
+    assert list(labels) == list(np.concatenate([prepared.labels[s] for s in
+                                                 ("train", "val", "test")]))
 
 
 def test_an_image_gone_after_the_split_stops_the_stage_with_one_line(tmp_path, monkeypatch):

@@ -198,3 +198,11 @@ def test_the_params_walk_sees_chains_and_aliases():
     reads = params_read(ROOT / "stages" / "preprocess.py")
     assert {"preprocess.train_views", "seed"} <= reads  # p = params.preprocess; p.train_views
     assert "threads" in params_read(ROOT / "stages" / "evaluate.py")
+
+
+def test_no_stage_after_split_reruns_for_the_split_code():
+    """They read the split's manifests through data/manifest.py, not its code: an edit of
+    split.py reruns the split, and the rest only when the manifests it writes change."""
+    for name in ("preprocess", "audit", "finetune", "evaluate"):
+        assert not covered("src/finetuner/data/split.py", stages()[name]["deps"]), name
+        assert covered("src/finetuner/data/manifest.py", stages()[name]["deps"]), name

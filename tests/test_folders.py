@@ -10,7 +10,7 @@ import pytest
 
 from conftest import load_stage, make_image_folder
 from finetuner.data.folders import entry_problem, find_files, labelled_files, labelled_views
-from finetuner.data.split import DatasetError
+from finetuner.data.scan import DatasetError
 
 
 def odd_entries(folder: Path) -> None:

@@ -229,7 +229,8 @@ def test_split_and_preprocess_params_import_no_model_code():
 
     from conftest import ROOT
     code = ("import sys\n"
-            "import finetuner.data.split, finetuner.data.images, finetuner.io, finetuner.stage\n"
+            "import finetuner.data.split, finetuner.data.scan, finetuner.data.manifest\n"
+            "import finetuner.data.images, finetuner.io, finetuner.stage\n"
             "from finetuner.params import load_params\n"
             "load_params(models=False)\n"
             "bad = [m for m in sys.modules if m.startswith('finetuner.models') or m in "

@@ -81,7 +81,7 @@ def test_augmentation_defaults_are_the_params_defaults():
 
 def test_split_and_prepare_makes_what_the_two_stages_make(tmp_path):
     """The benchmarks' helper: manifests as the split stage writes them, arrays as preprocess."""
-    from finetuner.data.prepared import split_and_prepare
+    from finetuner.data.workspace import split_and_prepare
     from finetuner.data.split import split_folder
     root = make_image_folder(tmp_path / "images", {"a": 6, "b": 5}, size=20)
     prepared = split_and_prepare(root, tmp_path / "work", val_fraction=0.2, test_fraction=0.2,

@@ -291,7 +291,8 @@ def test_cross_validation_reads_the_last_stage_alone_where_that_predicts_better(
 def _prepared_with_test_labels(tmp_path, image_folder, test_labels=None):
     """A prepared folder of ``image_folder`` (val 0.2, test 0.3); the test labels replaced."""
     from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import load_prepared, split_and_prepare
+    from finetuner.data.prepared import load_prepared
+    from finetuner.data.workspace import split_and_prepare
     prepared = split_and_prepare(image_folder, tmp_path, val_fraction=0.2, test_fraction=0.3,
                                  seed=0, image_size=32, crop_pct=0.875, train_views=2,
                                  augmentation=Augmentation(), workers=0)

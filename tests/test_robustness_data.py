@@ -27,7 +27,8 @@ from PIL import Image, ImageFile
 from conftest import ROOT, SHARED, load_stage, make_image_folder
 from finetuner.data import images as images_module
 from finetuner.data.images import MAX_PIXELS, ImageError, decode_image
-from finetuner.data.split import DatasetError, split_folder
+from finetuner.data.scan import DatasetError
+from finetuner.data.split import split_folder
 
 PARAMS = {"seed": 0, "data": {"val_fraction": 0.2, "test_fraction": 0.2},
           "preprocess": {"image_size": 32, "train_views": 2, "workers": 0},

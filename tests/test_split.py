@@ -9,7 +9,8 @@ import yaml
 from PIL import Image
 
 from conftest import jpeg_copy, load_stage, make_image_folder, make_shapes_folder
-from finetuner.data.split import DatasetError, scan_folder, split_folder
+from finetuner.data.scan import DatasetError, scan_folder
+from finetuner.data.split import split_folder
 
 
 def test_stratified_fractions_and_manifest_fields(image_folder):

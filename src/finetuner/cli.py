@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .data.folders import eval_views, find_files, labelled_files
-from .data.split import DatasetError
+from .data.scan import DatasetError
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration
 from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics
@@ -283,7 +283,7 @@ def _list_families(as_json: bool) -> int:
 def _audit(args) -> int:
     from .audit.features import audit_arch, folder_batches, image_features
     from .audit.findings import COLUMNS, audit
-    from .data.split import DatasetError, class_folders, scan_folder
+    from .data.scan import class_folders, scan_folder
     try:
         check_arch(args.arch)
         items, skipped = scan_folder(args.dir, progress=False, hint="")

@@ -38,7 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..data.near_duplicates import groups, nearest
-from ..data.split import SPLITS
+from ..data.manifest import SPLITS
 from .features import Features
 
 ISSUES = ("label", "near_duplicate", "outlier")

@@ -26,7 +26,7 @@ import numpy as np
 
 from .images import ImageError, entry_problem
 from .preprocess import eval_view_of
-from .split import DatasetError, class_name_key, is_hidden
+from .scan import DatasetError, class_name_key, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
 
