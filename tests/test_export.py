@@ -17,8 +17,7 @@ from sklearn.datasets import load_sample_images
 
 from finetuner import export as export_module
 from finetuner.cli import main
-from finetuner.data.images import decode_image
-from finetuner.data.preprocess import eval_view
+from finetuner.data.preprocess import eval_view_of
 from finetuner.evaluation.calibration import calibration_record, file_sha256
 from finetuner.evaluation.cost import onnxruntime_cost
 from finetuner.export import ExportError, export_model, format_for, onnx_bytes, read_onnx
@@ -47,7 +46,8 @@ def _photos(folder: Path, count: int = 10) -> list[Path]:
 
 
 def _views(paths: list[Path]) -> np.ndarray:
-    return np.stack([np.asarray(eval_view(decode_image(p), SIZE, 0.875)) for p in paths])
+    """The pipeline's evaluation views (JPEGs draft-decoded as preprocess and predict do)."""
+    return np.stack([eval_view_of(p, SIZE, 0.875) for p in paths])
 
 
 def _checkpoint(path: Path, arch: str, weights: str, photos: list[Path]) -> Path:
