@@ -34,6 +34,18 @@ from finetuner.training.loop import DivergedError
 from finetuner.training.resume import ResumeStore, input_key
 from finetuner.training.strategy import drop_message, train_model
 
+# The params this stage lists in dvc.yaml (tests/test_dvc_deps.py checks that they agree): what
+# the checkpoint records as its training params, and what a resumed run must match.  An edit
+# of another stage's params (evaluate.*, audit.*) does not throw a killed run's state away.
+PARAMS = ("seed", "lr", "freeze_depth", "strategy", "device", "precision", "threads",
+          "nproc_per_node", "model", "train", "probe")
+
+
+def training_params(params) -> dict:
+    """The values of :data:`PARAMS` in ``params``, as plain data."""
+    values = to_dict(params)
+    return {key: values[key] for key in PARAMS}
+
 
 def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
     params = load_params()
@@ -51,7 +63,8 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
         rows = TrainData.from_prepared(data, params.seed)
         resume = None
         if params.train.resume:
-            resume = ResumeStore(input_key(to_dict(params), prepared_dir), writer=ctx.is_main)
+            resume = ResumeStore(input_key(training_params(params), prepared_dir),
+                                 writer=ctx.is_main)
             resume.drop_others()
         live = LiveLog(live_dir) if ctx.is_main else None
         with tempfile.TemporaryDirectory(prefix="finetuner-spill-") as spill:
@@ -72,7 +85,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
 
 def _info(params, outcome, ctx, threads: int) -> dict:
     """The checkpoint's record of how it was trained (evaluate reads it into eval.json)."""
-    return {"params": to_dict(params), "history": outcome.history,
+    return {"params": training_params(params), "history": outcome.history,
             "best_epoch": outcome.best_epoch, "best_val_acc": outcome.best_val_acc,
             "strategy": outcome.info(), "train_seconds": outcome.seconds,
             "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,

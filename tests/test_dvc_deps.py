@@ -206,3 +206,15 @@ def test_no_stage_after_split_reruns_for_the_split_code():
     for name in ("preprocess", "audit", "finetune", "evaluate"):
         assert not covered("src/finetuner/data/split.py", stages()[name]["deps"]), name
         assert covered("src/finetuner/data/manifest.py", stages()[name]["deps"]), name
+
+
+def test_the_finetune_stage_keys_its_checkpoint_and_resume_state_by_its_own_params():
+    """The params finetune records and a resume must match are the ones dvc.yaml reruns it
+    for: an edit of evaluate.* keeps a killed run's state, an edit of lr does not."""
+    from conftest import load_stage
+    from finetuner.params import parse_params
+    stage = load_stage("finetune")
+    assert list(stage.PARAMS) == [str(p) for p in stages()["finetune"]["params"]]
+    base = stage.training_params(parse_params({}))
+    assert stage.training_params(parse_params({"evaluate": {"gallery_size": 4}})) == base
+    assert stage.training_params(parse_params({"lr": 0.5}))["lr"] == 0.5 != base["lr"]
