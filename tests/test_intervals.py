@@ -86,7 +86,6 @@ def test_a_class_without_test_images_is_left_out_of_macro_f1_as_in_finetuner_eva
     called_c = classification_metrics(labels, wrong, ["a", "b", "c"])["per_class"]
     assert called_c["c"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
     assert called_c["a"]["recall"] == pytest.approx(2 / 3)
-    from conftest import load_stage  # the evaluate stage's line names the class not scored
-    note = load_stage("evaluate").untested_note
+    from finetuner.evaluation.report import untested_note as note  # the stage's line names it
     assert (note(perfect["per_class"]), note(called_c)) == (" (no image of c: not scored)",) * 2
     assert note(classification_metrics(wrong, wrong, ["a", "b", "c"])["per_class"]) == ""

@@ -19,6 +19,8 @@ Rules:
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -112,3 +114,39 @@ def labelled_views(folder: Path, class_names: list[str], size: int, crop_pct: fl
     if not parts:
         raise DatasetError(f"{folder}: no usable image in its class folders")
     return np.concatenate(parts), np.array(labels, dtype=np.int64), skipped
+
+
+VAL_SOURCE = "val split (it chose the model: not an honest estimate)"
+
+
+@dataclass(frozen=True)
+class ScoredImages:
+    """What the evaluate stage scores: uint8 views (N, H, W, 3), their class indices, where
+    they come from (``source``, as eval.json's ``evaluated_on`` says it), and whether they
+    chose the model (the val split: then no honest estimate)."""
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+    chose_model: bool = False
+
+
+def test_images(test_dir: str, data, checkpoint) -> ScoredImages:
+    """``test_dir`` when set (a labelled folder, read as :func:`labelled_views` reads it), else
+    the prepared test split, else (``data.test_fraction: 0``) the val split, marked as no
+    honest estimate."""
+    if test_dir:
+        images, labels, skipped = labelled_views(Path(test_dir), checkpoint.class_names,
+                                                 checkpoint.image_size, checkpoint.crop_pct)
+        for path, reason in skipped:
+            print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
+        return ScoredImages(images, labels, f"folder {test_dir}")
+    if len(data.labels["test"]) == 0:
+        print("evaluate: warning: the test split is empty (data.test_fraction: 0) and "
+              "evaluate.test_dir is not set; scoring the val split, which chose the model "
+              "(and trained it, with train.refit): NOT an honest estimate")
+        return ScoredImages(np.asarray(data.images["val"]), data.labels["val"], VAL_SOURCE,
+                            chose_model=True)
+    return ScoredImages(np.asarray(data.images["test"]), data.labels["test"], "test split")
+
+
+test_images.__test__ = False  # a function named test_*, not a test (pytest collects by name)
