@@ -205,3 +205,19 @@ def test_a_rerun_that_finds_every_fit_done_reports_their_seconds_not_the_replay(
                 for slot in ("finetune", "refit"))
     again = run()
     assert again.earlier_seconds == saved and again.seconds >= saved > 0
+
+
+@pytest.mark.parametrize("content", [b"not a torch file", b"PK\x03\x04 truncated zip"])
+def test_a_state_that_cannot_be_read_is_said_removed_and_the_run_starts_fresh(tmp_path, capsys,
+                                                                             content):
+    """Damaged on disk, or written by another torch: the stage starts from epoch 1 (and says
+    why) instead of stopping on a traceback; the run ends as a run never stopped does."""
+    slot = ResumeStore("key", tmp_path).slot("finetune")
+    slot.path.parent.mkdir(parents=True)
+    slot.path.write_bytes(content)
+    model, result, logged = _fit({"freeze_depth": 3, "train": {"epochs": 2}}, slot)
+    err = capsys.readouterr().err
+    assert f"the saved state {slot.path} cannot be read" in err and "starting from epoch 1" in err
+    assert logged == [1, 2] and result.earlier_seconds == 0
+    whole, _, _ = _fit({"freeze_depth": 3, "train": {"epochs": 2}})
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in whole.state_dict().items())

@@ -23,6 +23,7 @@ import hashlib
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,23 @@ class ResumeSlot:
         return self.path.stem
 
     def load(self) -> dict | None:
+        """The saved state, or None: none saved, or one that cannot be read (damaged on disk,
+        or written by another torch), which is said on stderr and removed: the run starts
+        from epoch 1 rather than stop on a state it cannot use."""
         if not self.path.is_file():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "done" not in state:
+                raise ValueError("not a state this stage saved")
+        except Exception as error:  # pickle, zip and torch errors alike: the state is unusable
+            why = (str(error).strip().splitlines() or [""])[0][:200]
+            print(f"finetune: warning: the saved state {self.path} cannot be read "
+                  f"({type(error).__name__}: {why}); starting from epoch 1", file=sys.stderr)
+            if self.writer:
+                self.path.unlink(missing_ok=True)
+            return None
+        return state
 
     def save(self, state: dict) -> None:
         if not self.writer:
