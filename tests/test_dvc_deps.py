@@ -218,3 +218,14 @@ def test_the_finetune_stage_keys_its_checkpoint_and_resume_state_by_its_own_para
     base = stage.training_params(parse_params({}))
     assert stage.training_params(parse_params({"evaluate": {"gallery_size": 4}})) == base
     assert stage.training_params(parse_params({"lr": 0.5}))["lr"] == 0.5 != base["lr"]
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_no_stage_depends_on_project_code_it_does_not_import(name):
+    """A code dep the stage does not import reruns it for nothing (evaluate kept training/
+    freeze.py after the freezing rule moved onto the model)."""
+    stage = stages()[name]
+    imports = project_imports(ROOT / stage["cmd"].split()[1])
+    extra = [dep for dep in stage["deps"] if isinstance(dep, str) and dep.startswith("src/")
+             and not any(covered(path, [dep]) for path in imports)]
+    assert not extra, f"dvc.yaml stage {name!r} depends on {extra} but imports none of it"

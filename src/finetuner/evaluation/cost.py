@@ -15,7 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..export import onnx_checked, onnx_runner
 from ..models import ProbeEnsemble, StagedClassifier
-from ..training.freeze import set_frozen_prefix
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -23,16 +22,11 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def trainable_params(model: StagedClassifier | ProbeEnsemble, frozen_stages: int) -> int:
-    """Parameters that train with ``frozen_stages`` frozen; the model's flags are left alone.
-    An ensemble's members are probes: only their heads train."""
+    """Parameters that train with ``frozen_stages`` frozen (the model is not touched). An
+    ensemble's members are probes: only their heads train."""
     if isinstance(model, ProbeEnsemble):
         return sum(count_params(member.classifier) for member in model.members)
-    flags = [p.requires_grad for p in model.parameters()]
-    set_frozen_prefix(model, frozen_stages)
-    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for parameter, flag in zip(model.parameters(), flags):
-        parameter.requires_grad_(flag)
-    return count
+    return sum(p.numel() for p in model.trainable_parameters(frozen_stages))
 
 
 @torch.no_grad()

@@ -55,6 +55,15 @@ class StagedClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.classifier.out_features
 
+    def trainable_parameters(self, depth: int) -> list[nn.Parameter]:
+        """The parameters that train with the first ``depth`` stages frozen: the later stages',
+        the pool's while any stage trains (e.g. ConvNeXt's LayerNorm before the head), the
+        classifier's always.  The one statement of the freezing rule
+        (:func:`finetuner.training.freeze.set_frozen_prefix` applies it)."""
+        parts = [*self.stages[depth:], *([self.pool] if depth < self.num_stages else []),
+                 self.classifier]
+        return [parameter for part in parts for parameter in part.parameters()]
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float input of stage 0."""
         if images.dtype == torch.uint8:

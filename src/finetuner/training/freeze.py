@@ -7,14 +7,12 @@ from ..models import StagedClassifier
 
 
 def set_frozen_prefix(model: StagedClassifier, depth: int) -> None:
-    """Freeze the first ``depth`` stages; the later stages and the classifier train."""
-    for index, stage in enumerate(model.stages):
-        for parameter in stage.parameters():
-            parameter.requires_grad_(index >= depth)
-    for parameter in model.classifier.parameters():
-        parameter.requires_grad_(True)
-    for parameter in model.pool.parameters():  # e.g. ConvNeXt's LayerNorm before the head
-        parameter.requires_grad_(depth < model.num_stages)
+    """Freeze the first ``depth`` stages; what trains is
+    :meth:`~finetuner.models.StagedClassifier.trainable_parameters` (the later stages, the pool
+    while a stage trains, the classifier)."""
+    trainable = {id(parameter) for parameter in model.trainable_parameters(depth)}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trainable)
 
 
 def train_mode(model: StagedClassifier, depth: int, freeze_bn: bool = False) -> None:
