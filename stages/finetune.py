@@ -18,7 +18,6 @@ describes.  Only rank 0 writes the checkpoint and the history.  Errors in params
 inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
 import sys
-import tempfile
 
 from finetuner.data.prepared import load_prepared
 from finetuner.models import WeightsError, build_model
@@ -32,6 +31,7 @@ from finetuner.live import LiveLog, LiveLogError
 from finetuner.training.batches import TrainData
 from finetuner.training.loop import DivergedError
 from finetuner.training.resume import ResumeStore, input_key
+from finetuner.training.spill import spill_folder
 from finetuner.training.strategy import drop_message, train_model
 
 # The params this stage lists in dvc.yaml (tests/test_dvc_deps.py checks that they agree): what
@@ -67,7 +67,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
                                  writer=ctx.is_main)
             resume.drop_others()
         live = LiveLog(live_dir) if ctx.is_main else None
-        with tempfile.TemporaryDirectory(prefix="finetuner-spill-") as spill:
+        with spill_folder() as spill:  # removed after a kill too, by the next run
             model, outcome = train_model(build, rows, params, ctx, spill_dir=spill,
                                          resume=resume, on_epoch=live.epoch if live else None)
         if ctx.is_main:
