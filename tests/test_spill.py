@@ -2,7 +2,6 @@
 the next run (a lock nobody holds)."""
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -11,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from finetuner.training.spill import LOCK, remove_orphans, spill_folder
+from filelock import FileLock
+
+from finetuner.training.spill import LOCK, remove_orphans, spill_folder, user_root
 
 
 def test_the_folder_is_locked_while_used_and_removed_after_an_error_too(tmp_path):
@@ -31,8 +32,7 @@ def test_only_unlocked_folders_older_than_the_grace_are_removed(tmp_path):
     old = os.stat(held).st_mtime - 3600
     for folder in (held, orphan):
         os.utime(folder, (old, old))
-    with open(held / LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another open file description: as another process
+    with FileLock(held / LOCK):  # another open file: as another process holds it
         assert remove_orphans(tmp_path) == [orphan]
     assert held.exists() and young.exists() and not orphan.exists()
 
@@ -55,3 +55,17 @@ def test_the_folder_of_a_killed_run_is_removed_by_the_next(tmp_path):
     with spill_folder(tmp_path, grace_seconds=0) as mine:  # the next run
         assert not folder.exists() and mine.is_dir()
     assert not mine.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_each_user_has_a_private_root_and_one_not_theirs_is_not_used(tmp_path):
+    """/tmp is shared: a root another user made first (or a link planted there) would make
+    every other user's run fail, or spill into a folder they control."""
+    assert user_root().name == f"finetuner-spill-{os.getuid()}"
+    with spill_folder(tmp_path / "mine") as folder:
+        assert folder.parent == tmp_path / "mine"
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with spill_folder(tmp_path / "link") as folder:  # not this user's own folder: not used
+        assert folder.parent != tmp_path / "link" and folder.is_dir()
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and not folder.exists()
