@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
 
 
+# What torch.load raises for a file that is not a whole state it can read: a truncated or
+# foreign zip (RuntimeError from its reader, BadZipFile), bytes that do not unpickle, or a
+# type weights_only refuses (UnpicklingError), an early end (EOFError), a state of another shape
+# (ValueError above).  Every rank reads the same bytes, so all of them decide alike.
+UNREADABLE = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError)
+
+
 class ResumeSlot:
     """The saved state of one fit() of the stage."""
 
@@ -87,11 +96,11 @@ class ResumeSlot:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or "done" not in state:
                 raise ValueError("not a state this stage saved")
-        except Exception as error:  # pickle, zip and torch errors alike: the state is unusable
-            why = (str(error).strip().splitlines() or [""])[0][:200]
-            print(f"finetune: warning: the saved state {self.path} cannot be read "
-                  f"({type(error).__name__}: {why}); starting from epoch 1", file=sys.stderr)
-            if self.writer:
+        except UNREADABLE as error:  # not an I/O error: that one is raised, the state kept
+            if self.writer:  # one warning, from the process that owns the state
+                why = (str(error).strip().splitlines() or [""])[0][:200]
+                print(f"finetune: warning: the saved state {self.path} cannot be read "
+                      f"({type(error).__name__}: {why}); starting from epoch 1", file=sys.stderr)
                 self.path.unlink(missing_ok=True)
             return None
         return state
