@@ -23,9 +23,8 @@ from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
 from finetuner.data.images import ImageError
-from finetuner.data.manifest import read_manifests
-from finetuner.data.prepared import InputError, read_input_spec
-from finetuner.data.preprocess import eval_view_of
+from finetuner.data.manifest import InputError, read_manifests
+from finetuner.data.views import eval_view_of, read_input_spec
 from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.spec import WeightsError

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from finetuner.data.images import ImageError
 from finetuner.data.manifest import read_manifests
-from finetuner.data.prepared import InputError, prepare, read_input_spec
+from finetuner.data.prepared import InputError, prepare
+from finetuner.data.views import read_input_spec
 from finetuner.data.augment import Augmentation
 from finetuner.io import atomic_path
 from finetuner.params import load_params

@@ -139,6 +139,8 @@ def test_the_audit_reruns_for_neither_augmentation_nor_the_training_views():
     and evaluate, not the audit; a new input size still does (data/input_spec.json)."""
     audit = stages()["audit"]
     assert not any(dep.startswith("data/prepared") for dep in audit["deps"])
+    for code in ("augment.py", "preprocess.py", "prepared.py"):  # nor the augmentation code
+        assert not covered(f"src/finetuner/data/{code}", audit["deps"]), code
     assert not any(str(param).startswith("preprocess") for param in audit["params"])
     assert {"data/split", "data/input_spec.json", "${data.dir}"} <= set(audit["deps"])
     assert '"${data.dir}" data/split data/input_spec.json' in audit["cmd"]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import ImageError
-from ..data.preprocess import changed_after_split, eval_view_of
+from ..data.views import changed_after_split, eval_view_of
 from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .images import ImageError, entry_problem
-from .preprocess import eval_view_of
+from .views import eval_view_of
 from .scan import DatasetError, class_name_key, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason

@@ -16,7 +16,7 @@ from .manifest import SPLITS, InputError, read_manifests
 from .preprocess import SplitViews, canvas_side, write_views
 from .rows import FileRows
 
-__all__ = ["InputError", "Prepared", "load_prepared", "prepare", "read_input_spec"]
+__all__ = ["InputError", "Prepared", "load_prepared", "prepare"]
 
 META = "meta.json"
 
@@ -77,21 +77,3 @@ def load_prepared(directory: str | Path) -> Prepared:
                     else Augmentation())
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
                     images, labels, augmentation, directory, meta.get("near_duplicates"))
-
-
-def read_input_spec(path: Path) -> tuple[int, float]:
-    """(image_size, crop_pct) from the input_spec stage's JSON."""
-    if not path.is_file():
-        raise InputError(f"{path} is missing: run the input_spec stage first "
-                         "(dvc repro input_spec)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-        size, crop = spec["image_size"], spec["crop_pct"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path} is damaged ({type(error).__name__}: {error}); rerun the "
-                         "input_spec stage") from None
-    if (isinstance(size, bool) or not isinstance(size, int) or size < 1
-            or isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):
-        raise InputError(f"{path}: image_size {size!r} / crop_pct {crop!r} out of range; rerun "
-                         "the input_spec stage")
-    return size, float(crop)

@@ -27,28 +27,10 @@ from tqdm import tqdm
 from .augment import Augmentation, draw_seed, train_transform
 from .images import ImageError, decode_image
 from .rows import RowWriter
+from .views import canvas_side, changed_after_split, eval_view, eval_view_of
 
-
-def eval_view(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
-    """Resize the short side to ``size / crop_pct`` and centre-crop ``size`` x ``size``."""
-    resize = T.Resize(int(math.floor(size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC,
-                      antialias=True)
-    return T.CenterCrop(size)(resize(image))
-
-
-def canvas_side(size: int, crop_pct: float) -> int:
-    """The side of a stored canvas: what the evaluation view resizes the short side to."""
-    return max(size, int(math.floor(size / crop_pct)))
-
-
-def eval_view_of(path: str | Path, size: int, crop_pct: float) -> np.ndarray:
-    """The evaluation view (size, size, 3) uint8 of an image file, decoded as preprocess
-    decodes val and test (a JPEG at the smallest DCT scale that still covers the canvas):
-    every reader of files after the split (the audit, ``evaluate.test_dir``, ``finetuner
-    predict`` and ``evaluate``) gets the pixels the test split was scored on.  Raises
-    :class:`ImageError` as :func:`decode_image` does."""
-    image = decode_image(path, canvas_side(size, crop_pct))
-    return np.asarray(eval_view(image, size, crop_pct))
+__all__ = ["SplitViews", "canvas", "canvas_side", "decode_side", "eval_view", "eval_view_of",
+           "write_views"]
 
 
 def decode_side(size: int, crop_pct: float, views: int, augmentation: Augmentation) -> int:
@@ -134,11 +116,6 @@ def _concatenate(batch: list[tuple[int, int, np.ndarray | str]]
     if failed:
         return batch[0][0], batch[0][1], failed[0]
     return batch[0][0], batch[0][1], torch.from_numpy(np.concatenate([b[2] for b in batch]))
-
-
-def changed_after_split(path: Path, error: ImageError) -> str:
-    """Why a file the split listed (so it decoded then) cannot be decoded now."""
-    return f"{path}: {error} (did the data change after split?)"
 
 
 def _worker_init(_):
