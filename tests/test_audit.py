@@ -279,5 +279,23 @@ def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--image-size", "8"]) == 2
     assert "--image-size 8 is below" in capsys.readouterr().err
     if not torch.cuda.is_available():  # a device that is not here: before any image is read
-        assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--device", "cuda"]) == 2
+        assert main(["audit", str(tmp_path / "absent"), "--arch", ARCH, "--device", "cuda"]) == 2
         assert "--device is 'cuda' but CUDA is not available here" in capsys.readouterr().err
+
+
+def test_a_file_gone_while_the_cli_reads_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """scan_folder checked every file; one removed before its view is read is named, with
+    what probably happened (no split here), not a traceback."""
+    import finetuner.audit.features as features
+    root = make_shapes_folder(tmp_path / "set", 3)
+    real = features.folder_batches
+
+    def remove_first_then_read(paths, *args, **kwargs):
+        paths[0].unlink()
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(features, "folder_batches", remove_first_then_read)
+    assert main(["audit", str(root), "--arch", ARCH]) == 2
+    err = capsys.readouterr().err
+    assert "circles/img_000.jpg: cannot read" in err and "did the folder change while it was read?" in err
+    assert "Traceback" not in err and "after split" not in err

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .data.folders import eval_views, find_files, labelled_files
+from .data.images import ImageError
 from .data.scan import DatasetError
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration
 from .evaluation.cost import count_params
@@ -284,6 +285,7 @@ def _audit(args) -> int:
     from .audit.features import audit_arch, folder_batches, image_features
     from .audit.findings import COLUMNS, audit
     from .data.scan import class_folders, scan_folder
+    device = _device(args, "torch")  # a device that is not here: before any file is read
     try:
         check_arch(args.arch)
         items, skipped = scan_folder(args.dir, progress=False, hint="")
@@ -309,10 +311,9 @@ def _audit(args) -> int:
     except WeightsError as error:
         raise UsageError(str(error)) from None
     paths = [item.path for item in items]
-    features = image_features(model, folder_batches([args.dir / p for p in paths],
-                                                    size, spec.crop_pct,
-                                                    args.batch_size),
-                              _device(args, "torch"))
+    batches = folder_batches([args.dir / p for p in paths], size, spec.crop_pct,
+                             args.batch_size, changed="did the folder change while it was read?")
+    features = image_features(model, batches, device)
     result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
                    paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
                    args.seed)
@@ -420,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, DatasetError, CheckpointError, ExportError, CalibrationError) as error:
+    except (UsageError, DatasetError, ImageError, CheckpointError, ExportError,
+            CalibrationError) as error:
         print(f"finetuner {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import ImageError
-from ..data.views import changed_after_split, eval_view_of
+from ..data.views import AFTER_SPLIT, changed_after_split, eval_view_of
 from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4
@@ -130,8 +130,8 @@ class EvalViews(torch.utils.data.Dataset):
     the audit sees the pixels the evaluate stage scores.  A file that no longer decodes raises
     :class:`ImageError` naming it (:func:`folder_batches`)."""
 
-    def __init__(self, paths: list[Path], size: int, crop_pct: float):
-        self.paths, self.size, self.crop_pct = paths, size, crop_pct
+    def __init__(self, paths: list[Path], size: int, crop_pct: float, changed: str = AFTER_SPLIT):
+        self.paths, self.size, self.crop_pct, self.changed = paths, size, crop_pct, changed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -143,7 +143,7 @@ class EvalViews(torch.utils.data.Dataset):
         try:
             return eval_view_of(path, self.size, self.crop_pct)
         except ImageError as error:
-            return changed_after_split(path, error)
+            return changed_after_split(path, error, self.changed)
 
 
 def _one_thread(_):
@@ -158,11 +158,14 @@ def _stack(views: list[np.ndarray | str]) -> torch.Tensor | str:
 
 
 def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: int = 32,
-                   workers: int = 0) -> Iterator[torch.Tensor]:
+                   workers: int = 0, changed: str = AFTER_SPLIT) -> Iterator[torch.Tensor]:
     """Evaluation views (B, size, size, 3) uint8 of image files, in order (:class:`EvalViews`),
-    decoded in ``workers`` DataLoader processes (0: in this one) while the caller computes."""
+    decoded in ``workers`` DataLoader processes (0: in this one) while the caller computes.
+    A file that no longer decodes is an :class:`ImageError` naming it, ``changed`` after the
+    reason (what probably happened: the files were checked before)."""
     loader = torch.utils.data.DataLoader(
-        EvalViews(list(paths), size, crop_pct), batch_size=batch_size, num_workers=workers,
+        EvalViews(list(paths), size, crop_pct, changed), batch_size=batch_size,
+        num_workers=workers,
         collate_fn=_stack, worker_init_fn=_one_thread if workers else None)
     for batch in loader:
         if isinstance(batch, str):

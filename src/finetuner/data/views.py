@@ -43,9 +43,13 @@ def eval_view_of(path: str | Path, size: int, crop_pct: float) -> np.ndarray:
     return np.asarray(eval_view(image, size, crop_pct))
 
 
-def changed_after_split(path: Path, error: ImageError) -> str:
-    """Why a file the split listed (so it decoded then) cannot be decoded now."""
-    return f"{path}: {error} (did the data change after split?)"
+AFTER_SPLIT = "did the data change after split?"
+
+
+def changed_after_split(path: Path, error: ImageError, question: str = AFTER_SPLIT) -> str:
+    """Why a file that decoded when it was checked (by the split, or a folder's scan) cannot be
+    decoded now, and ``question``: what probably happened."""
+    return f"{path}: {error} ({question})"
 
 
 def read_input_spec(path: Path) -> tuple[int, float]:
