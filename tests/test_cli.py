@@ -209,10 +209,24 @@ def test_auto_runs_torch_on_cuda_when_present_and_onnxruntime_on_the_cpu(checkpo
         load_predictor(checkpoint, "onnxruntime", device=torch.device("cuda"))
 
 
-def test_predict_on_the_cpu_named_gives_what_auto_gives_here(checkpoint, photos, capsys):
-    auto = _run(capsys, "predict", checkpoint, photos, "--json")
-    cpu = _run(capsys, "predict", checkpoint, photos, "--json", "--device", "cpu")
-    assert auto == cpu and auto[0] == 1 and json.loads(auto[1])  # notes.txt: skipped
+def test_a_checkpoint_runs_on_the_device_it_is_given(checkpoint):
+    """The model and each batch go to the device (a GPU's role played by PyTorch's meta
+    device, which computes shapes only): the logits are computed there, so there is nothing to
+    copy back. Left on the CPU, the model or the batch would meet the other on another device."""
+    from finetuner.predictor import load_predictor
+    predictor = load_predictor(checkpoint, "torch", device=torch.device("meta"))
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        predictor.logits(np.zeros((2, SIZE, SIZE, 3), np.uint8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predict_on_cuda_gives_the_probabilities_of_the_cpu(checkpoint, photos, capsys):
+    cpu = json.loads(_run(capsys, "predict", checkpoint, photos, "--json", "--device", "cpu")[1])
+    gpu = json.loads(_run(capsys, "predict", checkpoint, photos, "--json", "--device", "cuda")[1])
+    for a, b in zip(cpu, gpu):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["prob"] for t in a["top"]] == pytest.approx([t["prob"] for t in b["top"]],
+                                                                abs=1e-3)
 
 
 def test_evaluate_refuses_a_class_folder_the_model_does_not_know(checkpoint, photos, capsys):
