@@ -149,7 +149,8 @@ def test_the_audit_reruns_for_neither_augmentation_nor_the_training_views():
 # Params a stage script reads that are not results-bearing, or derived from listed ones.
 PARAM_EXEMPT = {"preprocess.workers": "decoding processes: the speed, not the arrays",
                 "image_size": "Params.image_size: preprocess.image_size resolved for model.arch",
-                "probe.model_layers": "Params.probe.model_layers: probe.layers resolved"}
+                "probe.model_layers": "Params.probe.model_layers: probe.layers resolved",
+                "resolved_freeze_depth": "Params.resolved_freeze_depth: freeze_depth resolved"}
 
 
 def params_read(script: Path) -> set[str]:
@@ -189,7 +190,10 @@ def test_each_stage_lists_every_param_its_script_reads(name):
     stale when that param changes."""
     stage = stages()[name]
     listed = [str(p) for p in stage["params"]]
-    reads = params_read(ROOT / stage["cmd"].split()[1])
+    script = ROOT / stage["cmd"].split()[1]
+    reads = params_read(script)  # and in the project code it imports (a `params` passed on)
+    for path in project_imports(script) - {"src/finetuner/params.py"}:
+        reads |= params_read(ROOT / path)
     assert reads, f"{name}: found no params read (is the walk broken?)"
     missing = sorted(r for r in reads - set(PARAM_EXEMPT) if not any(
         r == key or r.startswith(key + ".") or key.startswith(r + ".") for key in listed))
@@ -200,6 +204,7 @@ def test_the_params_walk_sees_chains_and_aliases():
     reads = params_read(ROOT / "stages" / "preprocess.py")
     assert {"preprocess.train_views", "seed"} <= reads  # p = params.preprocess; p.train_views
     assert "threads" in params_read(ROOT / "stages" / "evaluate.py")
+    assert "train.refit" in params_read(ROOT / "src" / "finetuner" / "training" / "strategy.py")
 
 
 def test_no_stage_after_split_reruns_for_the_split_code():
