@@ -11,7 +11,7 @@ output is written whole or not at all.
 """
 from pathlib import Path
 
-from finetuner.data.folders import test_images
+from finetuner.data.folders import scored_images
 from finetuner.data.images import ImageError
 from finetuner.data.prepared import InputError, load_prepared
 from finetuner.data.scan import DatasetError
@@ -29,7 +29,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     device = resolve_device(params.device)
     checkpoint = load_checkpoint(model_path, device)
     data = load_prepared(prepared_dir)
-    scored = test_images(params.evaluate.test_dir, data, checkpoint)
+    scored = scored_images(params.evaluate.test_dir, data, checkpoint)
     evaluation = evaluate_checkpoint(checkpoint, data, scored, model_path,
                                      params.evaluate.batch_size, device)
     write_report(Path(metrics_dir), evaluation, model_path, params.evaluate.gallery_size)

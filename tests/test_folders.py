@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_image_folder
 from finetuner.data.folders import (entry_problem, find_files, labelled_files, labelled_views,
-                                    test_images)
+                                    scored_images)
 from finetuner.data.scan import DatasetError
 
 
@@ -85,7 +85,7 @@ def test_the_evaluate_stage_reads_test_dir_through_it_and_reports_skips_on_stder
     folder = make_image_folder(tmp_path / "holdout", {"a": 2, "b": 1}, size=20)
     odd_entries(folder / "b")
     model = SimpleNamespace(class_names=["a", "b"], image_size=16, crop_pct=0.875)
-    scored = test_images(str(folder), None, model)
+    scored = scored_images(str(folder), None, model)
     assert scored.images.shape == (3, 16, 16, 3) and scored.labels.tolist() == [0, 0, 1]
     assert scored.source == f"folder {folder}" and not scored.chose_model
     err = capsys.readouterr().err

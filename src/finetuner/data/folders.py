@@ -14,8 +14,11 @@ Rules:
   error naming it and the model's classes); names are compared in Unicode NFC form, so a
   macOS copy whose folder "café" is written NFD matches the model's "café"; files in deeper
   folders belong to their class;
-* an image is given the evaluation view of :func:`finetuner.data.preprocess.eval_view_of`,
+* an image is given the evaluation view of :func:`finetuner.data.views.eval_view_of`,
   decoded as the pipeline's val and test images are (the same pixels).
+
+:func:`scored_images` chooses what the evaluate stage scores: ``evaluate.test_dir`` read here,
+else the prepared test split, else the val split, marked as no honest estimate.
 """
 from __future__ import annotations
 
@@ -130,7 +133,7 @@ class ScoredImages:
     chose_model: bool = False
 
 
-def test_images(test_dir: str, data, checkpoint) -> ScoredImages:
+def scored_images(test_dir: str, data, checkpoint) -> ScoredImages:
     """``test_dir`` when set (a labelled folder, read as :func:`labelled_views` reads it), else
     the prepared test split, else (``data.test_fraction: 0``) the val split, marked as no
     honest estimate."""
@@ -149,4 +152,3 @@ def test_images(test_dir: str, data, checkpoint) -> ScoredImages:
     return ScoredImages(np.asarray(data.images["test"]), data.labels["test"], "test split")
 
 
-test_images.__test__ = False  # a function named test_*, not a test (pytest collects by name)

@@ -1,7 +1,7 @@
 """What the evaluate stage computes of a checkpoint, and the files it writes.
 
 :func:`evaluate_checkpoint` scores the checkpoint on the images given
-(:func:`finetuner.data.folders.test_images` chooses them: the test split, the labelled folder
+(:func:`finetuner.data.folders.scored_images` chooses them: the test split, the labelled folder
 ``evaluate.test_dir``, or, with ``data.test_fraction: 0``, the val split, marked as no honest
 estimate), fits the temperature (on a cross-validated probe's out-of-fold predictions, else on
 val), and measures the cost; :func:`write_report` writes ``eval.json``, ``calibration.json``,
@@ -43,7 +43,6 @@ class Evaluation:
     metrics: dict               # classification_metrics
     interval: dict              # metric_intervals
     calibration: dict           # eval.json's calibration object
-    fit_images: int
     cost: dict
     info: dict                  # the checkpoint's training record
     near_duplicates: dict | None
@@ -77,7 +76,7 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
         metric_intervals(labels, predicted, len(checkpoint.class_names)),
         {"temperature": temperature, "fitted_on": fitted_on,
          "fit_images": int(len(fit_labels)), **scores, "note": note},
-        int(len(fit_labels)), cost, info, data.near_duplicates)
+        cost, info, data.near_duplicates)
 
 
 def eval_record(e: Evaluation) -> dict:
@@ -104,7 +103,7 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
     c, names, predicted = e.calibration, e.class_names, e.predicted
     write_json(out / "eval.json", eval_record(e))
     write_json(out / "calibration.json", calibration_record(
-        c["temperature"], model_path, file_sha256(model_path), c["fitted_on"], e.fit_images,
+        c["temperature"], model_path, file_sha256(model_path), c["fitted_on"], c["fit_images"],
         c["note"]))
     write_json(out / "per_class.json", e.metrics["per_class"])
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
