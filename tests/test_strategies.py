@@ -143,3 +143,16 @@ def test_freeze_bn_keeps_every_batchnorm_in_eval_mode_while_the_rest_trains():
     assert model.stages[-1].training and model.classifier.training
     train_mode(model, 0)
     assert all(m.training for m in norms)
+
+
+def test_every_strategy_is_an_entry_of_the_table_and_an_outcome_is_a_value():
+    """strategy.py dispatches on a table (no if-chain to forget a new strategy in), and each
+    step returns a new Outcome (frozen: none is changed in place)."""
+    import dataclasses
+
+    from finetuner.params import STRATEGIES
+    from finetuner.training.strategy import SELECTIONS, Outcome
+    assert set(SELECTIONS) == set(STRATEGIES)
+    outcome = Outcome("probe", {}, [], 1, 0.0, "fp32", 1, None, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.refit = True

@@ -41,9 +41,10 @@ Builder = Callable[[], StagedClassifier]
 Observer = Callable[[str, StagedClassifier], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What was trained, what was chosen, and on how many images the final weights learnt."""
+    """What was trained, what was chosen, and on how many images the final weights learnt.
+    Frozen: each step returns a new one (``dataclasses.replace``), none is changed in place."""
     chosen: str                      # "probe" or "finetune"
     candidates: dict[str, dict]      # name -> {"val_acc", "val_loss"} on val
     history: list[dict]              # the selection run's epochs (one row for a probe)
@@ -118,28 +119,51 @@ def train_model(build_fresh: Builder, data: TrainData, params: Params,
     if params.strategy == "auto":  # an LP-FT (its start is the probe), and so is its refit
         params = dataclasses.replace(
             params, train=dataclasses.replace(params.train, head_init="probe"))
-    refit = params.train.refit and len(data.val_labels) > 0
-    store = None if ctx.enabled else PrefixStore(spill_dir)  # frozen-prefix outputs, reused
-    if params.strategy == "probe":
-        model, outcome = _val_probe(build, data, params, ctx, store, refit, start)
-        _log_probe(on_epoch, outcome)
-    else:
-        model, outcome = _finetune_and_choose(build, data, params, ctx, store, refit, start,
-                                              progress, observe, resume, on_epoch)
-    outcome.trained_on = {"train": len(data.train_labels)}
-    if refit:
-        merged = merged_store(store, data.views) if store is not None else None
-        refitted, problem = _refit(build, data.with_val_in_train(), params, outcome, ctx,
-                                   progress, merged, resume.slot("refit") if resume else None,
-                                   _phase(on_epoch, "refit"))
-        if problem:  # a diverged refit: keep the model chosen on val
-            print(f"finetune: warning: {problem}; keeping the model chosen on val")
-            outcome.refit, outcome.refit_problem = False, problem
-        else:
-            model = refitted
-            outcome.trained_on["val"] = len(data.val_labels)
-    outcome.seconds = time.perf_counter() - start + outcome.earlier_seconds
-    return model, outcome
+    run = Selection(build, data, params, ctx, None if ctx.enabled else PrefixStore(spill_dir),
+                    params.train.refit and len(data.val_labels) > 0, start, progress, observe,
+                    resume, on_epoch)  # the store: frozen-prefix outputs, reused
+    model, outcome = SELECTIONS[params.strategy](run)
+    outcome = dataclasses.replace(outcome, trained_on={"train": len(data.train_labels)})
+    if run.refit:
+        model, outcome = _refit_or_keep(run, model, outcome)
+    seconds = time.perf_counter() - start + outcome.earlier_seconds
+    return model, dataclasses.replace(outcome, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What choosing among the candidates on val reads: the builder, the data, the params, the
+    process group, the frozen-prefix store, whether a refit follows, and the callbacks."""
+    build: Builder
+    data: TrainData
+    params: Params
+    ctx: Dist
+    store: PrefixStore | None
+    refit: bool
+    start: float
+    progress: bool
+    observe: Observer | None
+    resume: ResumeStore | None
+    on_epoch: Callable[[str, dict], None] | None
+
+
+def _refit_or_keep(run: Selection, model: StagedClassifier, outcome: Outcome
+                   ) -> tuple[StagedClassifier, Outcome]:
+    """The chosen setup refitted on train + val, or, when that refit diverged, the model chosen
+    on val kept (with the reason in ``refit_problem``)."""
+    data, resume = run.data, run.resume
+    merged = merged_store(run.store, data.views) if run.store is not None else None
+    refitted, problem, seconds = _refit(run.build, data.with_val_in_train(), run.params,
+                                        outcome, run.ctx, run.progress, merged,
+                                        resume.slot("refit") if resume else None,
+                                        _phase(run.on_epoch, "refit"))
+    earlier = outcome.earlier_seconds + seconds
+    if problem:  # a diverged refit: keep the model chosen on val
+        print(f"finetune: warning: {problem}; keeping the model chosen on val")
+        return model, dataclasses.replace(outcome, refit=False, refit_problem=problem,
+                                          earlier_seconds=earlier)
+    trained_on = {**outcome.trained_on, "val": len(data.val_labels)}
+    return refitted, dataclasses.replace(outcome, trained_on=trained_on, earlier_seconds=earlier)
 
 
 def _builder(build_fresh: Builder) -> Builder:
@@ -157,31 +181,28 @@ def _builder(build_fresh: Builder) -> Builder:
     return build
 
 
-def _val_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
-               store: PrefixStore | None, refit: bool, start: float,
-               ) -> tuple[StagedClassifier, Outcome]:
+def _val_probe(run: Selection) -> tuple[StagedClassifier, Outcome]:
     """``strategy: probe`` with ``probe.folds: 0``: C chosen on val (refit afterwards)."""
-    model = build()
-    probe = _probe_only(model, data, params, ctx, C_GRID, store)
+    model = run.build()
+    probe = _probe_only(model, run.data, run.params, run.ctx, C_GRID, run.store)
     outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc, "val_loss": probe.val_loss}},
-                      _probe_history(probe, model.num_stages, time.perf_counter() - start),
-                      1, 0.0, resolve_precision(params.precision, ctx.device).name,
-                      ctx.world_size, probe.C, refit)
+                      _probe_history(probe, model.num_stages, time.perf_counter() - run.start),
+                      1, 0.0, resolve_precision(run.params.precision, run.ctx.device).name,
+                      run.ctx.world_size, probe.C, run.refit)
+    _log_probe(run.on_epoch, outcome)
     return model, outcome
 
 
-def _finetune_and_choose(build: Builder, data: TrainData, params: Params, ctx: Dist,
-                         store: PrefixStore | None, refit: bool, start: float, progress: bool,
-                         observe: Observer | None, resume: ResumeStore | None,
-                         on_epoch: Callable[[str, dict], None] | None,
-                         ) -> tuple[StagedClassifier, Outcome]:
+def _finetune_and_choose(run: Selection) -> tuple[StagedClassifier, Outcome]:
     """``strategy: finetune``, or ``auto`` (``params`` with ``head_init: probe``): one LP-FT
     run, then the probe it started from kept instead unless the fine-tune wins by the
     one-standard-error rule."""
+    build, data, params, ctx, store, observe = (run.build, run.data, run.params, run.ctx,
+                                                run.store, run.observe)
     model = build()
-    result = fit(model, data, params, ctx.device, progress=progress, dist=ctx, store=store,
-                 resume=resume.slot("finetune") if resume else None,
-                 on_epoch=_phase(on_epoch, "finetune"))
+    result = fit(model, data, params, ctx.device, progress=run.progress, dist=ctx, store=store,
+                 resume=run.resume.slot("finetune") if run.resume else None,
+                 on_epoch=_phase(run.on_epoch, "finetune"))
     candidates = {"finetune": _scores(result.history, result.best_epoch)}
     if observe:
         observe("finetune", model)
@@ -192,14 +213,21 @@ def _finetune_and_choose(build: Builder, data: TrainData, params: Params, ctx: D
                                                        observe)
         if probe_model is not None:  # the record describes the model kept, not the one dropped
             chosen, model, best_epoch = "probe", probe_model, 1
-            history = _probe_history(result.probe, model.num_stages, time.perf_counter() - start)
-    outcome = Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
-                      result.world_size, result.probe.C if result.probe else None, refit,
-                      result.stopped_early, earlier_seconds=result.earlier_seconds)
-    if result.probe is not None:  # LP-FT: did it keep what its starting point knew?
-        outcome.probe_drop = probe_drop(result.history, result.probe.val_acc,
-                                        data.val_labels, params.train.freeze_bn)
-    return model, outcome
+            history = _probe_history(result.probe, model.num_stages,
+                                     time.perf_counter() - run.start)
+    drop = (probe_drop(result.history, result.probe.val_acc, data.val_labels,
+                       params.train.freeze_bn)  # LP-FT: did it keep what its start knew?
+            if result.probe is not None else None)
+    return model, Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
+                          result.world_size, result.probe.C if result.probe else None,
+                          run.refit, result.stopped_early, probe_drop=drop,
+                          earlier_seconds=result.earlier_seconds)
+
+
+# which candidates each strategy trains and how it chooses among them on val (``probe`` with
+# ``probe.folds`` is the cross-validated probe, handled before: no val choice, no refit)
+SELECTIONS: dict[str, Callable[[Selection], tuple[StagedClassifier, Outcome]]] = {
+    "probe": _val_probe, "finetune": _finetune_and_choose, "auto": _finetune_and_choose}
 
 
 def _auto_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
@@ -238,11 +266,10 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     oof = (None if log_probs is None else
            {"log_probs": torch.from_numpy(log_probs), "labels": torch.from_numpy(labels)})
     Cs = [m["C"] for m in record["members"]]
-    outcome = Outcome("probe", {"probe": scores}, history, 1, seconds, precision.name,
-                      ctx.world_size, Cs[0] if len(Cs) == 1 else None, False)
-    outcome.cross_validation, outcome.out_of_fold = record, oof
-    outcome.trained_on = {"train": len(data.train_labels), "val": len(data.val_labels)}
-    return outcome
+    return Outcome("probe", {"probe": scores}, history, 1, seconds, precision.name,
+                   ctx.world_size, Cs[0] if len(Cs) == 1 else None, False,
+                   trained_on={"train": len(data.train_labels), "val": len(data.val_labels)},
+                   cross_validation=record, out_of_fold=oof)
 
 
 def _or_nan(value: float | None) -> float:
@@ -319,25 +346,25 @@ REFIT_TOLERANCE = 0.1
 def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Params,
            outcome: Outcome, ctx: Dist, progress: bool, store: PrefixStore | None,
            resume: ResumeSlot | None = None, on_epoch: Callable[[dict], None] | None = None,
-           ) -> tuple[StagedClassifier, str | None]:
+           ) -> tuple[StagedClassifier, str | None, float]:
     """The chosen setup again, from the pretrained weights, on ``data`` (train + val); the
     frozen-prefix outputs of the selection run are reused (same starting weights).  Returns
-    the model and, when the refit diverged, why."""
+    the model, why the refit diverged (None when it did not), and the seconds an earlier,
+    resumed process spent on it."""
     grid = (outcome.probe_C,) if outcome.probe_C is not None else C_GRID
     model = build()
     if outcome.chosen == "probe":
         _probe_only(model, data, params, ctx, grid, store)
-        return model, None
+        return model, None, 0.0
     try:
         result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
                      probe_grid=grid, store=store, resume=resume, on_epoch=on_epoch)
     except DivergedError as error:
-        return model, f"the refit on train + val diverged: {error}"
-    outcome.earlier_seconds += result.earlier_seconds
+        return model, f"the refit on train + val diverged: {error}", 0.0
     chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "
                        f"{result.history[-1]['train_acc']:.3f}, the run chosen on val at "
-                       f"{chosen_run:.3f}")
-    return model, None
+                       f"{chosen_run:.3f}"), result.earlier_seconds
+    return model, None, result.earlier_seconds
 
