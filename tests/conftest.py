@@ -32,6 +32,21 @@ FIRST = ["test_robustness_resume.py", "test_e2e.py", "test_distributed.py",
          "test_robustness_faults.py", "test_online.py"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dvc_site_cache(tmp_path_factory):
+    """DVC keeps a folder per repository path under /var/tmp/dvc/repo (file hashes, link
+    records) and never removes it: every temporary project of a run left one there (807 MB had
+    gathered).  The DVC commands the tests start put it under pytest's temporary folder
+    instead (DVC_SITE_CACHE_DIR, read by DVC >= 3.60.1), which pytest prunes."""
+    before = os.environ.get("DVC_SITE_CACHE_DIR")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "dvc-site-cache")
+    yield
+    if before is None:
+        os.environ.pop("DVC_SITE_CACHE_DIR", None)
+    else:
+        os.environ["DVC_SITE_CACHE_DIR"] = before
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: order kept

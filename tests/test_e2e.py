@@ -79,6 +79,9 @@ def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_ev
     assert (project / "models" / "model.pt").stat().st_nlink == 2
     assert (project / "data" / "prepared" / "train_images.npy").stat().st_nlink == 2
     assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
+    # DVC's per-repository folder went under pytest's temporary folder, not /var/tmp/dvc
+    # (conftest.dvc_site_cache): nothing of the run is left outside what pytest prunes
+    assert (Path(os.environ["DVC_SITE_CACHE_DIR"]) / "repo").is_dir()
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "baseline")
 
