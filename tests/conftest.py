@@ -33,18 +33,24 @@ FIRST = ["test_robustness_resume.py", "test_e2e.py", "test_distributed.py",
 
 
 @pytest.fixture(scope="session", autouse=True)
-def dvc_site_cache(tmp_path_factory):
+def dvc_leaves_nothing_behind(tmp_path_factory):
     """DVC keeps a folder per repository path under /var/tmp/dvc/repo (file hashes, link
     records) and never removes it: every temporary project of a run left one there (807 MB had
     gathered).  The DVC commands the tests start put it under pytest's temporary folder
-    instead (DVC_SITE_CACHE_DIR, read by DVC >= 3.60.1), which pytest prunes."""
-    before = os.environ.get("DVC_SITE_CACHE_DIR")
-    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "dvc-site-cache")
+    instead (DVC_SITE_CACHE_DIR, read by DVC >= 3.60.1), which pytest prunes.  And they send
+    no usage report (DVC_NO_ANALYTICS; the project's .dvc/config says so too, but `dvc init`
+    and projects without that config ran before it): with no network each report stayed in
+    /tmp as a file."""
+    values = {"DVC_SITE_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "dvc-site-cache"),
+              "DVC_NO_ANALYTICS": "1"}
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     yield
-    if before is None:
-        os.environ.pop("DVC_SITE_CACHE_DIR", None)
-    else:
-        os.environ["DVC_SITE_CACHE_DIR"] = before
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def pytest_collection_modifyitems(items):
