@@ -151,7 +151,7 @@ def pairs_of(result) -> set[frozenset]:
 
 def unchanged(s: SetUnderTest, variant: str, ratio: float, out: Path):
     from finetuner.audit.report import suspects_png, write_suspects
-    from finetuner.data.preprocess import eval_view_of
+    from finetuner.data.views import eval_view_of
     result = run_audit(s.features[variant], s.labels, s.classes, s.paths, ratio, 0)
     out.mkdir(parents=True, exist_ok=True)
     write_suspects(out / "suspects.csv", result)

@@ -169,9 +169,8 @@ def main() -> None:
         split_dir.mkdir()
         from finetuner.data.manifest import write_manifests
         train = [i for s in split.splits.values() for i in s]
-        write_manifests(split_dir, split.classes, {
-            name: [(i.path, i.label, i.sha256) for i in (train if name == "train" else train[:32])]
-            for name in ("train", "val", "test")})
+        write_manifests(split_dir, split.classes,
+                        {"train": train, "val": train[:32], "test": train[:32]})
         prepared_dir = work / "prepared"
         prepared_dir.mkdir()
         start = time.perf_counter()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from finetuner.data.folders import scored_images
 from finetuner.data.images import ImageError
-from finetuner.data.prepared import InputError, load_prepared
+from finetuner.data.manifest import InputError
+from finetuner.data.prepared import load_prepared
 from finetuner.data.scan import DatasetError
 from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write_report
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint

@@ -8,8 +8,8 @@ are checked before any image is decoded; errors are one line naming the file and
 from pathlib import Path
 
 from finetuner.data.images import ImageError
-from finetuner.data.manifest import read_manifests
-from finetuner.data.prepared import InputError, prepare
+from finetuner.data.manifest import InputError
+from finetuner.data.prepared import prepare
 from finetuner.data.views import read_input_spec
 from finetuner.data.augment import Augmentation
 from finetuner.io import atomic_path
@@ -19,7 +19,6 @@ from finetuner.stage import run_stage
 
 def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
     params = load_params(models=False)  # no model code in this stage
-    read_manifests(split_dir, data_dir)  # checked before any image is decoded
     image_size, crop_pct = read_input_spec(Path(input_spec))
     p = params.preprocess
     augmentation = Augmentation.from_params(p)

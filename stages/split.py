@@ -20,10 +20,10 @@ def main(data_dir: str, out_dir: str) -> None:
                           group_near_duplicates=data.group_near_duplicates, ignore=data.ignore)
     near = result.near_duplicate_summary()
     with atomic_path(out_dir, directory=True) as tmp:
-        write_manifests(tmp, result.classes, {
-            name: [(i.path, i.label, i.sha256) for i in result.splits[name]] for name in SPLITS},
-            counts={name: len(result.splits[name]) for name in SPLITS},
-            skipped=len(result.skipped), near_duplicates=near, warnings=result.warnings)
+        write_manifests(tmp, result.classes, result.splits,
+                        counts={name: len(result.splits[name]) for name in SPLITS},
+                        skipped=len(result.skipped), near_duplicates=near,
+                        warnings=result.warnings)
         write_csv(tmp / "skipped.csv", ["path", "reason"], result.skipped)
         write_csv(tmp / "near_duplicates.csv", ["path", "other", "differing_bits"],
                   result.near_duplicates)

@@ -17,7 +17,7 @@ import torch
 from conftest import make_image_folder
 from finetuner.cli import abbreviate, main
 from finetuner.data.images import decode_image
-from finetuner.data.preprocess import eval_view
+from finetuner.data.views import eval_view
 from finetuner.models import build_model, list_archs
 from finetuner.models.checkpoint import load_checkpoint, save_checkpoint
 

@@ -17,7 +17,7 @@ from sklearn.datasets import load_sample_images
 
 from finetuner import export as export_module
 from finetuner.cli import main
-from finetuner.data.preprocess import eval_view_of
+from finetuner.data.views import eval_view_of
 from finetuner.evaluation.calibration import calibration_record, file_sha256
 from finetuner.evaluation.cost import onnxruntime_cost
 from finetuner.export import ExportError, export_model, format_for, onnx_bytes, read_onnx

@@ -3,7 +3,7 @@ import torch
 from sklearn.datasets import load_sample_image
 from PIL import Image
 
-from finetuner.data.preprocess import eval_view
+from finetuner.data.views import eval_view
 from finetuner.models import WeightsError, build_model, get_arch
 from finetuner.training.freeze import set_frozen_prefix, train_mode
 

@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import make_image_folder
 from finetuner.data.augment import Augmentation, AugmentedRows, BatchMix
 from finetuner.data.images import ImageError, decode_image
-from finetuner.data.preprocess import SplitViews, canvas_side, eval_view, write_views
+from finetuner.data.preprocess import SplitViews, write_views
+from finetuner.data.views import canvas_side, eval_view
 from finetuner.data.rows import ArrayRows, CentreRows, FileRows
 from finetuner.models import build_model
 from finetuner.params import ParamsError, parse_params

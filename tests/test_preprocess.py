@@ -7,7 +7,8 @@ from PIL import Image
 import finetuner.data.preprocess as preprocess
 from conftest import make_image_folder
 from finetuner.data.images import decode_image
-from finetuner.data.preprocess import (Augmentation, SplitViews, eval_view, split_batches,
+from finetuner.data.views import eval_view
+from finetuner.data.preprocess import (Augmentation, SplitViews, split_batches,
                                        write_views)
 
 AUGMENT = Augmentation((0.5, 1.0), True, 15.0, 0.2)

@@ -41,7 +41,7 @@ from .models import (ArchError, archs_by_family, build_model, check_arch, get_ar
                      list_archs)
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.spec import WeightsError
-from .params import PHOTOS_ARCH, AuditParams, ParamsError
+from .params import DEVICES, PHOTOS_ARCH, AuditParams, ParamsError, is_device_name
 from .predictor import RUNTIMES, Predictor, load_predictor, runtime_for
 from .runtime import resolve_device
 
@@ -115,8 +115,9 @@ def _device(args, runtime: str) -> torch.device:
 
 
 def _device_name(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, "
+                                         f"not {text!r}")
     return text
 
 
@@ -342,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "a checkpoint (models/model.pt) or an ONNX file written by export"
     runtime_help = ("torch or onnxruntime (a checkpoint is exported to ONNX in memory); default: "
                     "onnxruntime for an .onnx file, torch for a checkpoint")
-    device_help = ("where torch runs the model: auto (CUDA when present, else MPS, else the CPU; "
-                   "the CPU for onnxruntime), cpu, cuda, cuda:N or mps (default auto)")
+    device_help = ("where torch runs the model (audit: the backbone): auto (CUDA when present, "
+                   "else MPS, else the CPU; the CPU for onnxruntime), cpu, cuda, cuda:N or mps "
+                   "(default auto)")
     p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
@@ -408,9 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outlier-fence", type=float, default=defaults.outlier_fence,
                    help="as audit.outlier_fence (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the probe's folds (default 0)")
-    p.add_argument("--device", type=_device_name, default="auto",
-                   help="where the backbone runs: auto (CUDA when present, else MPS, else the "
-                        "CPU), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--device", type=_device_name, default="auto", help=device_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_audit)

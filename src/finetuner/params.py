@@ -250,6 +250,13 @@ class ProbeParams:
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is one of :data:`DEVICES` (``cuda:N`` with N a number): the ``device``
+    param's and the command line's ``--device``'s check."""
+    return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:")
+                                                      and name[5:].isdigit())
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -282,8 +289,7 @@ class Params:
             _choice("freeze_depth", self.freeze_depth, ["all", "an integer >= 0"])
         else:
             _range("freeze_depth", self.freeze_depth, 0)
-        if not (self.device in ("auto", "cpu", "cuda", "mps")
-                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not is_device_name(self.device):
             _fail("device", f"is {self.device!r}; allowed: {', '.join(DEVICES)}")
         _choice("precision", self.precision, PRECISIONS)
         _choice("strategy", self.strategy, STRATEGIES)

@@ -150,5 +150,3 @@ def scored_images(test_dir: str, data, checkpoint) -> ScoredImages:
         return ScoredImages(np.asarray(data.images["val"]), data.labels["val"], VAL_SOURCE,
                             chose_model=True)
     return ScoredImages(np.asarray(data.images["test"]), data.labels["test"], "test split")
-
-

@@ -48,13 +48,15 @@ class Manifests:
                 [split for split in SPLITS for _ in self.rows[split]])
 
 
-def write_manifests(out_dir: str | Path, classes: list[str],
-                    splits: dict[str, list[tuple[str, str, str]]], **summary) -> None:
-    """The manifests of ``splits`` (split -> (path, label, sha256) rows) into ``out_dir``;
-    ``summary.json`` holds ``classes`` and the ``summary`` keys after it."""
+def write_manifests(out_dir: str | Path, classes: list[str], splits: dict[str, list],
+                    **summary) -> None:
+    """The manifests of ``splits`` (split -> items with ``path``, ``label`` and ``sha256``:
+    the scan's :class:`~finetuner.data.scan.Item`) into ``out_dir``; ``summary.json`` holds
+    ``classes`` and the ``summary`` keys after it."""
     out_dir = Path(out_dir)
     for name in SPLITS:
-        write_csv(out_dir / f"{name}.csv", COLUMNS, splits[name])
+        write_csv(out_dir / f"{name}.csv", COLUMNS,
+                  [(item.path, item.label, item.sha256) for item in splits[name]])
     write_json(out_dir / "summary.json", {"classes": classes, **summary})
 
 

@@ -12,11 +12,10 @@ import numpy as np
 
 from ..io import write_json
 from .augment import Augmentation
-from .manifest import SPLITS, InputError, read_manifests
-from .preprocess import SplitViews, canvas_side, write_views
+from .manifest import SPLITS, read_manifests
+from .preprocess import SplitViews, write_views
+from .views import canvas_side
 from .rows import FileRows
-
-__all__ = ["InputError", "Prepared", "load_prepared", "prepare"]
 
 META = "meta.json"
 
@@ -45,8 +44,9 @@ class Prepared:
 def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, crop_pct: float,
             train_views: int, augmentation: Augmentation, seed: int, workers: int) -> dict:
     """Decode, resize and augment every image the manifests in ``split_dir`` list into
-    ``out_dir``; returns the meta."""
-    manifests = read_manifests(split_dir)
+    ``out_dir``; returns the meta.  The manifests and ``data_dir`` are checked before any
+    image is decoded (:func:`read_manifests`: :class:`InputError`)."""
+    manifests = read_manifests(split_dir, data_dir)
     class_names = manifests.classes
     counts, jobs = {}, []
     for split in SPLITS:

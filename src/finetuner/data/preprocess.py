@@ -27,10 +27,7 @@ from tqdm import tqdm
 from .augment import Augmentation, draw_seed, train_transform
 from .images import ImageError, decode_image
 from .rows import RowWriter
-from .views import canvas_side, changed_after_split, eval_view, eval_view_of
-
-__all__ = ["SplitViews", "canvas", "canvas_side", "decode_side", "eval_view", "eval_view_of",
-           "write_views"]
+from .views import canvas_side, changed_after_split, eval_view
 
 
 def decode_side(size: int, crop_pct: float, views: int, augmentation: Augmentation) -> int:

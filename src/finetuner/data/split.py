@@ -24,10 +24,8 @@ from pathlib import Path
 
 from .manifest import SPLITS
 from .near_duplicates import groups, hash_pairs
-from .scan import (DatasetError, Item, classes_of, nested_warnings, refuse_empty_classes,
-                   scan_folder)
+from .scan import Item, classes_of, nested_warnings, refuse_empty_classes, scan_folder
 
-__all__ = ["DatasetError", "SPLITS", "SplitResult", "split_folder", "split_items"]
 
 @dataclass
 class SplitResult:
@@ -128,7 +126,7 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
                  progress: bool = True, group_near_duplicates: bool = False,
                  ignore: dict[str, str] | None = None) -> SplitResult:
-    """Scan, verify and split ``root``; raises :class:`DatasetError` if it cannot be used."""
+    """Scan, verify and split ``root``; raises :class:`~finetuner.data.scan.DatasetError` if it cannot be used."""
     root = Path(root)
     # checked before verifying any file, which can take a while (scan_folder: a missing root)
     class_dirs = classes_of(root) if root.is_dir() else []

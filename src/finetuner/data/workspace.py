@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .augment import Augmentation
-from .manifest import SPLITS, write_manifests
+from .manifest import write_manifests
 from .prepared import Prepared, load_prepared, prepare
 from .split import split_folder
 
@@ -20,8 +20,7 @@ def split_and_prepare(data_dir: str | Path, work: str | Path, *, val_fraction: f
     split_dir.mkdir(parents=True)
     out_dir.mkdir()
     result = split_folder(data_dir, val_fraction, test_fraction, seed, progress=False)
-    write_manifests(split_dir, result.classes, {
-        name: [(i.path, i.label, i.sha256) for i in result.splits[name]] for name in SPLITS})
+    write_manifests(split_dir, result.classes, result.splits)
     prepare(split_dir, Path(data_dir), out_dir, image_size, crop_pct, train_views, augmentation,
             seed, workers)
     return load_prepared(out_dir)
