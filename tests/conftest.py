@@ -28,8 +28,8 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
 # the long files first, longest first (pyproject's --no-loadscope-reorder keeps this order), so
 # pytest-xdist starts them at once and spreads the short files around them (a long chain
 # started last would leave the other worker idle at the end)
-FIRST = ["test_robustness_resume.py", "test_e2e.py", "test_distributed.py",
-         "test_robustness_faults.py", "test_online.py"]
+FIRST = ["test_robustness_resume.py", "test_e2e.py", "test_robustness_faults.py",
+         "test_resume.py", "test_probe.py", "test_distributed.py"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -246,6 +246,24 @@ def load_stage(name: str):
     return module
 
 
+def run_stage_here(cwd: Path, name: str, *args: str) -> str:
+    """``python stages/<name>.py ARGS`` in ``cwd``, run in this process (no new interpreter:
+    torch, torchvision and timm are already imported, seconds saved a stage); returns what it
+    printed.  torch's thread count is restored (a stage sets its own)."""
+    import contextlib
+    import io
+
+    import torch
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    try:
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+            patch.chdir(cwd)
+            load_stage(name).main(*args)
+    finally:
+        torch.set_num_threads(threads)
+    return printed.getvalue()
+
+
 def stage_exit(cwd: Path, script: Path, args: list[str], monkeypatch):
     """Run the stage script ``script ARGS`` as ``__main__`` in this process (no new interpreter:
     torch is already imported), in ``cwd``; return its exit code: SystemExit's, which for an
@@ -325,8 +343,6 @@ def evaluated(tmp_path_factory) -> Path:
     32 px; the project's params.yaml; the stage's outputs in ``metrics/`` and what it printed
     in ``evaluate.log``."""
     def build(folder: Path) -> None:
-        import contextlib
-
         import torch
         from finetuner.models import build_model
         from finetuner.models.checkpoint import save_checkpoint
@@ -342,12 +358,8 @@ def evaluated(tmp_path_factory) -> Path:
                         {"history": history, "best_epoch": 2, "best_val_acc": 0.5,
                          "train_seconds": 7.25, "epochs_run": 2})
         shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
-        threads = torch.get_num_threads()
-        with pytest.MonkeyPatch.context() as patch, \
-                open(folder / "evaluate.log", "w") as log, contextlib.redirect_stdout(log):
-            patch.chdir(folder)
-            load_stage("evaluate").main("model.pt", "prepared", "metrics")
-        torch.set_num_threads(threads)
+        printed = run_stage_here(folder, "evaluate", "model.pt", "prepared", "metrics")
+        (folder / "evaluate.log").write_text(printed)
 
     return built_once(tmp_path_factory, "evaluated", build)
 

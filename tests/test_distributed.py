@@ -1,7 +1,8 @@
 """Scaling out: precision and thread choices, a model trained on CUDA loading on CPU, and
 data-parallel training with torchrun (two Gloo processes on CPU) learning what one process learns
 from the same global batches.  (A checkpoint saved from a GPU loading on a CPU-only machine:
-tests/test_checkpoint.py.)
+tests/test_checkpoint.py; the finetune stage under torchrun through DVC, killed and resumed,
+rank 0 alone writing: tests/test_robustness_resume.py.)
 
 This file is also the torchrun entry of the library-level check:
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/test_distributed.py OUT``
@@ -244,64 +245,6 @@ def test_a_model_trained_on_cuda_loads_on_cpu(tmp_path):
     loaded = load_checkpoint(tmp_path / "m.pt", "cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value.cpu()), key
-
-
-# ---------------------------------------------------------------- the stage script under DVC
-
-
-def _sh(cwd: Path, *args: str, env=None) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env or venv_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-6000:]}"
-    return done.stdout + done.stderr
-
-
-@pytest.mark.slow
-def test_dvc_exp_run_with_nproc_per_node_2_runs_the_stage_under_torchrun(tmp_path):
-    """Head-only resnet18 (no BatchNorm trains): `dvc exp run -S nproc_per_node=2` gives the
-    checkpoint one process gives; rank 0 alone writes it and the history."""
-    import yaml
-    from conftest import copy_project, make_image_folder
-    repo = copy_project(tmp_path / "project")
-    make_image_folder(repo / "data" / "images", {"a": 10, "b": 10, "c": 10}, size=24)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["dir"] = "data/images"
-    params["preprocess"].update(image_size=32, train_views=2, workers=0)
-    params["model"].update(arch="resnet18", weights="none")
-    params["freeze_depth"] = "all"
-    params["threads"] = 1
-    params["train"].update(epochs=2, batch_size=8, schedule="cosine")
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
-                    ["git", "config", "user.name", "t"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                    ["git", "commit", "-qm", "project"]):
-        _sh(repo, *command)
-    one = _sh(repo, "dvc", "repro", "finetune")
-    assert "torch.distributed.run" not in one and "on cpu," in one
-    reference = torch.load(repo / "models" / "model.pt", weights_only=True)
-    _sh(repo, "git", "add", "-A")
-    _sh(repo, "git", "commit", "-qm", "one process")
-
-    two = _sh(repo, "dvc", "exp", "run", "-S", "nproc_per_node=2", "finetune")
-    assert "torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2" in two
-    assert "2 processes on cpu" in two
-    assert two.count("finetune: best epoch") == 1  # printed by rank 0 after writing its files
-    files = lambda folder: sorted(p.name for p in (repo / folder).iterdir() if p.name != ".gitignore")
-    assert files("models") == ["model.pt"]  # and no temp file left behind by a second writer
-    assert files("dvclive") == ["metrics.json", "plots"]  # one live log, by rank 0
-    assert len((repo / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
-               .splitlines()) == 1 + 2  # a header, then one row per epoch: no second writer
-    assert not (repo / ".finetuner" / "resume").exists()  # rank 0 removed the resume state
-    result = torch.load(repo / "models" / "model.pt", weights_only=True)
-    assert result["info"]["world_size"] == 2 and reference["info"]["world_size"] == 1
-    assert result["info"]["threads_per_process"] == 1
-    for key, value in reference["state_dict"].items():
-        torch.testing.assert_close(result["state_dict"][key], value, **TOL, msg=key)
-    for a, b in zip(result["info"]["history"], reference["info"]["history"]):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
-        assert a["val_acc"] == pytest.approx(b["val_acc"])
-    assert "nproc_per_node" in _sh(repo, "dvc", "params", "diff", "--all")
 
 
 if __name__ == "__main__":

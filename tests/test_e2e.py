@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (ROOT, copy_project, flat, make_image_folder, offline_plots_page,
-                      tiny_conf)
+from conftest import (ROOT, copy_project, edit_yaml, flat, make_image_folder,
+                      offline_plots_page, tiny_conf)
 
 # one pytest-xdist worker runs the module, in order (--dist loadfile): its tests go on from one
 # another's state
@@ -60,83 +60,6 @@ def project(tmp_path_factory) -> Path:
     sh(repo, "git", "commit", "-qm", "project")
     return repo
 
-
-def test_repro_then_an_experiment_of_finetune_params_reruns_only_finetune_and_evaluate(project):
-    first = sh(project, "dvc", "repro")
-    assert {"split", "preprocess", "audit", "finetune", "evaluate"} <= ran_stages(first)
-    metrics = json.loads((project / "metrics" / "eval.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
-    assert metrics["near_duplicates"]["grouping"] == "off"  # the demo preset's default
-    with open(project / "data" / "audit" / "suspects.csv") as f:  # the audit beside the run
-        assert csv.DictReader(f).fieldnames[:7] == ["path", "issue", "given", "suggested",
-                                                    "other", "split", "score"]
-    audit = json.loads((project / "metrics" / "audit.json").read_text())
-    assert audit["images"] == 24 and {"label", "near_duplicate", "outlier"} <= set(audit)
-    assert (project / "metrics" / "audit.png").stat().st_size > 0
-    assert (project / "models" / "model.pt").stat().st_size > 0
-    # outputs are hard links into DVC's cache, not second copies (docs/scale.md): the project's
-    # cache.type, from its .dvc/config
-    assert (project / "models" / "model.pt").stat().st_nlink == 2
-    assert (project / "data" / "prepared" / "train_images.npy").stat().st_nlink == 2
-    assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
-    # DVC's per-repository folder went under pytest's temporary folder, not /var/tmp/dvc
-    # (conftest.dvc_site_cache): nothing of the run is left outside what pytest prunes
-    assert (Path(os.environ["DVC_SITE_CACHE_DIR"]) / "repo").is_dir()
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-qm", "baseline")
-
-    # named: a teammate pulls this experiment (test_a_teammate_clones_pulls_...)
-    out = sh(project, "dvc", "exp", "run", "-n", "alice-lr", "-S", "lr=0.001",
-             "-S", "freeze_depth=2")
-    assert ran_stages(out) == {"finetune", "evaluate"}
-    with open(project / "dvclive" / "plots" / "metrics" / "lr.tsv") as f:  # DVCLive's log
-        assert [float(row["lr"]) for row in csv.DictReader(f, delimiter="\t")] == [0.001] * 2
-    shown = sh(project, "dvc", "exp", "show", "--json")  # DVC reads the live metrics
-    assert '"dvclive/metrics.json"' in shown and '"step": 1' in shown
-    assert '"accuracy_ci95"' in shown and '"macro_f1_ci95"' in shown  # the 95 % intervals
-    views = readme_views()
-    assert len(views) == 2, views  # headline metrics and params; cost
-    for view in views:  # the README's views fit a 120-column terminal
-        table = sh(project, *view, env={"COLUMNS": "200"})
-        assert "alice-lr" in table and "accuracy" in table
-        assert max(map(len, table.splitlines())) <= 120, table
-    # `dvc plots show` writes a page that draws offline (the template of .dvc/config), with
-    # DVC's plot of DVCLive's files in it
-    sh(project, "dvc", "plots", "show", "-o", "plots_page")
-    specs = offline_plots_page((project / "plots_page" / "index.html").read_text())
-    points = specs["accuracy"]["data"]["values"]
-    assert sorted((p["filename"], p["step"]) for p in points) == [
-        ("train/acc.tsv", "0"), ("train/acc.tsv", "1"), ("val/acc.tsv", "0"), ("val/acc.tsv", "1")]
-    assert {"loss", "accuracy", "confusion", "coverage"} <= set(specs)
-    shutil.rmtree(project / "plots_page")
-    diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
-    assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
-    assert "label" in json.loads(sh(project, "dvc", "metrics", "show", "--json"))[""][
-        "data"]["metrics/audit.json"]["data"]  # dvc exp show has the audit's counts
-
-
-def test_another_arch_with_the_same_input_size_skips_preprocess(project):
-    sh(project, "dvc", "repro")  # up to date after the test above; the start, run alone
-    out = sh(project, "dvc", "exp", "run", "-S", "model.arch=resnet18")
-    assert ran_stages(out) == {"input_spec", "audit", "finetune", "evaluate"}
-    assert "Stage 'preprocess' didn't change, skipping" in out
-
-
-def test_adding_an_image_and_another_input_size_rerun_split_input_spec_and_after(project):
-    """One `dvc repro` for two changes (each DVC run costs seconds of imports per stage): a new
-    image reruns split (input_spec does not read the images), a new size reruns input_spec."""
-    make_image_folder(project / "data" / "extra", {"a": 1}, size=24, seed=9)
-    shutil.move(project / "data" / "extra" / "a" / "img_000.png",
-                project / "data" / "my photos" / "a" / "new.png")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["preprocess"]["image_size"] = 40
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh(project, "dvc", "repro")
-    assert {"split", "input_spec", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
-    assert json.loads((project / "data" / "input_spec.json").read_text())["image_size"] == 40
-
-
-# ---- a team: a shared DVC remote, a teammate's clone, experiments pushed and pulled, a queue
 
 def commit_all(repo: Path, message: str) -> None:
     sh(repo, "git", "add", "-A")
@@ -185,6 +108,122 @@ def experiments(shown) -> dict[str, dict]:
             for name, data in rows_of(shown).items()}
 
 
+def experiment_refs(repo: Path) -> set[str]:
+    """The git refs of finished experiments (queued and failed ones live under celery/)."""
+    refs = sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
+    return {ref for ref in refs if not ref.startswith("refs/exps/celery/")}
+
+
+def run_the_queue(repo: Path, count: int) -> None:
+    """`dvc queue start -j 2` (one thread a worker), until ``count`` more experiments are done;
+    then the workers stopped."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               OMP_NUM_THREADS="1")  # two workers on the cores: one thread each
+    before = experiment_refs(repo)
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True,
+                   capture_output=True)
+    deadline = time.monotonic() + 900
+    try:  # git's refs say cheaply when all are done (or one failed); `dvc queue status` costs
+        while (len(experiment_refs(repo) - before) < count  # a second of CPU a call
+               and not sh(repo, "git", "for-each-ref", "refs/exps/celery/failed").strip()):
+            assert time.monotonic() < deadline, sh(repo, "dvc", "queue", "status")
+            time.sleep(1)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
+    status = sh(repo, "dvc", "queue", "status")
+    assert "Failed" not in status, status
+
+
+def named(repo: Path, lr: float) -> str:
+    """The name of the first test's queued experiment that ran with ``lr`` (DVC names them)."""
+    rows = experiments(dvc_json(repo, "exp", "show", "--all-commits"))
+    return next(name for name, row in rows.items() if row["lr"] == lr)
+
+
+def test_repro_then_a_queued_sweep_of_finetune_params_reruns_only_finetune_and_evaluate(project):
+    first = sh(project, "dvc", "repro")
+    assert {"split", "preprocess", "audit", "finetune", "evaluate"} <= ran_stages(first)
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
+    assert metrics["near_duplicates"]["grouping"] == "off"  # the demo preset's default
+    with open(project / "data" / "audit" / "suspects.csv") as f:  # the audit beside the run
+        assert csv.DictReader(f).fieldnames[:7] == ["path", "issue", "given", "suggested",
+                                                    "other", "split", "score"]
+    audit = json.loads((project / "metrics" / "audit.json").read_text())
+    assert audit["images"] == 24 and {"label", "near_duplicate", "outlier"} <= set(audit)
+    assert (project / "metrics" / "audit.png").stat().st_size > 0
+    assert (project / "models" / "model.pt").stat().st_size > 0
+    # outputs are hard links into DVC's cache, not second copies (docs/scale.md): the project's
+    # cache.type, from its .dvc/config
+    assert (project / "models" / "model.pt").stat().st_nlink == 2
+    assert (project / "data" / "prepared" / "train_images.npy").stat().st_nlink == 2
+    assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
+    # DVC's per-repository folder went under pytest's temporary folder, not /var/tmp/dvc
+    # (conftest.dvc_site_cache): nothing of the run is left outside what pytest prunes
+    assert (Path(os.environ["DVC_SITE_CACHE_DIR"]) / "repo").is_dir()
+    commit_all(project, "baseline")  # queued runs start from a commit
+
+    # two experiments at once (a teammate pulls the first: test_a_teammate_clones_pulls_...)
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.001,0.004", "-S", "freeze_depth=2")
+    run_the_queue(project, 2)
+    rows = experiments(dvc_json(project, "exp", "show"))
+    swept = {row["lr"]: name for name, row in rows.items() if row["lr"] in (0.001, 0.004)}
+    assert set(swept) == {0.001, 0.004}, rows
+    assert all(rows[name]["accuracy"] is not None for name in swept.values()), rows
+    for name in swept.values():
+        log = sh(project, "dvc", "queue", "logs", name)
+        assert ran_stages(log) == {"finetune", "evaluate"}, log  # from the commit's outputs
+        assert "1 thread(s) per process" in log, log
+    sh(project, "dvc", "exp", "apply", swept[0.001])  # its params and outputs, to look at
+    with open(project / "dvclive" / "plots" / "metrics" / "lr.tsv") as f:  # DVCLive's log
+        assert [float(row["lr"]) for row in csv.DictReader(f, delimiter="\t")] == [0.001] * 2
+    shown = sh(project, "dvc", "exp", "show", "--json")  # DVC reads the live metrics
+    assert '"dvclive/metrics.json"' in shown and '"step": 1' in shown
+    assert '"accuracy_ci95"' in shown and '"macro_f1_ci95"' in shown  # the 95 % intervals
+    views = readme_views()
+    assert len(views) == 2, views  # headline metrics and params; cost
+    for view in views:  # the README's views fit a 120-column terminal
+        table = sh(project, *view, env={"COLUMNS": "200"})
+        assert swept[0.001] in table and "accuracy" in table
+        assert max(map(len, table.splitlines())) <= 120, table
+    # `dvc plots show` writes a page that draws offline (the template of .dvc/config), with
+    # DVC's plot of DVCLive's files in it
+    sh(project, "dvc", "plots", "show", "-o", "plots_page")
+    specs = offline_plots_page((project / "plots_page" / "index.html").read_text())
+    points = specs["accuracy"]["data"]["values"]
+    assert sorted((p["filename"], p["step"]) for p in points) == [
+        ("train/acc.tsv", "0"), ("train/acc.tsv", "1"), ("val/acc.tsv", "0"), ("val/acc.tsv", "1")]
+    assert {"loss", "accuracy", "confusion", "coverage"} <= set(specs)
+    shutil.rmtree(project / "plots_page")
+    diff = json.loads(sh(project, "dvc", "metrics", "diff", "--all", "--json"))
+    assert {"accuracy", "macro_f1"} <= set(diff["metrics/eval.json"]), diff
+    assert "label" in json.loads(sh(project, "dvc", "metrics", "show", "--json"))[""][
+        "data"]["metrics/audit.json"]["data"]  # dvc exp show has the audit's counts
+
+
+def test_another_arch_with_the_same_input_size_skips_preprocess(project):
+    """Up to preprocess only: that the audit, finetune and evaluate rerun for another arch
+    costs 25 s here and is plain (tests/test_dvc_deps.py checks what each stage lists)."""
+    sh(project, "dvc", "repro")  # up to date after the test above; the start, run alone
+    out = sh(project, "dvc", "exp", "run", "-S", "model.arch=resnet18", "preprocess")
+    assert ran_stages(out) == {"input_spec"}
+    assert "Stage 'preprocess' didn't change, skipping" in out
+
+
+def test_adding_an_image_and_another_input_size_rerun_split_input_spec_and_after(project):
+    """One `dvc repro` for two changes (each DVC run costs seconds of imports per stage): a new
+    image reruns split (input_spec does not read the images), a new size reruns input_spec.
+    The size as the README says: conf/ edited, params.yaml written from it, `dvc repro`."""
+    make_image_folder(project / "data" / "extra", {"a": 1}, size=24, seed=9)
+    shutil.move(project / "data" / "extra" / "a" / "img_000.png",
+                project / "data" / "my photos" / "a" / "new.png")
+    edit_yaml(project / "conf" / "preset" / "demo.yaml", {"preprocess": {"image_size": 40}})
+    sh(project, "python", "-m", "finetuner.presets")
+    out = sh(project, "dvc", "repro")
+    assert {"split", "input_spec", "preprocess", "finetune", "evaluate"} <= ran_stages(out)
+    assert json.loads((project / "data" / "input_spec.json").read_text())["image_size"] == 40
+
+
 def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path):
     sh(project, "dvc", "repro")
     team, clone = tmp_path / "team.git", tmp_path / "clone"
@@ -205,48 +244,16 @@ def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path)
     assert ran_stages(sh(clone, "dvc", "repro")) == set()
 
     # an experiment travels the same way: its commit to git, its outputs to the DVC remote (the
-    # first test's experiment: this test needs that one)
-    sh(project, "dvc", "exp", "push", "origin", "alice-lr")
-    sh(clone, "dvc", "exp", "pull", "origin", "alice-lr")
+    # first test's lr 0.001: this test needs that one)
+    alice = named(project, 0.001)
+    sh(project, "dvc", "exp", "push", "origin", alice)
+    sh(clone, "dvc", "exp", "pull", "origin", alice)
     # based on an older commit than the clone's HEAD: shown with --all-commits
     shown = experiments(dvc_json(clone, "exp", "show", "--all-commits"))
-    assert shown["alice-lr"]["lr"] == 0.001
-    sh(clone, "dvc", "exp", "apply", "alice-lr")
+    assert shown[alice]["lr"] == 0.001
+    sh(clone, "dvc", "exp", "apply", alice)
     assert yaml.safe_load((clone / "params.yaml").read_text())["freeze_depth"] == 2
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")  # its outputs too
-
-
-def experiment_refs(repo: Path) -> set[str]:
-    """The git refs of finished experiments (queued and failed ones live under celery/)."""
-    refs = sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
-    return {ref for ref in refs if not ref.startswith("refs/exps/celery/")}
-
-
-def test_a_queued_sweep_runs_two_experiments_in_parallel(project):
-    sh(project, "dvc", "repro")
-    commit_all(project, "before the sweep")  # queued runs start from a commit
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.003,0.004")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-               OMP_NUM_THREADS="1")  # two workers on the cores: one thread each
-    before = experiment_refs(project)
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, check=True,
-                   capture_output=True)
-    deadline = time.monotonic() + 900
-    try:  # git's refs say cheaply when both are done (or one failed); `dvc queue status` costs
-        while (len(experiment_refs(project) - before) < 2  # a second of CPU a call
-               and not sh(project, "git", "for-each-ref", "refs/exps/celery/failed").strip()):
-            assert time.monotonic() < deadline, sh(project, "dvc", "queue", "status")
-            time.sleep(1)
-    finally:
-        subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
-    status = sh(project, "dvc", "queue", "status")
-    assert "Failed" not in status, status
-    rows = experiments(dvc_json(project, "exp", "show"))
-    swept = {row["lr"]: name for name, row in rows.items() if row["lr"] in (0.003, 0.004)}
-    assert set(swept) == {0.003, 0.004}, rows
-    assert all(rows[name]["accuracy"] is not None for name in swept.values()), rows
-    log = sh(project, "dvc", "queue", "logs", swept[0.003])
-    assert "1 thread(s) per process" in log, log
 
 
 ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"

@@ -148,16 +148,13 @@ def test_draft_decoding_keeps_the_size_asked_and_still_catches_truncation(tmp_pa
 
 def test_the_stages_run_in_online_mode_and_train_from_the_canvases_on_disk(tmp_path):
     """split -> input_spec -> preprocess (train_views 0, MixUp + CutMix, TrivialAugment) ->
-    finetune -> evaluate, as the stage scripts; the prepared train split is one canvas per
-    photo, and finetune reads it from disk."""
+    finetune -> evaluate, the stage scripts' mains (in this process); the prepared train split
+    is one canvas per photo, and finetune reads it from disk."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import yaml
 
-    from conftest import ROOT, copy_project
+    from conftest import ROOT, copy_project, run_stage_here
     from finetuner.data.prepared import load_prepared
 
     repo = copy_project(tmp_path / "project")
@@ -170,16 +167,13 @@ def test_the_stages_run_in_online_mode_and_train_from_the_canvases_on_disk(tmp_p
     params["model"]["weights"] = "none"
     params["train"].update(epochs=2, batch_size=8)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     for stage, *args in [("split", "data/images", "data/split"),
                          ("input_spec", "data/input_spec.json"),
                          ("preprocess", "data/images", "data/split", "data/input_spec.json",
                           "data/prepared"),
                          ("finetune", "data/prepared", "models/model.pt", "metrics/h.csv"),
                          ("evaluate", "models/model.pt", "data/prepared", "metrics")]:
-        done = subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"{stage}:\n{done.stdout}\n{done.stderr}"
+        run_stage_here(repo, stage, *args)
     prepared = load_prepared(repo / "data" / "prepared")
     meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
     side = meta["canvas_side"]

@@ -21,7 +21,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, copy_project, ignored, make_image_folder, stage_exit
+from conftest import (ROOT, copy_project, ignored, make_image_folder, run_stage_here,
+                      stage_exit)
 from finetuner.models.checkpoint import load_checkpoint
 from finetuner.params import ParamsError
 from finetuner.stage import INTERRUPTED
@@ -60,10 +61,11 @@ def project(tmp_path_factory) -> Path:
     repo = copy_project(tmp_path_factory.mktemp("project"))
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=24)
     set_params(repo)
-    run_stage(repo, "split", "data/images", "data/split")
-    run_stage(repo, "input_spec", "data/input_spec.json")
-    run_stage(repo, "preprocess", "data/images", "data/split", "data/input_spec.json",
-              "data/prepared")
+    for stage, *args in [("split", "data/images", "data/split"),  # in this process: the
+                         ("input_spec", "data/input_spec.json"),  # tests below interrupt
+                         ("preprocess", "data/images", "data/split",  # their own processes
+                          "data/input_spec.json", "data/prepared")]:
+        run_stage_here(repo, stage, *args)
     return repo
 
 
@@ -235,8 +237,8 @@ def test_preprocess_killed_mid_way_leaves_no_output_and_the_rerun_works(project,
     set_params(project, image_size=128, train_views=64)  # ~100 images x 64 views: slow enough
     if not many.is_dir():  # made once for both signals
         make_image_folder(many, {"a": 40, "b": 40, "c": 40}, size=24, seed=3)
-        run_stage(project, "split", "data/many", "data/split_many")
-        run_stage(project, "input_spec", "data/input_spec_many.json")
+        run_stage_here(project, "split", "data/many", "data/split_many")
+        run_stage_here(project, "input_spec", "data/input_spec_many.json")
     out = project / "data" / "prepared_many"
     shutil.rmtree(out, ignore_errors=True)
     process, log = start_stage(project, "preprocess", "data/many", "data/split_many",

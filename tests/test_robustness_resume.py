@@ -1,7 +1,8 @@
 """A finetune killed with SIGKILL after epoch 2 of 4, rerun by `dvc repro`, goes on from epoch 3
 and ends with the weights of a run never stopped; after a param change it starts afresh; under
-torchrun (2 Gloo processes) a SIGKILL of rank 1 alone stops the run, and `dvc repro` resumes it
-to the weights of a 2-process run never stopped.
+torchrun (2 Gloo processes, `nproc_per_node: 2`) a SIGKILL of rank 1 alone stops the run, and
+`dvc repro` resumes it to the weights of a 2-process run never stopped, rank 0 alone writing.
+(That 2 processes learn what 1 learns: tests/test_distributed.py, on the training loop.)
 
 The kill comes from inside the stage, right after epoch 2 is logged (its state is saved just
 before): a ``sitecustomize`` on PYTHONPATH wraps the live log of the finetune script only (under
@@ -20,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import copy_project, make_image_folder
+from conftest import copy_project, make_image_folder, run_stage_here
 
 # one pytest-xdist worker runs the module, in order (--dist loadfile): the second test goes on
 # from the first
@@ -117,10 +118,9 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_killed_after_epoch_2_dvc_repro_resumes_to_the_same_weights(project, tmp_path):
-    # the run never stopped, by the stage script itself, outside DVC's outputs
+    # the run never stopped, by the stage script's main in this process, outside DVC's outputs
     reference = tmp_path / "reference.pt"
-    ok(run(project, sys.executable, "stages/finetune.py", "data/prepared", str(reference),
-           str(tmp_path / "live")))
+    run_stage_here(project, "finetune", "data/prepared", str(reference), str(tmp_path / "live"))
     assert not (project / ".finetuner" / "resume").exists()  # removed when the stage ends
 
     # `dvc repro evaluate`: the pipeline up to evaluate, without the demo's data stage
@@ -170,6 +170,16 @@ def test_rank_1_killed_under_torchrun_then_dvc_repro_resumes_to_the_same_weights
 
     out = ok(run(project, "dvc", "repro", "finetune"))
     assert "resuming 'finetune' after epoch 2 of 4" in out and "2 processes on cpu" in out
+    assert "torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2" in out
     resumed = weights(project / "models" / "model.pt")
     assert all(torch.equal(resumed[k], v) for k, v in weights(reference).items())
-    assert not (project / ".finetuner" / "resume").exists()
+    assert not (project / ".finetuner" / "resume").exists()  # rank 0 removed it
+    # rank 0 alone writes: one summary line, one checkpoint and no second writer's temp file,
+    # one live log whose rows are the 2 epochs before the kill and the 2 after
+    assert out.count("finetune: best epoch") == 1
+    files = lambda folder: sorted(p.name for p in (project / folder).iterdir()
+                                  if p.name != ".gitignore")
+    assert files("models") == ["model.pt"] and files("dvclive") == ["metrics.json", "plots"]
+    assert [row.split("\t")[0] for row in live_rows(project, "train/loss")] == ["0", "1", "2", "3"]
+    info = torch.load(project / "models" / "model.pt", weights_only=True)["info"]
+    assert info["world_size"] == 2 and info["threads_per_process"] == 1
