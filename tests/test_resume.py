@@ -207,6 +207,49 @@ def test_a_rerun_that_finds_every_fit_done_reports_their_seconds_not_the_replay(
     assert again.earlier_seconds == saved and again.seconds >= saved > 0
 
 
+def test_a_resumed_refit_that_diverges_still_counts_its_first_process_seconds(tmp_path,
+                                                                              monkeypatch):
+    """Killed in the refit's second epoch, then rerun: the refit resumes and diverges there (the
+    model chosen on val is kept); train_seconds still holds what the first process trained."""
+    import math
+
+    from finetuner.training import loop
+    from finetuner.training.distributed import Dist
+    from finetuner.training.strategy import train_model
+    params = parse_params({"lr": 0.01, "model": {"arch": "resnet18", "weights": "none"},
+                           "preprocess": {"image_size": 32},
+                           "train": {"epochs": 2, "batch_size": 8, "refit": True}})
+    store, real = ResumeStore("key", tmp_path), loop._train_epoch
+
+    class Killed(Exception):
+        pass
+
+    def killed(run, epoch):  # the refit trains without val
+        if not run.validating and epoch == 1:
+            raise Killed
+        return real(run, epoch)
+
+    def diverging(run, epoch):
+        loss, accuracy = real(run, epoch)
+        return (math.nan if not run.validating and epoch == 1 else loss), accuracy
+
+    def run():
+        torch.manual_seed(0)
+        return train_model(lambda: build_model("resnet18", "none", 3), tiny_data(), params,
+                           Dist(torch.device("cpu")), progress=False, resume=store)[1]
+    monkeypatch.setattr(loop, "_train_epoch", killed)
+    with pytest.raises(Killed):
+        run()
+    states = {slot: torch.load(store.folder / f"{slot}.pt", weights_only=True)
+              for slot in ("finetune", "refit")}
+    assert states["finetune"]["done"] and states["refit"]["epochs_done"] == 1
+    saved = sum(state["seconds"] for state in states.values())
+    monkeypatch.setattr(loop, "_train_epoch", diverging)
+    again = run()
+    assert again.refit_problem.startswith("the refit on train + val diverged: epoch 2 of 2")
+    assert again.earlier_seconds == pytest.approx(saved) and again.seconds >= saved > 0
+
+
 @pytest.mark.parametrize("content", [b"not a torch file", b"PK\x03\x04 truncated zip"])
 def test_a_state_that_cannot_be_read_is_said_removed_and_the_run_starts_fresh(tmp_path, capsys,
                                                                              content):

@@ -44,7 +44,10 @@ from .resume import ResumeSlot, rng_state, set_rng_state
 
 class DivergedError(ValueError):
     """An epoch's mean training loss is not a finite number: the run stops, and nothing of that
-    epoch is kept (the resume state still holds the epoch before)."""
+    epoch is kept (the resume state still holds the epoch before).  ``earlier_seconds``: the
+    training an earlier, resumed process had done on this fit (set by :func:`fit`)."""
+
+    earlier_seconds: float = 0.0
 
 
 def _diverged(loss: float, epoch: int, epochs: int, lr: float) -> DivergedError:
@@ -447,7 +450,11 @@ def fit(model: StagedClassifier, data: TrainData, params: Params, device: torch.
     went = _begin(run, saved, probe_grid, resume, on_epoch)
     seconds = lambda: went.earlier_seconds + time.perf_counter() - start_time  # noqa: E731
     for epoch in range(went.first, params.train.epochs if not went.stopped_early else went.first):
-        record = _epoch(run, epoch, went)
+        try:
+            record = _epoch(run, epoch, went)
+        except DivergedError as error:
+            error.earlier_seconds = went.earlier_seconds
+            raise
         went.history.append(record)
         went.stopped_early = went.best.update(record, model, run.validating)
         if resume is not None:

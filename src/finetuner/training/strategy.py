@@ -360,7 +360,7 @@ def _refit(build: Callable[[], StagedClassifier], data: TrainData, params: Param
         result = fit(model, data, params, ctx.device, progress=progress, dist=ctx,
                      probe_grid=grid, store=store, resume=resume, on_epoch=on_epoch)
     except DivergedError as error:
-        return model, f"the refit on train + val diverged: {error}", 0.0
+        return model, f"the refit on train + val diverged: {error}", error.earlier_seconds
     chosen_run = outcome.history[outcome.best_epoch - 1]["train_acc"]
     if result.history[-1]["train_acc"] < chosen_run - REFIT_TOLERANCE:
         return model, (f"the refit on train + val ended at train accuracy "
