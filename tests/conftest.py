@@ -247,20 +247,36 @@ def load_stage(name: str):
 
 
 def run_stage_here(cwd: Path, name: str, *args: str) -> str:
-    """``python stages/<name>.py ARGS`` in ``cwd``, run in this process (no new interpreter:
-    torch, torchvision and timm are already imported, seconds saved a stage); returns what it
-    printed.  torch's thread count is restored (a stage sets its own)."""
+    """The ``main`` of ``stages/<name>.py`` called with ``args`` in ``cwd``, in this process (no
+    new interpreter: torch, torchvision and timm are already imported, seconds saved a stage;
+    not its ``__main__``: conftest.stage_exit runs that); returns what it printed on stdout (an
+    exception propagates, and the stdout is lost).  What a stage sets for its process is put
+    back: torch's thread count and the random generators (torch's, numpy's, Python's), which
+    finetune seeds and preprocess draws from.  A stage that would replace this process by
+    torchrun (``nproc_per_node`` > 1) fails instead."""
     import contextlib
     import io
+    import random
 
     import torch
+
+    from finetuner.training import distributed
+
+    def no_relaunch(nproc, argv):
+        raise AssertionError(f"{name} would relaunch under torchrun ({nproc} processes): run "
+                             "it as a subprocess")
     threads, printed = torch.get_num_threads(), io.StringIO()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed), \
+                torch.random.fork_rng(devices=[]):
             patch.chdir(cwd)
+            patch.setattr(distributed, "relaunch_under_torchrun", no_relaunch)
             load_stage(name).main(*args)
     finally:
         torch.set_num_threads(threads)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
     return printed.getvalue()
 
 

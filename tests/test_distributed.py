@@ -25,7 +25,9 @@ from finetuner.params import parse_params
 from finetuner.runtime import resolve_precision, thread_count
 from finetuner.training import distributed
 from finetuner.training.batches import TrainData, epoch_order
+from finetuner.training.distributed import Dist
 from finetuner.training.loop import fit
+from finetuner.training.strategy import train_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -83,6 +85,9 @@ CASES = {
         lambda: _params(batch_size=5, class_balance="weighted_loss", label_smoothing=0.1,
                         optimizer="adamw", momentum=0.9),
         lambda: colour_data(labels=[0] * 14 + [1] * 5 + [2] * 5), True, bn_free_model),
+    # through train_model, as the finetune stage calls it (a fifth item): the run chosen on val,
+    # then the refit on train + val from fresh weights (a second model, a second DDP wrapper)
+    "chosen_then_refit": (lambda: _params(refit=True), colour_data, True, bn_free_model, True),
 }
 # trainable BatchNorm on CPU: no SyncBatchNorm there, so not comparable to one process; the
 # ranks must still end with identical weights and running statistics
@@ -91,12 +96,18 @@ BN_CASE = (lambda: _params(freeze_depth=4, epochs=2), colour_data, True,
 
 
 def run_case(case, ctx=None):
-    make_params, make_data, use_cache, make_model = case
+    make_params, make_data, use_cache, make_model, *strategy = case
     params = make_params()
-    model = make_model()
-    result = fit(model, make_data(), params, torch.device("cpu"), progress=False,
-                 use_cache=use_cache, dist=ctx)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, result.history
+    if strategy:
+        model, outcome = train_model(make_model, make_data(), params,
+                                     ctx or Dist(torch.device("cpu")), progress=False)
+        assert outcome.refit and outcome.trained_on == {"train": 24, "val": 21}
+        history = outcome.history
+    else:
+        model = make_model()
+        history = fit(model, make_data(), params, torch.device("cpu"), progress=False,
+                      use_cache=use_cache, dist=ctx).history
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, history
 
 
 def torchrun_main(out: Path) -> None:

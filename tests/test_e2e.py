@@ -137,7 +137,9 @@ def run_the_queue(repo: Path, count: int) -> None:
 def named(repo: Path, lr: float) -> str:
     """The name of the first test's queued experiment that ran with ``lr`` (DVC names them)."""
     rows = experiments(dvc_json(repo, "exp", "show", "--all-commits"))
-    return next(name for name, row in rows.items() if row["lr"] == lr)
+    found = next((name for name, row in rows.items() if row["lr"] == lr), None)
+    assert found, f"no experiment ran with lr {lr}: the module's first test queues it ({rows})"
+    return found
 
 
 def test_repro_then_a_queued_sweep_of_finetune_params_reruns_only_finetune_and_evaluate(project):
