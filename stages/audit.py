@@ -14,6 +14,8 @@ METRICS_DIR/audit.json (the counts) and METRICS_DIR/audit.png (the top suspects)
 do with them: docs/audit.md.  Nothing downstream reads them: the pipeline trains on the
 folder as it is until the folder or ``data.ignore`` changes.
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 import time
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from finetuner.models import build_model
 from finetuner.models.spec import WeightsError
 from finetuner.params import load_params
 from finetuner.runtime import resolve_device, set_threads
-from finetuner.stage import run_stage
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,

@@ -2,8 +2,9 @@
 
     python stages/demo_data.py OUT_DIR
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 from finetuner.data.demo import write_digits
-from finetuner.stage import run_stage
 
 
 def main(out_dir: str) -> None:

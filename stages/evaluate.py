@@ -9,6 +9,8 @@ calibration before and after it, and the coverage-accuracy curve of the reject o
 Errors in params, the checkpoint or the inputs are one line naming the param or file; every
 output is written whole or not at all.
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 from pathlib import Path
 
 from finetuner.data.folders import scored_images
@@ -20,7 +22,6 @@ from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
 from finetuner.params import load_params
 from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads
-from finetuner.stage import run_stage
 
 
 def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:

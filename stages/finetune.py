@@ -17,6 +17,8 @@ torchrun by hand (several nodes: docs/scaling-out.md) it joins the process group
 describes.  Only rank 0 writes the checkpoint and the history.  Errors in params, weights or
 inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 import sys
 
 from finetuner.data.prepared import load_prepared
@@ -25,7 +27,6 @@ from finetuner.models.checkpoint import save_checkpoint
 from finetuner.params import load_params, to_dict
 from finetuner.runtime import (resolve_precision, reuse_freed_memory, seed_everything,
                                set_threads)
-from finetuner.stage import run_stage
 from finetuner.training import distributed
 from finetuner.live import LiveLog, LiveLogError
 from finetuner.training.batches import TrainData

@@ -5,10 +5,11 @@
 preprocess depends on this file instead of on ``model.arch``: switching to an architecture
 with the same input size and crop leaves the file unchanged, so DVC skips preprocess.
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 from finetuner.io import write_json
 from finetuner.models import input_spec
 from finetuner.params import load_params
-from finetuner.stage import run_stage
 
 
 def main(out_json: str) -> None:

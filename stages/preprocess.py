@@ -5,6 +5,8 @@
 INPUT_SPEC is the input_spec stage's JSON (image size and crop of the architecture).  Inputs
 are checked before any image is decoded; errors are one line naming the file and what to do.
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 from pathlib import Path
 
 from finetuner.data.images import ImageError
@@ -14,7 +16,6 @@ from finetuner.data.views import read_input_spec
 from finetuner.data.augment import Augmentation
 from finetuner.io import atomic_path
 from finetuner.params import load_params
-from finetuner.stage import run_stage
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:

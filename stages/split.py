@@ -3,6 +3,8 @@ skipped files with reasons, and the near-duplicate pairs its perceptual hash fou
 
     python stages/split.py DATA_DIR OUT_DIR
 """
+from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
+
 import sys
 
 from finetuner.data.manifest import SPLITS, write_manifests
@@ -10,7 +12,6 @@ from finetuner.data.scan import DatasetError
 from finetuner.data.split import split_folder
 from finetuner.io import atomic_path, write_csv
 from finetuner.params import load_params
-from finetuner.stage import run_stage
 
 
 def main(data_dir: str, out_dir: str) -> None:

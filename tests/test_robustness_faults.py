@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,6 +228,35 @@ def test_same_params_and_seed_give_identical_training_on_cpu(project, fresh_runs
     assert all(math.isfinite(row["train_loss"]) for row in first_history)  # lr 0.02, scratch
     assert first_state.keys() == second_state.keys()
     assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
+
+
+def test_ctrl_c_while_a_stage_imports_torch_is_one_line(project):
+    """A Ctrl-C in a stage's first seconds, while it imports torch and the rest (before
+    run_stage's handler runs), is the one line a Ctrl-C during main gives, not a traceback of
+    import machinery.  The signal comes once a part of torch is imported (`-X importtime`
+    reports each import as it ends), so it lands inside `import torch` on any machine."""
+    log = project / "input_spec_ctrl_c.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "stages/input_spec.py", "data/ctrl_c.json"],
+            cwd=project, stdout=out, stderr=subprocess.STDOUT, env=stage_env(),
+            preexec_fn=default_sigint)
+    imported = lambda name: re.search(rf"\|\s+{name}$", log.read_text(errors="replace"), re.M)
+    wait_until(lambda: imported(r"torch\.\S+"), process, "a part of torch imported", timeout=60)
+    assert not imported("torch"), "torch was imported whole before the signal"
+    assert kill(process, signal.SIGINT) != 0
+    text = log.read_text()
+    assert "Traceback" not in text and text.splitlines()[-1] == f"input_spec: {INTERRUPTED}"
+    assert not (project / "data" / "ctrl_c.json").exists()
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "stages").glob("*.py")), ids=lambda p: p.stem)
+def test_every_stage_script_imports_finetuner_stage_before_anything_else(script):
+    """The test above on one stage holds for all: their first import installs the hook."""
+    import ast
+    first = next(node for node in ast.parse(script.read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom)))
+    assert isinstance(first, ast.ImportFrom) and first.module == "finetuner.stage", script.name
 
 
 # --- preprocess interrupted -------------------------------------------------------------------

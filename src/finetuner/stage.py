@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 from typing import Callable
 
 from .params import ParamsError
 
 
 INTERRUPTED = "interrupted; no output is half-written (each is written whole or not at all)"
+
+
+def _one_line_ctrl_c(kind, value, traceback) -> None:
+    """``sys.excepthook`` of a stage process: a Ctrl-C that lands before :func:`run_stage` runs
+    (the seconds in which the script imports torch and the rest) is the one line a Ctrl-C
+    during ``main`` gives, not 50 lines of import machinery; any other error keeps its
+    traceback.  Python still exits as killed by SIGINT, so DVC or a shell sees the interrupt."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f"{Path(sys.argv[0]).stem}: {INTERRUPTED}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _one_line_ctrl_c  # each stage script imports this module before any other
 
 
 def run_stage(name: str, main: Callable[..., None], usage: str,
