@@ -23,7 +23,7 @@ import sys
 
 from finetuner.data.prepared import load_prepared
 from finetuner.models import WeightsError, build_model
-from finetuner.models.checkpoint import save_checkpoint
+from finetuner.models.checkpoint import TrainingRecord, save_checkpoint
 from finetuner.params import load_params, to_dict
 from finetuner.runtime import (resolve_precision, reuse_freed_memory, seed_everything,
                                set_threads)
@@ -84,7 +84,7 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
         distributed.cleanup(ctx)
 
 
-def _info(params, outcome, ctx, threads: int) -> dict:
+def _info(params, outcome, ctx, threads: int) -> TrainingRecord:
     """The checkpoint's record of how it was trained (evaluate reads it into eval.json)."""
     return {"params": training_params(params), "history": outcome.history,
             "best_epoch": outcome.best_epoch, "best_val_acc": outcome.best_val_acc,

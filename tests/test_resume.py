@@ -11,7 +11,7 @@ from finetuner.models import build_model
 from finetuner.params import parse_params
 from finetuner.training import loop
 from finetuner.training.loop import fit
-from finetuner.training.resume import ResumeStore, input_key
+from finetuner.training.resume import DoneState, EpochState, ResumeStore, input_key
 
 
 class Killed(Exception):
@@ -243,6 +243,9 @@ def test_a_resumed_refit_that_diverges_still_counts_its_first_process_seconds(tm
     states = {slot: torch.load(store.folder / f"{slot}.pt", weights_only=True)
               for slot in ("finetune", "refit")}
     assert states["finetune"]["done"] and states["refit"]["epochs_done"] == 1
+    # the slots hold the keys resume.py documents: a done fit's, then an epoch's
+    assert set(states["finetune"]) == set(DoneState.__annotations__)
+    assert set(states["refit"]) == set(EpochState.__annotations__)
     saved = sum(state["seconds"] for state in states.values())
     monkeypatch.setattr(loop, "_train_epoch", diverging)
     again = run()

@@ -24,7 +24,7 @@ import yaml
 
 from conftest import (ROOT, copy_project, ignored, make_image_folder, run_stage_here,
                       stage_exit)
-from finetuner.models.checkpoint import load_checkpoint
+from finetuner.models.checkpoint import TrainingRecord, load_checkpoint
 from finetuner.params import ParamsError
 from finetuner.stage import INTERRUPTED
 
@@ -144,6 +144,7 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     run_stage(project, "finetune", *FINETUNE_ARGS)  # other params: no resume
     checkpoint = load_checkpoint(project / "models" / "model.pt")
     assert checkpoint.class_names == ["a", "b", "c"] and checkpoint.info["epochs_run"] == 2
+    assert set(checkpoint.info) == set(TrainingRecord.__annotations__)  # the keys it documents
     with open(project / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv") as f:
         assert len(list(csv.DictReader(f, delimiter="\t"))) == 2
     assert leftovers(project, FINETUNE_OUTS) == []

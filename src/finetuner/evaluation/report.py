@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from .cost import cost_report, onnxruntime_cost
 from .intervals import metric_intervals
 from .metrics import classification_metrics, predict_logits
 from .plots import confusion_png, curves_png, mistakes_png, reliability_png
+
+if TYPE_CHECKING:
+    from ..models.checkpoint import TrainingRecord
 
 OUT_OF_FOLD = "out-of-fold predictions of train + val (cross-validation)"
 
@@ -44,7 +48,7 @@ class Evaluation:
     interval: dict              # metric_intervals
     calibration: dict           # eval.json's calibration object
     cost: dict
-    info: dict                  # the checkpoint's training record
+    info: TrainingRecord        # the checkpoint's training record
     near_duplicates: dict | None
 
     @property

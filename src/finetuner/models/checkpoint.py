@@ -13,6 +13,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -28,6 +29,25 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint of this project."""
 
 
+class TrainingRecord(TypedDict, total=False):
+    """A checkpoint's ``info``: how the finetune stage trained it (``stages/finetune.py``
+    writes every key; evaluate copies most into eval.json).  Other writers (tests, hand-made
+    checkpoints) may leave keys out, so readers use ``.get`` for anything but the first five."""
+    history: list[dict]      # one row an epoch: epoch, frozen_stages, lr, train/val loss and acc
+    best_epoch: int          # 1-based, into history
+    best_val_acc: float      # out-of-fold accuracy for a cross-validated probe
+    train_seconds: float     # this process's and any killed, resumed one's
+    epochs_run: int
+    params: dict             # the params the finetune stage lists in dvc.yaml, as it ran
+    strategy: dict           # what was chosen and why: strategy.Outcome.info()
+    stopped_early: bool
+    device: str
+    precision: str           # fp32, bf16 or fp16: what the forward passes ran in
+    world_size: int          # data-parallel processes
+    threads_per_process: int
+    out_of_fold: dict | None  # a cross-validated probe's out-of-fold log-probabilities, labels
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     model: StagedClassifier | ProbeEnsemble
@@ -35,11 +55,12 @@ class Checkpoint:
     class_names: list[str]
     image_size: int
     crop_pct: float
-    info: dict  # params used, best epoch, training time, ...
+    info: TrainingRecord
 
 
 def save_checkpoint(path: str | Path, model: StagedClassifier | ProbeEnsemble, arch: str,
-                    class_names: list[str], image_size: int, crop_pct: float, info: dict) -> None:
+                    class_names: list[str], image_size: int, crop_pct: float,
+                    info: TrainingRecord) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "arch": arch, "layers": model.layers,
                "class_names": list(class_names),

@@ -39,7 +39,7 @@ from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
 from .prefix import FrozenPrefix, PrefixStore, prefix_for
 from .probe import C_GRID, Probe, probe_head
-from .resume import ResumeSlot, rng_state, set_rng_state
+from .resume import DoneState, EpochState, ResumeSlot, rng_state, set_rng_state
 
 
 class DivergedError(ValueError):
@@ -304,7 +304,7 @@ def _probe_from(state: dict | None) -> Probe | None:
                  state["val_loss"])
 
 
-def _epoch_state(run: _Run, epochs_done: int, went: _Progress, seconds: float) -> dict:
+def _epoch_state(run: _Run, epochs_done: int, went: _Progress, seconds: float) -> EpochState:
     """Everything fit() needs to go on after ``epochs_done`` epochs as if never stopped."""
     best = went.best
     return {"done": False, "epochs_done": epochs_done, "stopped_early": went.stopped_early,
@@ -316,7 +316,7 @@ def _epoch_state(run: _Run, epochs_done: int, went: _Progress, seconds: float) -
             "probe": _probe_state(went.probe), "seconds": seconds, "rng": rng_state()}
 
 
-def _restore(run: _Run, best: _Best, saved: dict) -> None:
+def _restore(run: _Run, best: _Best, saved: EpochState) -> None:
     """Put ``run`` and ``best`` where ``saved`` left them: the optimizer gets the parameter
     groups the frozen depths so far gave it, then the saved moments, step and weights."""
     t = run.params.train
@@ -335,7 +335,7 @@ def _restore(run: _Run, best: _Best, saved: dict) -> None:
     run.bar.update(saved["step"])
 
 
-def _finished(model: StagedClassifier, saved: dict,
+def _finished(model: StagedClassifier, saved: DoneState,
               on_epoch: Callable[[dict], None] | None) -> FitResult:
     """The result a fit() saved when it ended, its weights put back into ``model``."""
     model.load_state_dict(saved["final"])
@@ -348,7 +348,7 @@ def _finished(model: StagedClassifier, saved: dict,
                      earlier_seconds=saved["seconds"])
 
 
-def _begin(run: _Run, saved: dict | None, probe_grid: tuple[float, ...],
+def _begin(run: _Run, saved: EpochState | None, probe_grid: tuple[float, ...],
            resume: ResumeSlot | None, on_epoch: Callable[[dict], None] | None) -> _Progress:
     """Before the first epoch: the probe (LP-FT), the frozen depth and the optimizer; or, with
     a ``saved`` state, everything put back where it was (its records replayed to ``on_epoch``)."""

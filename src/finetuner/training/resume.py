@@ -14,7 +14,7 @@ Invariants:
 * Every write is a temp file renamed into place: a kill leaves the previous epoch's state.
 * Only process 0 writes (under torchrun every rank reads the same file at the start).
 * The state holds tensors, numbers, strings, lists and dicts only: it loads with
-  ``weights_only=True``.
+  ``weights_only=True``.  Its keys: :class:`EpochState`, then :class:`DoneState`.
 * The stage removes the store once its checkpoint is written.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -69,6 +70,38 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
 
 
+class EpochState(TypedDict):
+    """What a slot holds after each epoch (``fit()`` writes and reads it): everything needed to
+    go on after ``epochs_done`` epochs as if never stopped."""
+    done: bool               # False
+    epochs_done: int
+    stopped_early: bool
+    model: dict              # the weights (state_dict, on the CPU)
+    optimizer: dict          # its state_dict: moments, and the groups the frozen depths gave it
+    scaler: dict             # the fp16 gradient scaler's
+    step: int                # optimizer steps taken (the lr schedule's position)
+    history: list[dict]      # one row a finished epoch
+    lrs: list[list[float]]   # each epoch's starting lr of each parameter group
+    best: dict               # the best epoch so far: value, epoch, state (its weights), stale
+    probe: dict | None       # LP-FT's starting probe: weight, bias, C, val_acc, val_loss
+    seconds: float           # training time so far, earlier processes' included
+    rng: dict                # rng_state(): every generator an epoch draws from
+
+
+class DoneState(TypedDict):
+    """What a slot holds once its fit ended: the result, returned at once by a rerun."""
+    done: bool               # True
+    final: dict              # the weights fit() returned (the best epoch's, or the last's)
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+    lrs: list[list[float]]
+    precision: str
+    world_size: int
+    probe: dict | None
+
+
 # What torch.load raises for a file that is not a whole state it can read: a truncated or
 # foreign zip (RuntimeError from its reader, BadZipFile), bytes that do not unpickle, or a
 # type weights_only refuses (UnpicklingError), an early end (EOFError), a state of another shape
@@ -86,7 +119,7 @@ class ResumeSlot:
     def name(self) -> str:
         return self.path.stem
 
-    def load(self) -> dict | None:
+    def load(self) -> EpochState | DoneState | None:
         """The saved state, or None: none saved, or one that cannot be read (damaged on disk,
         or written by another torch), which is said on stderr and removed: the run starts
         from epoch 1 rather than stop on a state it cannot use."""
@@ -105,7 +138,7 @@ class ResumeSlot:
             return None
         return state
 
-    def save(self, state: dict) -> None:
+    def save(self, state: EpochState | DoneState) -> None:
         if not self.writer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
