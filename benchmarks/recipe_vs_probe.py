@@ -92,6 +92,7 @@ def train_on_split(params, data: Path, work: Path, device=torch.device("cpu")):
     """(model, outcome, prepared arrays, training seconds): ``params`` trained by the finetune
     stage's own :func:`finetuner.training.strategy.train_model` on a split of ``data`` made
     in ``work`` by the project's ``split_folder`` (near-duplicates not grouped)."""
+    from finetuner.arch_params import image_size
     from finetuner.data.augment import Augmentation
     from finetuner.data.workspace import split_and_prepare
     from finetuner.models import build_model, input_spec
@@ -102,7 +103,7 @@ def train_on_split(params, data: Path, work: Path, device=torch.device("cpu")):
     prepared = split_and_prepare(
         data, work, val_fraction=params.data.val_fraction,
         test_fraction=params.data.test_fraction, seed=params.seed,
-        image_size=params.image_size, crop_pct=input_spec(params.model.arch).crop_pct,
+        image_size=image_size(params), crop_pct=input_spec(params.model.arch).crop_pct,
         train_views=p.train_views, augmentation=Augmentation.from_params(p),
         workers=p.workers)
     torch.manual_seed(params.seed)

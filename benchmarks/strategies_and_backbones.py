@@ -62,6 +62,7 @@ def prepared_for(data: Path, seed: int, size: int, crop_pct: float, cache: dict,
 
 
 def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
+    from finetuner.arch_params import image_size
     from finetuner.evaluation.cost import count_params, cpu_latency_ms, gflops
     from finetuner.evaluation.metrics import predict_arrays
     from finetuner.models import build_model, get_arch
@@ -72,7 +73,8 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     params = parse_params({**config, "seed": seed, "preprocess": {"image_size": "auto"},
                            "train": {"schedule": "constant", **config.get("train", {})}})
     spec = get_arch(params.model.arch)
-    prepared, prep_seconds = prepared_for(data, seed, params.image_size, spec.crop_pct, cache, work)
+    prepared, prep_seconds = prepared_for(data, seed, image_size(params), spec.crop_pct, cache,
+                                          work)
     tensors = TrainData.from_prepared(prepared, seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -83,8 +85,8 @@ def run(config: dict, seed: int, data: Path, cache: dict, work: Path) -> dict:
     return {"test_acc": float((predicted == prepared.labels["test"]).mean()),
             "seconds": seconds, "prep_seconds": prep_seconds, "epochs": len(result.history),
             "best_epoch": result.best_epoch, "params": count_params(model),
-            "gflops": gflops(model, params.image_size),
-            "latency_ms": cpu_latency_ms(model.eval(), params.image_size)}
+            "gflops": gflops(model, image_size(params)),
+            "latency_ms": cpu_latency_ms(model.eval(), image_size(params))}
 
 
 def main() -> None:

@@ -30,13 +30,13 @@ from finetuner.data.views import eval_view_of, read_input_spec
 from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.spec import WeightsError
-from finetuner.params import load_params
+from finetuner.arch_params import load_arch_params
 from finetuner.runtime import resolve_device, set_threads
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
          metrics_dir: str) -> None:
-    params = load_params()
+    params = load_arch_params()
     set_threads(params.threads)
     device = resolve_device(params.device)
     start = time.perf_counter()

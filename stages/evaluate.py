@@ -20,12 +20,12 @@ from finetuner.data.prepared import load_prepared
 from finetuner.data.scan import DatasetError
 from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write_report
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
-from finetuner.params import load_params
+from finetuner.arch_params import load_arch_params
 from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads
 
 
 def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
-    params = load_params()
+    params = load_arch_params()
     set_threads(params.threads)
     reuse_freed_memory()
     device = resolve_device(params.device)

@@ -24,7 +24,8 @@ import sys
 from finetuner.data.prepared import load_prepared
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import TrainingRecord, save_checkpoint
-from finetuner.params import load_params, to_dict
+from finetuner.arch_params import load_arch_params
+from finetuner.params import to_dict
 from finetuner.runtime import (resolve_precision, reuse_freed_memory, seed_everything,
                                set_threads)
 from finetuner.training import distributed
@@ -49,7 +50,7 @@ def training_params(params) -> dict:
 
 
 def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
-    params = load_params()
+    params = load_arch_params()
     if params.nproc_per_node > 1 and not distributed.under_torchrun():
         distributed.relaunch_under_torchrun(params.nproc_per_node, sys.argv)  # does not return
     threads = set_threads(params.threads)

@@ -9,12 +9,12 @@ from finetuner.stage import run_stage  # first: Ctrl-C during the imports below 
 
 from finetuner.io import write_json
 from finetuner.models import input_spec
-from finetuner.params import load_params
+from finetuner.arch_params import image_size, load_arch_params
 
 
 def main(out_json: str) -> None:
-    params = load_params()
-    write_json(out_json, {"image_size": params.image_size,
+    params = load_arch_params()
+    write_json(out_json, {"image_size": image_size(params),
                           "crop_pct": input_spec(params.model.arch).crop_pct})
 
 

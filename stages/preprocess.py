@@ -19,7 +19,7 @@ from finetuner.params import load_params
 
 
 def main(data_dir: str, split_dir: str, input_spec: str, out_dir: str) -> None:
-    params = load_params(models=False)  # no model code in this stage
+    params = load_params()  # no model code in this stage
     image_size, crop_pct = read_input_spec(Path(input_spec))
     p = params.preprocess
     augmentation = Augmentation.from_params(p)

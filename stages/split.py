@@ -15,7 +15,7 @@ from finetuner.params import load_params
 
 
 def main(data_dir: str, out_dir: str) -> None:
-    params = load_params(models=False)  # no model code in this stage
+    params = load_params()  # no model code in this stage
     data = params.data
     result = split_folder(data_dir, data.val_fraction, data.test_fraction, params.seed,
                           group_near_duplicates=data.group_near_duplicates, ignore=data.ignore)

@@ -1,7 +1,13 @@
 import pytest
 
+from finetuner.arch_params import check_arch_params, freeze_depth, image_size
 from finetuner.params import Params, ParamsError, load_params, parse_params, to_dict
 from conftest import flat
+
+
+def checked(raw: dict) -> Params:
+    """What a model stage loads: the params checks, then those against the registry."""
+    return check_arch_params(parse_params(raw))
 
 
 def test_project_params_are_valid():
@@ -18,7 +24,7 @@ def test_the_defaults_are_what_the_project_params_yaml_runs_with():
     from conftest import ROOT
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert sorted(flat(raw)) == sorted(flat(to_dict(Params())))
-    project = flat(to_dict(load_params(ROOT / "params.yaml", models=False)))
+    project = flat(to_dict(load_params(ROOT / "params.yaml")))
     disagree = {key: {"default": value, "params.yaml": project[key]}
                 for key, value in flat(to_dict(Params())).items() if value != project[key]}
     assert not disagree, f"dataclass defaults that params.yaml overrides: {disagree}"
@@ -90,20 +96,20 @@ def test_unknown_keys_name_the_closest(raw, closest):
 ])
 def test_bad_values_say_what_is_allowed(raw, words):
     with pytest.raises(ValueError) as error:
-        parse_params(raw)
+        checked(raw)
     for word in words:
         assert word in str(error.value)
 
 
 def test_freeze_depth_all_is_every_stage():
-    params = parse_params({"freeze_depth": "all", "model": {"arch": "resnet18"}})
-    assert params.resolved_freeze_depth == 5
+    assert freeze_depth("all", 5) == 5 and freeze_depth(3, 5) == 3
+    assert checked({"freeze_depth": "all", "model": {"arch": "resnet18"}}).freeze_depth == "all"
 
 
 def test_image_size_follows_the_architecture():
-    assert parse_params({"model": {"arch": "tf_efficientnet_lite2"},
-                         "preprocess": {"image_size": "auto"}}).image_size == 260
-    assert parse_params({"preprocess": {"image_size": 96}}).image_size == 96
+    assert image_size(parse_params({"model": {"arch": "tf_efficientnet_lite2"},
+                                    "preprocess": {"image_size": "auto"}})) == 260
+    assert image_size(parse_params({"preprocess": {"image_size": 96}})) == 96
 
 
 def test_yaml_is_read_safely(tmp_path):
@@ -123,7 +129,7 @@ def test_yaml_is_read_safely(tmp_path):
 ])
 def test_weights_are_checked_at_params_time_with_close_matches(arch, weights, words):
     with pytest.raises(ParamsError) as error:
-        parse_params({"model": {"arch": arch, "weights": weights}})
+        checked({"model": {"arch": arch, "weights": weights}})
     for word in words:
         assert word in str(error.value)
 
@@ -190,7 +196,7 @@ def test_every_stage_checks_params_before_any_work(tmp_path, monkeypatch):
 
 def test_auto_keeps_its_own_meaning():
     params = parse_params({"strategy": "auto", "preprocess": {"image_size": "auto"}})
-    assert params.strategy == "auto" and params.image_size == 224  # demo's Lite0, native
+    assert params.strategy == "auto" and image_size(params) == 224  # demo's Lite0, native
 
 
 @pytest.mark.parametrize("raw, key", [
@@ -222,8 +228,8 @@ def test_test_fraction_zero_is_allowed_and_strategy_is_checked():
 
 
 def test_split_and_preprocess_params_import_no_model_code():
-    """load_params(models=False), as the split and preprocess stages call it, with those stages'
-    imports: neither the registry nor torch is loaded (they peaked at ~835 MB when it was)."""
+    """load_params(), as the split and preprocess stages call it, with those stages' imports:
+    neither the registry nor torch is loaded (they peaked at ~835 MB when it was)."""
     import subprocess
     import sys
 
@@ -232,7 +238,7 @@ def test_split_and_preprocess_params_import_no_model_code():
             "import finetuner.data.split, finetuner.data.scan, finetuner.data.manifest\n"
             "import finetuner.data.images, finetuner.io, finetuner.stage\n"
             "from finetuner.params import load_params\n"
-            "load_params(models=False)\n"
+            "load_params()\n"
             "bad = [m for m in sys.modules if m.startswith('finetuner.models') or m in "
             "('torch', 'timm', 'torchvision')]\n"
             "assert not bad, bad\n")
@@ -246,8 +252,8 @@ def test_the_registry_error_becomes_a_params_error_naming_the_key():
         check_arch("resnet19")
     assert "params.yaml" not in str(raised.value) and "resnet18" in raised.value.close
     with pytest.raises(ParamsError, match=r"params.yaml: 'model.arch': 'resnet19' is not a known"):
-        parse_params({"model": {"arch": "resnet19"}})
-    assert parse_params({"model": {"arch": "resnet19"}}, models=False).model.arch == "resnet19"
+        checked({"model": {"arch": "resnet19"}})
+    assert parse_params({"model": {"arch": "resnet19"}}).model.arch == "resnet19"  # no registry
 
 
 def test_an_ensemble_or_every_layer_needs_the_probe_and_cross_validation():
@@ -268,21 +274,21 @@ def test_an_ensemble_or_every_layer_needs_the_probe_and_cross_validation():
     assert [parse_params({"strategy": "probe", "probe": {"layers": layers}}).probe.model_layers
             for layers in ("last", "all", "auto")] == ["last", "all", "all"]
     with pytest.raises(ParamsError, match="'model.arch'.*'resnet19' is not a known architecture"):
-        parse_params({**base, "model": {"arch": "resnet18+resnet19"}, "strategy": "probe"})
+        checked({**base, "model": {"arch": "resnet18+resnet19"}, "strategy": "probe"})
     with pytest.raises(ParamsError, match="'model.weights'.*ensemble"):
-        parse_params({**base, "model": {"arch": "resnet18+mobilenet_v3_small",
-                                        "weights": "my.pt"}, "strategy": "probe"})
+        checked({**base, "model": {"arch": "resnet18+mobilenet_v3_small",
+                                   "weights": "my.pt"}, "strategy": "probe"})
 
 
 def test_data_ignore_takes_relative_paths_each_with_a_reason():
     ignore = {"ants/1.jpg": "a bee (audit)"}
-    assert parse_params({"data": {"ignore": ignore}}, models=False).data.ignore == ignore
+    assert parse_params({"data": {"ignore": ignore}}).data.ignore == ignore
     for value, words in [({"ants/1.jpg": " "}, "gives 'ants/1.jpg' no reason"),
                          ({"/data/ants/1.jpg": "x"}, "relative to data.dir"),
                          (["ants/1.jpg"], "expected a mapping"),
                          ({"ants/1.jpg": 3}, "expected a string")]:
         with pytest.raises(ParamsError, match=words):
-            parse_params({"data": {"ignore": value}}, models=False)
+            parse_params({"data": {"ignore": value}})
 
 
 def test_the_photos_preset_keeps_near_duplicates_in_one_split_and_demo_does_not():

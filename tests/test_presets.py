@@ -63,6 +63,7 @@ def test_conf_lists_every_key_and_each_preset_sets_every_key_left_to_it():
 def test_the_photos_preset_has_its_file_values_and_an_override_wins():
     """Python code (benchmarks) gets a preset without DVC: the values are conf/preset/photos.yaml's,
     every other key conf/config.yaml's (not the demo's), an override beats both."""
+    from finetuner.arch_params import image_size
     from finetuner.models import input_spec
     params = preset_params("photos", ["lr=0.001", "train.epochs=3"])
     values = flat(to_dict(params))
@@ -78,7 +79,7 @@ def test_the_photos_preset_has_its_file_values_and_an_override_wins():
     assert params.train.refit is True and params.preprocess.hflip is True
     assert params.preprocess.train_views == 1
     # 300 px, above the largest native size of the ensemble's backbones (Lite2's 260)
-    assert params.image_size == 300 and input_spec(params.model.arch).size == 260
+    assert image_size(params) == 300 and input_spec(params.model.arch).size == 260
     base = flat(yaml.safe_load((CONF / "config.yaml").read_text()))
     untouched = [key for key in values if key not in recipe]  # conf/config.yaml's, as written
     assert "train.warmup_epochs" in untouched and all(values[key] == base[key] for key in untouched)

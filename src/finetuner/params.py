@@ -126,7 +126,7 @@ class ModelParams:
     def validate(self, prefix: str) -> None:
         if not self.arch:
             _fail(f"{prefix}.arch", "is empty; `python -m finetuner models` lists the names")
-        # that the names are known is checked by Params.check_model (it needs the registry)
+        # that the names are known: finetuner.arch_params (it needs the registry)
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -314,51 +314,6 @@ class Params:
             _fail("probe.layers", f"is {self.probe.layers!r}, which only strategy: probe trains "
                   f"(strategy is {self.strategy!r}); a fine-tune reads the last stage's pool")
 
-    def check_model(self) -> None:
-        """The checks that need the architecture registry (and so torch and timm): model.arch
-        and model.weights known (else the closest names), freeze_depth within its stages,
-        image_size at least its minimum.  The registry's own errors become params errors here;
-        :func:`load_params` runs this unless ``models=False`` (split and preprocess, which must
-        not import model code)."""
-        from .models.registry import (ArchError, check_arch, get_arch, input_spec, member_names,
-                                      weights_problem)
-        try:
-            check_arch(self.model.arch)
-        except ArchError as error:
-            raise ParamsError(f"params.yaml: 'model.arch': {error}") from None
-        problem = weights_problem(self.model.arch, self.model.weights)
-        if problem:
-            _fail("model.weights", problem)
-        min_size = input_spec(self.model.arch).min_size
-        if isinstance(self.preprocess.image_size, int) and self.preprocess.image_size < min_size:
-            _fail("preprocess.image_size", f"is {self.preprocess.image_size}; {self.model.arch} "
-                  f"needs at least {min_size} px")
-        if len(member_names(self.model.arch)) > 1:
-            return  # an ensemble trains as a probe: nothing is frozen or unfrozen
-        spec = get_arch(self.model.arch)
-        if not isinstance(self.freeze_depth, str) and self.freeze_depth > spec.num_stages:
-            _fail("freeze_depth", f"is {self.freeze_depth}; {self.model.arch} has "
-                  f"{spec.num_stages} freezable stages, so allowed: 0..{spec.num_stages} or 'all'")
-        if self.train.unfreeze_floor > self.resolved_freeze_depth:
-            _fail("train.unfreeze_floor", f"is {self.train.unfreeze_floor}; must be <= "
-                  f"freeze_depth ({self.resolved_freeze_depth})")
-
-    @property
-    def resolved_freeze_depth(self) -> int:
-        """freeze_depth as a number of leading stages ("all" is every stage)."""
-        from .models.registry import get_arch
-        if self.freeze_depth == "all":
-            return get_arch(self.model.arch).num_stages
-        return int(self.freeze_depth)
-
-    @property
-    def image_size(self) -> int:
-        """The input size: preprocess.image_size, or the architecture's native size."""
-        from .models.registry import input_spec
-        if self.preprocess.image_size == "auto":
-            return input_spec(self.model.arch).size
-        return int(self.preprocess.image_size)
-
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -530,17 +485,15 @@ def _placeholder(key: str, value) -> None:
               "conf/preset/<name>.yaml did not set it; set it there or with -S key=value")
 
 
-def parse_params(raw: dict | None, models: bool = True) -> Params:
-    """Build and validate :class:`Params` from the parsed YAML mapping (``models``: also
-    against the architecture registry, :meth:`Params.check_model`)."""
+def parse_params(raw: dict | None) -> Params:
+    """Build and validate :class:`Params` from the parsed YAML mapping: every check that needs
+    no model code (those against the architecture registry: :mod:`finetuner.arch_params`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
     params = _build(Params, raw)
     params.validate()
-    if models:
-        params.check_model()
     return params
 
 
@@ -568,10 +521,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                               _mapping_without_duplicates)
 
 
-def load_params(path: str | Path = "params.yaml", models: bool = True) -> Params:
-    """Read ``path`` (safe YAML: no tags, no duplicate keys) and return the validated params;
-    ``models=False`` leaves out the checks against the architecture registry
-    (:meth:`Params.check_model`), so no model code is imported."""
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read ``path`` (safe YAML: no tags, no duplicate keys) and return the validated params
+    (:func:`parse_params`; the stages that build a model add
+    :func:`finetuner.arch_params.check_arch_params`)."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
@@ -582,7 +535,7 @@ def load_params(path: str | Path = "params.yaml", models: bool = True) -> Params
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte "
                           f"{error.start})") from None
-    return parse_params(raw, models)
+    return parse_params(raw)
 
 
 def to_dict(params: Params) -> dict:

@@ -84,7 +84,7 @@ def _check_keys(overrides: Sequence[str]) -> None:
             node = node.setdefault(part, {})
         node[leaf] = {}
         try:
-            parse_params(nested, models=False)
+            parse_params(nested)
         except ParamsError as error:
             if "unknown key" in str(error):
                 raise
@@ -102,9 +102,10 @@ def compose(preset: str | None = None, overrides: Sequence[str] = (),
 
 
 def preset_params(preset: str | None = None, overrides: Sequence[str] = (),
-                  conf: Path = CONF, models: bool = True) -> Params:
-    """:func:`compose`, typed and validated (:func:`finetuner.params.parse_params`)."""
-    return parse_params(compose(preset, overrides, conf), models=models)
+                  conf: Path = CONF) -> Params:
+    """:func:`compose`, typed and validated (:func:`finetuner.params.parse_params`: what needs
+    no model code)."""
+    return parse_params(compose(preset, overrides, conf))
 
 
 def params_yaml(preset: str | None = None, overrides: Sequence[str] = (),
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides, args.preset = [args.preset, *args.overrides], None
     try:
         text = params_yaml(args.preset, args.overrides, Path(args.conf))
-        params = parse_params(yaml.safe_load(text), models=False)
+        params = parse_params(yaml.safe_load(text))
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..arch_params import freeze_depth as resolved_freeze_depth
 from ..data.rows import RangeRows, Rows
 from ..models import StagedClassifier
 from ..params import Params, ParamsError
@@ -201,7 +202,8 @@ def _start(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
                           "processes (at least 2 each); use nproc_per_node: 1")
     steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
     total_steps = steps_per_epoch * t.epochs
-    freeze_depth, num_stages = params.resolved_freeze_depth, model.num_stages
+    num_stages = model.num_stages
+    freeze_depth = resolved_freeze_depth(params.freeze_depth, num_stages)
     val_start, val_stop = distributed.chunk(len(data.val_labels), ctx)  # this rank's val rows
     if ctx.enabled:
         store = None  # each rank holds a slice of val: nothing to share between runs
