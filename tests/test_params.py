@@ -246,6 +246,20 @@ def test_split_and_preprocess_params_import_no_model_code():
     assert done.returncode == 0, done.stderr
 
 
+def test_params_py_imports_no_model_code_not_even_inside_a_function():
+    """The checks against the model registry live in finetuner/arch_params.py."""
+    import ast
+
+    from conftest import ROOT
+    tree = ast.parse((ROOT / "src" / "finetuner" / "params.py").read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    names |= {("." * node.level) + (node.module or "") for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom)}
+    assert not [n for n in names if "models" in n or n.split(".")[0] in ("torch", "timm",
+                                                                          "torchvision")], names
+
+
 def test_the_registry_error_becomes_a_params_error_naming_the_key():
     from finetuner.models import ArchError, check_arch
     with pytest.raises(ArchError) as raised:
