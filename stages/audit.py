@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from finetuner.arch_params import load_arch_params
 from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import suspects_png, write_suspects
@@ -30,7 +31,6 @@ from finetuner.data.views import eval_view_of, read_input_spec
 from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.spec import WeightsError
-from finetuner.arch_params import load_arch_params
 from finetuner.runtime import resolve_device, set_threads
 
 

@@ -13,6 +13,7 @@ from finetuner.stage import run_stage  # first: Ctrl-C during the imports below 
 
 from pathlib import Path
 
+from finetuner.arch_params import load_arch_params
 from finetuner.data.folders import scored_images
 from finetuner.data.images import ImageError
 from finetuner.data.manifest import InputError
@@ -20,7 +21,6 @@ from finetuner.data.prepared import load_prepared
 from finetuner.data.scan import DatasetError
 from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write_report
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
-from finetuner.arch_params import load_arch_params
 from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads
 
 

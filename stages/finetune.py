@@ -21,10 +21,10 @@ from finetuner.stage import run_stage  # first: Ctrl-C during the imports below 
 
 import sys
 
+from finetuner.arch_params import load_arch_params
 from finetuner.data.prepared import load_prepared
 from finetuner.models import WeightsError, build_model
 from finetuner.models.checkpoint import TrainingRecord, save_checkpoint
-from finetuner.arch_params import load_arch_params
 from finetuner.params import to_dict
 from finetuner.runtime import (resolve_precision, reuse_freed_memory, seed_everything,
                                set_threads)

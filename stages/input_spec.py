@@ -7,9 +7,9 @@ with the same input size and crop leaves the file unchanged, so DVC skips prepro
 """
 from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
 
+from finetuner.arch_params import image_size, load_arch_params
 from finetuner.io import write_json
 from finetuner.models import input_spec
-from finetuner.arch_params import image_size, load_arch_params
 
 
 def main(out_json: str) -> None:

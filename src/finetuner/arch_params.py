@@ -41,9 +41,10 @@ def check_arch_params(params: Params) -> Params:
     if not isinstance(params.freeze_depth, str) and params.freeze_depth > stages:
         _fail("freeze_depth", f"is {params.freeze_depth}; {params.model.arch} has {stages} "
               f"freezable stages, so allowed: 0..{stages} or 'all'")
-    if params.train.unfreeze_floor > freeze_depth(params.freeze_depth, stages):
+    depth = freeze_depth(params.freeze_depth, stages)
+    if params.train.unfreeze_floor > depth:
         _fail("train.unfreeze_floor", f"is {params.train.unfreeze_floor}; must be <= "
-              f"freeze_depth ({freeze_depth(params.freeze_depth, stages)})")
+              f"freeze_depth ({depth})")
     return params
 
 

@@ -165,8 +165,7 @@ def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: in
     reason (what probably happened: the files were checked before)."""
     loader = torch.utils.data.DataLoader(
         EvalViews(list(paths), size, crop_pct, changed), batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_stack, worker_init_fn=_one_thread if workers else None)
+        num_workers=workers, collate_fn=_stack, worker_init_fn=_one_thread if workers else None)
     for batch in loader:
         if isinstance(batch, str):
             raise ImageError(batch)

@@ -126,7 +126,8 @@ def split_items(items: list[Item], val_fraction: float, test_fraction: float, se
 def split_folder(root: str | Path, val_fraction: float, test_fraction: float, seed: int,
                  progress: bool = True, group_near_duplicates: bool = False,
                  ignore: dict[str, str] | None = None) -> SplitResult:
-    """Scan, verify and split ``root``; raises :class:`~finetuner.data.scan.DatasetError` if it cannot be used."""
+    """Scan, verify and split ``root``; raises :class:`~finetuner.data.scan.DatasetError`
+    if it cannot be used."""
     root = Path(root)
     # checked before verifying any file, which can take a while (scan_folder: a missing root)
     class_dirs = classes_of(root) if root.is_dir() else []
