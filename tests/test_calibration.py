@@ -11,6 +11,7 @@ import torch
 
 from conftest import make_image_folder
 from finetuner.cli import main
+from finetuner.evaluation.report import OUT_OF_FOLD, calibration_note
 from finetuner.evaluation.calibration import (CalibrationError, calibration_record,
                                               coverage_curve, expected_calibration_error,
                                               file_sha256, fit_temperature, nll,
@@ -58,6 +59,17 @@ def test_an_over_confident_toy_set_gets_a_temperature_above_one():
 def test_no_temperature_when_every_prediction_is_right_or_there_is_nothing():
     assert fit_temperature(np.array([[3.0, 0.0], [0.0, 2.0]]), np.array([0, 1])) is None
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) is None
+
+
+@pytest.mark.parametrize("fitted_on", ["val split", OUT_OF_FOLD])
+def test_a_temperature_scored_on_the_val_split_it_was_fitted_on_gets_a_note(fitted_on):
+    """Scored on val (``data.test_fraction: 0``): the temperature was fitted on val's own
+    predictions, or on out-of-fold predictions of train + val, val among them; either way
+    ECE and NLL after are optimistic, and eval.json must say so."""
+    note = calibration_note(1.3, True, fitted_on, trained_on_val=True)
+    assert note and "optimistic" in note
+    # scored on a test split, a temperature from out-of-fold predictions needs no note
+    assert calibration_note(1.3, False, OUT_OF_FOLD, trained_on_val=True) is None
 
 
 def test_rows_never_predicted_are_left_out_of_the_temperature_fit():

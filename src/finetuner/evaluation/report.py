@@ -169,6 +169,9 @@ def calibration_note(temperature: float | None, scored_val: bool, fitted_on: str
         return (f"no temperature fitted: every prediction of the {fitted_on} is right (or "
                 "there are none), so no finite temperature minimises its NLL; probabilities "
                 "are left as they are")
+    if scored_val and fitted_on == OUT_OF_FOLD:
+        return ("scored on the val split, which trained the model and whose out-of-fold "
+                "predictions the temperature was fitted on: ECE and NLL after are optimistic")
     if fitted_on == OUT_OF_FOLD:
         return None
     if scored_val:
