@@ -20,6 +20,7 @@ from finetuner.data.images import decode_image
 from finetuner.data.views import eval_view
 from finetuner.models import build_model, list_archs
 from finetuner.models.checkpoint import load_checkpoint, save_checkpoint
+from finetuner.params import PHOTOS_ARCH
 
 CLASSES = ["blue", "green", "red"]
 SIZE = 32
@@ -282,6 +283,19 @@ def test_evaluate_on_a_one_class_folder_says_so_and_warns_nothing(always_blue, t
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_export_to_a_folder_or_where_nothing_can_be_written_is_one_error(checkpoint, tmp_path,
+                                                                          capsys):
+    """OUT an existing folder, or under a file (no folder can be made there): one line naming
+    OUT, exit 2, nothing written (both were tracebacks)."""
+    code, out, err = _run(capsys, "export", checkpoint, tmp_path, "--format", "onnx")
+    assert code == 2 and f"{tmp_path}: is a folder; give the file to write" in err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, out, err = _run(capsys, "export", checkpoint, blocker / "model.ts")
+    assert code == 2 and f"{blocker / 'model.ts'}: cannot be written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_export_torchscript_predicts_what_the_checkpoint_predicts(checkpoint, photos, tmp_path,
                                                                   capsys):
     out_file = tmp_path / "export" / "model.ts"
@@ -317,6 +331,17 @@ def test_models_shows_stages_size_and_where_the_weights_are(capsys, tmp_path, mo
     code, out, _ = _run(capsys, "models", "tf_efficientnet_lite0")
     line = next(x for x in out.splitlines() if x.startswith("tf_efficientnet_lite0 "))
     assert line.split()[1:7] == ["5:", "blocks.0..2,", "blocks.4,", "blocks.6", "224", "4.65M"]
+
+
+def test_models_shows_an_ensembles_members(capsys):
+    """The photos preset's model.arch (an ensemble, also audit's default --arch): one row a
+    member, each once."""
+    code, out, _ = _run(capsys, "models", PHOTOS_ARCH, "tf_efficientnet_lite0", "--json")
+    assert code == 0
+    assert [row["arch"] for row in json.loads(out)] == PHOTOS_ARCH.split("+")
+    code, out, _ = _run(capsys, "models", PHOTOS_ARCH)
+    assert code == 0 and all(any(line.startswith(name + " ") for line in out.splitlines())
+                             for name in PHOTOS_ARCH.split("+"))
 
 
 def test_models_refuses_an_unknown_name_with_suggestions(capsys):
@@ -378,11 +403,29 @@ def test_min_confidence_between_splits_photos_at_their_top_probability(checkpoin
         assert (r["predicted"] == "unknown") == (r["top"][0]["prob"] <= threshold)
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "m.pt", "x", "--top-k", "abc"],
+     "--top-k: must be an integer of 1 or more, not 'abc'"),
+    (["predict", "m.pt", "x", "--batch-size", "0"],
+     "--batch-size: must be an integer of 1 or more"),
+    (["audit", "x", "--seed", "-1"], "--seed: must be an integer from 0 to 2147483647, not -1"),
+    (["audit", "x", "--outlier-fence", "-5"], "--outlier-fence: must be a number of 0 or more"),
+    (["audit", "x", "--outlier-fence", "nan"], "--outlier-fence: must be a number of 0 or more"),
+    (["audit", "x", "--near-duplicate-ratio", "2"], "must be a number from 0 to 1, not 2"),
+])
+def test_numeric_options_outside_what_their_params_allow_are_usage_errors(argv, words, capsys):
+    """Refused before any work (the audit's --seed was a numpy traceback after feature
+    extraction; --outlier-fence -5 made every image an outlier, nan switched them off)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_min_confidence_outside_0_to_1_or_with_a_class_named_unknown_is_refused(
         photos, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "any.pt"), str(photos), "--min-confidence", "1.5"])
-    assert "must be from 0 to 1" in capsys.readouterr().err
+    assert "must be a number from 0 to 1, not 1.5" in capsys.readouterr().err
     model = build_model("resnet18", "none", 2)
     save_checkpoint(tmp_path / "odd.pt", model, "resnet18", ["cat", "unknown"], SIZE, 0.875, {})
     code, out, err = _run(capsys, "predict", tmp_path / "odd.pt", photos, "--min-confidence", "0.5")

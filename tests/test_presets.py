@@ -125,3 +125,21 @@ def test_the_command_writes_checks_and_refuses(tmp_path):
     done = run("photos", "lr=fast")
     assert done.returncode == 2 and "'lr' is 'fast'" in done.stderr
     assert yaml.safe_load(out.read_text()) == compose("photos", ["lr=0.001"])  # left as it was
+
+
+def test_a_mistake_in_conf_is_one_error_naming_the_file(tmp_path, capsys):
+    """A YAML typo in conf/ names the file and line (was a traceback of Hydra's loader); a bad
+    value of a preset names the conf/ files it was composed from, not only params.yaml."""
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    config = conf / "config.yaml"
+    config.write_text(config.read_text().replace("\nseed: 0", "\nseed: [0", 1))
+    assert presets.main(["--conf", str(conf), "-o", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and f'"{config}", line' in err and "Traceback" not in err
+
+    shutil.copy(CONF / "config.yaml", config)
+    demo = conf / "preset" / "demo.yaml"
+    demo.write_text(demo.read_text().replace("\nlr: ", "\nlr: abc #", 1))
+    assert presets.main(["--conf", str(conf), "-o", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "'lr' is 'abc'" in err and f"{conf}/preset/demo.yaml" in err

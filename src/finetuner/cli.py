@@ -38,7 +38,7 @@ from .evaluation.cost import count_params
 from .evaluation.metrics import classification_metrics
 from .export import FORMATS, ExportError, export_model, format_for
 from .models import (ArchError, archs_by_family, build_model, check_arch, get_arch, input_spec,
-                     list_archs)
+                     list_archs, member_names)
 from .models.checkpoint import CheckpointError, load_checkpoint
 from .models.spec import WeightsError
 from .params import DEVICES, PHOTOS_ARCH, AuditParams, ParamsError, is_device_name
@@ -58,21 +58,25 @@ class UsageError(ValueError):
     """Arguments or inputs the command cannot work with: exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse type: a ``kind`` (int or float) from ``low`` to ``high`` (None: no upper
+    bound), as the matching param of params.yaml allows; nan and words are refused."""
+    allowed = ("an integer" if kind is int else "a number") + (
+        f" from {low} to {high}" if high is not None else f" of {low} or more")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text!r}") from None
+        if not (value >= low and (high is None or value <= high)):  # nan fails both
+            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text}")
+        return value
+    return parse
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {value}")
-    return value
+_positive_int = _bounded(int, 1)
+_probability = _bounded(float, 0, 1)
 
 
 class Skipped(list):
@@ -197,11 +201,17 @@ def _export(args) -> int:
     fmt = format_for(args.out, args.format)
     if args.out.exists() and args.out.resolve() == args.checkpoint.resolve():
         raise UsageError(f"{args.out}: is the checkpoint itself; export to another file")
+    if args.out.is_dir():
+        raise UsageError(f"{args.out}: is a folder; give the file to write, such as "
+                         f"{args.out / ('model' + FORMATS[fmt][0])}")
     checkpoint = load_checkpoint(args.checkpoint)
     sha = file_sha256(args.checkpoint)
     temperature = (read_calibration(args.calibration, sha) if args.calibration is not None
                    else None)
-    meta = export_model(checkpoint, args.out, fmt, temperature, sha)
+    try:
+        meta = export_model(checkpoint, args.out, fmt, temperature, sha)
+    except OSError as error:  # a folder it may not write in, a full disk: nothing is left
+        raise UsageError(f"{args.out}: cannot be written ({error.strerror or error})") from None
     calibrated = "not calibrated" if temperature is None else f"temperature {temperature:.4g}"
     diff = meta["parity_error"]
     parity = ("gives the checkpoint's logits exactly" if diff == 0
@@ -246,7 +256,9 @@ def _models(args) -> int:
             raise UsageError(str(error)) from None
     if not args.archs:
         return _list_families(args.json)
-    rows = [arch_info(name) for name in args.archs]
+    # an ensemble (a+b, the photos preset's model.arch) is shown as its members, each once
+    names = dict.fromkeys(member for name in args.archs for member in member_names(name))
+    rows = [arch_info(name) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -407,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-duplicate-ratio", type=_probability,
                    default=defaults.near_duplicate_ratio,
                    help="as audit.near_duplicate_ratio (default %(default)s)")
-    p.add_argument("--outlier-fence", type=float, default=defaults.outlier_fence,
+    p.add_argument("--outlier-fence", type=_bounded(float, 0), default=defaults.outlier_fence,
                    help="as audit.outlier_fence (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="of the probe's folds (default 0)")
+    p.add_argument("--seed", type=_bounded(int, 0, 2**31 - 1), default=0,
+                   help="of the probe's folds, as seed (default 0)")
     p.add_argument("--device", type=_device_name, default="auto", help=device_help)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")

@@ -67,6 +67,8 @@ def _composed(preset: str | None, overrides: Sequence[str], conf: Path):
         OmegaConf.resolve(config)
     except (HydraException, OmegaConfBaseException) as error:
         raise ParamsError(f"{conf}: {str(error).splitlines()[0]}") from None
+    except yaml.YAMLError as error:  # a file of conf/ that Hydra could not read; names it
+        raise ParamsError(f"{conf}: not valid YAML: {error}") from None
     return config
 
 
@@ -135,9 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides, args.preset = [args.preset, *args.overrides], None
     try:
         text = params_yaml(args.preset, args.overrides, Path(args.conf))
-        params = parse_params(yaml.safe_load(text))
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        params = parse_params(yaml.safe_load(text))
+    except ParamsError as error:  # a value of conf/ (or an override): name where it comes from
+        preset = args.preset or yaml.safe_load(text).get("preset")
+        print(f"error: {error} (composed from {args.conf}/config.yaml, "
+              f"{args.conf}/preset/{preset}.yaml and the overrides: fix it there)",
+              file=sys.stderr)
         return 2
     if args.output == "-":
         print(text, end="")

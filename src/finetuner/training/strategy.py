@@ -13,8 +13,8 @@ and then, with ``train.refit``, the chosen setup once more on train + val.
 Invariants: nothing here looks at the test split; every choice (the probe's L2 strength, the
 best epoch, probe or fine-tune) is made on val.  The refit repeats the chosen setup (same
 probe strength, all ``train.epochs`` with their schedule, no early stopping) on train + val
-and keeps its last epoch, since no val is left to choose one or to stop on; the numbers measured on val before the refit are then selection
-scores, not estimates of the final model.
+and keeps its last epoch, since no val is left to choose one or to stop on; the numbers
+measured on val before the refit are then selection scores, not estimates of the final model.
 """
 from __future__ import annotations
 
