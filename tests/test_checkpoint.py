@@ -215,7 +215,8 @@ def test_an_empty_missing_or_folder_checkpoint_is_refused(tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     (lambda p: p.update(arch="resnet18"), ["do not match architecture 'resnet18'"]),
-    (lambda p: p.update(class_names=["a", "b"]), ["do not match", "2 classes"]),
+    (lambda p: p.update(class_names=["a", "b"]),
+     [f"its head has {len(CLASSES)} outputs but field 'class_names' lists 2 names"]),
     (lambda p: p.update(arch="resnet19"), ["'resnet19'", "resnet18"]),
     (lambda p: p.pop("image_size"), ["'image_size' is missing"]),
     (lambda p: p.update(image_size=True), ["'image_size'", "(bool)"]),
@@ -223,11 +224,16 @@ def test_an_empty_missing_or_folder_checkpoint_is_refused(tmp_path):
     (lambda p: p["state_dict"].update(extra=3), ["'state_dict' holds something other"]),
     (lambda p: p.update(class_names=[]), ["'class_names' must be a non-empty list of names"]),
     (lambda p: p.update(class_names=[1, 2, 3]), ["'class_names' must be a non-empty list"]),
+    (lambda p: p.update(class_names=["a"] * len(CLASSES)), ["names 'a' more than once"]),
+    (lambda p: p.update(image_size=0), ["'image_size' is 0; allowed: 16 to 1024 px"]),
+    (lambda p: p.update(image_size=100_000), ["'image_size' is 100000; allowed"]),
+    (lambda p: p.update(crop_pct=-1.0), ["'crop_pct' is -1.0; allowed: above 0, at most 1"]),
     (lambda p: p.update(format="something-else/2"),
      ["not a finetuner-checkpoint/1 file", "'something-else/2'"]),
     (lambda p: p.pop("format"), ["not a finetuner-checkpoint/1 file", "without a format tag"]),
 ], ids=["other-arch", "other-classes", "unknown-arch", "no-image-size", "bool-image-size",
-        "no-state-dict", "non-tensor", "no-classes", "non-str-classes", "other-format",
+        "no-state-dict", "non-tensor", "no-classes", "non-str-classes", "same-class-twice",
+        "image-size-0", "image-size-huge", "crop-negative", "other-format",
         "no-format"])
 def test_a_checkpoint_that_is_not_what_it_claims_is_refused(tmp_path, good_checkpoint, change,
                                                            words):

@@ -348,3 +348,12 @@ def test_a_confident_model_exports_though_its_large_logits_round_by_more_than_1e
     assert np.abs(expected).max() > 1000  # the logits are large, and so is their rounding:
     assert np.abs(got - expected).max() > 1e-4  # an absolute 1e-4 would refuse this export
     assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_an_onnx_path_that_is_a_folder_or_missing_is_named_as_such(tmp_path):
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    with pytest.raises(ExportError, match="model.onnx: is a folder, not an ONNX file"):
+        load_predictor(folder)
+    with pytest.raises(ExportError, match="other.onnx: no such ONNX file"):
+        load_predictor(tmp_path / "other.onnx")

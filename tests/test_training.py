@@ -85,9 +85,13 @@ def test_depth_schedule():
 # head), per config: the chosen candidate, every candidate's val scores, and each history row's
 # (epoch, frozen_stages, lr, train_loss, train_acc, val_loss, val_acc).  A change in what a step
 # is fed (order, batches, loader), in the cache or in the probe moves these far beyond the
-# tolerance; other CPUs' kernels may move them within it.  Recorded with two intra-op threads:
-# the thread count splits the kernels' sums differently, and at lr 0.02 on 24 images two epochs
-# amplify that last-bit difference past any tolerance, so the test pins the count it was made with.
+# tolerance.  Recorded with two intra-op threads: the thread count splits the kernels' sums
+# differently, and at lr 0.02 on 24 images two epochs amplify that last-bit difference past any
+# tolerance, so the test pins the count it was made with.  Another CPU's kernels do the same
+# (2026-11-30: an AMD EPYC with PyTorch's AVX-512 kernels gave the demo a val loss 0.6 % off
+# after three steps), so the runs that are not bit-stable across CPUs have a second recording,
+# made there with this code (it reproduced the first machine's auto_refit to 2e-6): the test
+# passes when the run matches one of the recordings.
 RECORDED = {
     "demo": ("finetune", {"finetune": (0.4166666666666667, 1.0781407554944356)},
              [(1, 0, 0.02, 0.988801638285319, 0.4583333333333333, 1.0781407554944356,
@@ -101,6 +105,17 @@ RECORDED = {
     "auto_refit": ("probe", {"finetune": (0.9583333333333334, 0.24412968009710312),
                              "probe": (1.0, 0.020217711628541732)},
                    [(1, 5, 0.0, math.nan, math.nan, 0.020217711628541732, 1.0)]),
+}
+ON_ANOTHER_CPU = {  # AMD EPYC, AVX-512 (torch.backends.cpu.get_cpu_capability()), 2 threads
+    "demo": ("finetune", {"finetune": (0.4583333333333333, 1.0716151396433513)},
+             [(1, 0, 0.02, 0.9888472557067871, 0.4583333333333333, 1.0716151396433513,
+               0.4583333333333333),
+              (2, 0, 0.01, 0.878773053487142, 0.7916666666666666, 1.048618197441101,
+               0.4583333333333333)]),
+    "lpft": ("finetune", {"finetune": (0.75, 2.4246166660450386)},
+             [(1, 2, 0.02, 2.4476534525553384, 0.5416666666666666, 6.650008974189404,
+               0.5833333333333334),
+              (2, 2, 0.01, 3.657894770304362, 0.5833333333333334, 2.4246166660450386, 0.75)]),
 }
 CONFIGS = {  # on top of Lite0 with its ImageNet weights (the demo's), 32 px, 2 epochs of batch 8
     "demo": {"freeze_depth": 0, "strategy": "finetune"},  # prefix per batch, through the loader
@@ -134,13 +149,15 @@ def test_training_gives_the_history_recorded_before_the_split_by_concern(name, t
     _, outcome = train_model(lambda: build_model("tf_efficientnet_lite0", "DEFAULT", 3),
                              tiny_data(n_per_class=8), parse_params(raw),
                              Dist(torch.device("cpu")), progress=False)
-    chosen, candidates, history = RECORDED[name]
     close = lambda values: pytest.approx(values, rel=1e-4, abs=1e-6, nan_ok=True)  # noqa: E731
-    assert outcome.chosen == chosen
-    assert {k: (c["val_acc"], c["val_loss"]) for k, c in outcome.candidates.items()} == {
-        k: close(v) for k, v in candidates.items()}
-    assert [tuple(row[k] for k in HISTORY_KEYS) for row in outcome.history] == [
-        close(row) for row in history]
+    got = (outcome.chosen,
+           {k: (c["val_acc"], c["val_loss"]) for k, c in outcome.candidates.items()},
+           [tuple(row[k] for k in HISTORY_KEYS) for row in outcome.history])
+    recordings = [RECORDED[name]] + ([ON_ANOTHER_CPU[name]] if name in ON_ANOTHER_CPU else [])
+    matches = [got[0] == chosen and got[1] == {k: close(v) for k, v in candidates.items()}
+               and got[2] == [close(row) for row in history]
+               for chosen, candidates, history in recordings]
+    assert any(matches), f"{name}: {got} matches none of the recordings"
 
 
 def test_a_small_last_batch_is_evened_out_with_the_one_before():

@@ -194,6 +194,8 @@ def _parse_onnx(path: Path) -> tuple[bytes, object]:
     """The file's bytes and its parsed model; a missing, empty or unparsable file is refused."""
     import onnx
 
+    if path.is_dir():
+        raise ExportError(f"{path}: is a folder, not an ONNX file")
     if not path.is_file():
         raise ExportError(f"{path}: no such ONNX file")
     data = path.read_bytes()

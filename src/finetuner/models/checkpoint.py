@@ -129,8 +129,19 @@ def _check_fields(path: Path, payload: dict) -> None:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__} "
                                   f"({type(value).__name__}); the file is damaged")
-    if not payload["class_names"] or not all(isinstance(c, str) for c in payload["class_names"]):
+    names = payload["class_names"]
+    if not names or not all(isinstance(c, str) and c for c in names):
         raise CheckpointError(f"{path}: field 'class_names' must be a non-empty list of names")
+    if len(set(names)) < len(names):
+        twice = sorted({c for c in names if names.count(c) > 1})
+        raise CheckpointError(f"{path}: field 'class_names' names {', '.join(map(repr, twice))} "
+                              "more than once; the file is damaged")
+    if not 16 <= payload["image_size"] <= 1024:  # preprocess.image_size's range
+        raise CheckpointError(f"{path}: field 'image_size' is {payload['image_size']}; allowed: "
+                              "16 to 1024 px; the file is damaged")
+    if not 0 < payload["crop_pct"] <= 1:
+        raise CheckpointError(f"{path}: field 'crop_pct' is {payload['crop_pct']}; allowed: "
+                              "above 0, at most 1; the file is damaged")
     if not all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
         raise CheckpointError(f"{path}: 'state_dict' holds something other than tensors")
     try:
@@ -145,9 +156,14 @@ def _check_fields(path: Path, payload: dict) -> None:
 
 def _rebuild(path: Path, payload: dict) -> torch.nn.Module:
     """The network of the checkpoint's architecture, with its weights (on the CPU)."""
+    heads = {k: v.shape[0] for k, v in payload["state_dict"].items()
+             if k.endswith("classifier.weight") and v.dim() == 2}
+    classes = len(payload["class_names"])
+    if heads and any(rows != classes for rows in heads.values()):
+        raise CheckpointError(f"{path}: its head has {max(heads.values())} outputs but field "
+                              f"'class_names' lists {classes} names; the file is damaged")
     try:
-        model = build_model(payload["arch"], "none", len(payload["class_names"]),
-                            payload.get("layers", "last"))
+        model = build_model(payload["arch"], "none", classes, payload.get("layers", "last"))
         model.load_state_dict(payload["state_dict"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not match architecture "

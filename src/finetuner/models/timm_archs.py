@@ -198,8 +198,8 @@ class _Weights:
                 f"cannot get {self.name} weights {weights} ({error.__class__.__name__}). On a "
                 f"machine with internet run `huggingface-cli download {repo} {HUB_FILES[0]}` and "
                 f"copy its folder to {self.location(weights)} (the Hugging Face cache; "
-                f"HF_HUB_CACHE moves it), or set model.weights to a local state-dict file or to "
-                f"none") from None
+                f"HF_HUB_CACHE moves it), or set model.weights (the CLI: --weights) to a local "
+                f"state-dict file or to none") from None
 
 
 def spec(name: str) -> ArchSpec:

@@ -91,8 +91,8 @@ def spec(name: str) -> ArchSpec:
             raise WeightsError(
                 f"cannot get {name} weights {weights_name} ({error.__class__.__name__}: {error}). "
                 f"Download {weights.url} on a machine with internet and put it at {cached} "
-                f"(torch's hub cache; TORCH_HOME moves it), or set model.weights to a local "
-                f"state-dict file or to none") from None
+                f"(torch's hub cache; TORCH_HOME moves it), or set model.weights (the CLI: "
+                f"--weights) to a local state-dict file or to none") from None
         model.load_state_dict(state)
 
     def local(weights_name):
