@@ -99,7 +99,9 @@ def eval_record(e: Evaluation) -> dict:
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
         "cross_validation": _cv_summary(strategy.get("cross_validation")),
         "near_duplicates": e.near_duplicates,  # groups the split kept together (or not)
-        "calibration": e.calibration, "cost": e.cost}
+        # the calibration note (a sentence) is in calibration.json and the stage's output, not
+        # here: `dvc metrics diff` pads every row to its longest string value
+        "calibration": {k: v for k, v in e.calibration.items() if k != "note"}, "cost": e.cost}
 
 
 def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size: int) -> None:
@@ -140,11 +142,13 @@ def summary_line(e: Evaluation, out: Path) -> str:
 
 
 def _cv_summary(record: dict | None) -> dict | None:
-    """What the cross-validated probe chose (eval.json): out-of-fold scores, each member's C
-    and the stages it reads (``all`` or ``last``; None in checkpoints from before the choice)."""
+    """What the cross-validated probe chose (eval.json): the folds (0: none, a class of one
+    image), out-of-fold scores, each member's C and the stages it reads (``all`` or ``last``;
+    None in checkpoints from before the choice).  The checkpoint's ``selection`` sentence is
+    the finetune stage's line, not a metric: `dvc metrics diff` pads rows to the longest string."""
     if not record:
         return None
-    return {"selection": record["selection"], "cv_acc": record["cv_acc"],
+    return {"folds": record.get("folds"), "cv_acc": record["cv_acc"],
             "cv_loss": record["cv_loss"], "C": [m["C"] for m in record["members"]],
             "layers": [m.get("layers") for m in record["members"]]}
 
