@@ -367,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=_probability, metavar="P",
                    help=f"label {UNKNOWN!r} a photo whose top probability is not above P "
                         "(adds a 'predicted' column); pick P from metrics/coverage.csv, "
-                        "whose probabilities are calibrated: give --calibration (an .onnx "
-                        "export carries its temperature)")
+                        "computed with the temperature the evaluate stage fitted (none when "
+                        "every val prediction was right): give the same --calibration (an "
+                        ".onnx export carries its temperature)")
     p.add_argument("--calibration", type=Path, metavar="FILE",
                    help="metrics/calibration.json: divide the logits by its temperature")
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
