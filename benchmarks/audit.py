@@ -413,7 +413,7 @@ def analysis_child(n: int) -> None:
     regional = rng.normal(size=(n, 1792)).astype(np.float32)
     twins = rng.choice(n, (max(1, n // 100), 2), replace=False)
     regional[twins[:, 1]] = regional[twins[:, 0]] + 0.05 * rng.normal(size=(len(twins), 1792))
-    taps = np.abs(rng.normal(size=(n, 352)).astype(np.float32))  # Lite0's, beside its pool
+    taps = np.abs(rng.normal(size=(n, 192)).astype(np.float32))  # Lite0's, beside its pool
     features = Features(pooled, regional, taps)
     a = AuditParams()
     start = time.perf_counter()
