@@ -36,8 +36,8 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
                                      params.evaluate.batch_size, device)
     write_report(Path(metrics_dir), evaluation, model_path, params.evaluate.gallery_size)
     print(summary_line(evaluation, Path(metrics_dir)))
-    if evaluation.calibration["note"]:
-        print(f"evaluate: calibration: {evaluation.calibration['note']}")
+    if evaluation.calibration_note:
+        print(f"evaluate: calibration: {evaluation.calibration_note}")
 
 
 if __name__ == "__main__":

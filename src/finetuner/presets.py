@@ -140,10 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    raw = yaml.safe_load(text)
     try:
-        params = parse_params(yaml.safe_load(text))
+        params = parse_params(raw)
     except ParamsError as error:  # a value of conf/ (or an override): name where it comes from
-        preset = args.preset or yaml.safe_load(text).get("preset")
+        preset = args.preset or raw.get("preset")
         print(f"error: {error} (composed from {args.conf}/config.yaml, "
               f"{args.conf}/preset/{preset}.yaml and the overrides: fix it there)",
               file=sys.stderr)

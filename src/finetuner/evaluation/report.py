@@ -50,6 +50,9 @@ class Evaluation:
     cost: dict
     info: TrainingRecord        # the checkpoint's training record
     near_duplicates: dict | None
+    # what to keep in mind about the temperature (calibration_note): calibration.json and the
+    # stage's line, not eval.json, where `dvc metrics diff` would pad every row to its length
+    calibration_note: str | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -79,8 +82,8 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
         classification_metrics(labels, predicted, checkpoint.class_names),
         metric_intervals(labels, predicted, len(checkpoint.class_names)),
         {"temperature": temperature, "fitted_on": fitted_on,
-         "fit_images": int(len(fit_labels)), **scores, "note": note},
-        cost, info, data.near_duplicates)
+         "fit_images": int(len(fit_labels)), **scores},
+        cost, info, data.near_duplicates, note)
 
 
 def eval_record(e: Evaluation) -> dict:
@@ -99,9 +102,7 @@ def eval_record(e: Evaluation) -> dict:
         "trained_images": sum(strategy.get("trained_on", {}).values()) or None,
         "cross_validation": _cv_summary(strategy.get("cross_validation")),
         "near_duplicates": e.near_duplicates,  # groups the split kept together (or not)
-        # the calibration note (a sentence) is in calibration.json and the stage's output, not
-        # here: `dvc metrics diff` pads every row to its longest string value
-        "calibration": {k: v for k, v in e.calibration.items() if k != "note"}, "cost": e.cost}
+        "calibration": e.calibration, "cost": e.cost}
 
 
 def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size: int) -> None:
@@ -110,7 +111,7 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
     write_json(out / "eval.json", eval_record(e))
     write_json(out / "calibration.json", calibration_record(
         c["temperature"], model_path, file_sha256(model_path), c["fitted_on"], c["fit_images"],
-        c["note"]))
+        e.calibration_note))
     write_json(out / "per_class.json", e.metrics["per_class"])
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
               [(names[a], names[p]) for a, p in zip(e.labels, predicted)])
