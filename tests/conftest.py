@@ -355,9 +355,10 @@ def evaluated(tmp_path_factory) -> Path:
     """One run of the evaluate stage, shared by tests/test_cost.py and tests/test_calibration.py
     (read-only): ``model.pt``, a resnet18 of random weights with an over-confident head (its
     weights x 40: large logits, mostly wrong on noise), whose history ends at 3 frozen stages
-    after 7.25 s of training; ``prepared/`` of noise, 6 train, 30 val and 40 test images of
-    32 px; the project's params.yaml; the stage's outputs in ``metrics/`` and what it printed
-    in ``evaluate.log``."""
+    after 7.25 s of training and which says it was refitted on train + val (so the temperature,
+    fitted on val, gets a calibration note); ``prepared/`` of noise, 6 train, 30 val and 40
+    test images of 32 px; the project's params.yaml; the stage's outputs in ``metrics/`` and
+    what it printed in ``evaluate.log``."""
     def build(folder: Path) -> None:
         import torch
         from finetuner.models import build_model
@@ -372,7 +373,9 @@ def evaluated(tmp_path_factory) -> Path:
             model.classifier.weight.mul_(40)
         save_checkpoint(folder / "model.pt", model, "resnet18", EVALUATED_CLASSES, 32, 0.875,
                         {"history": history, "best_epoch": 2, "best_val_acc": 0.5,
-                         "train_seconds": 7.25, "epochs_run": 2})
+                         "train_seconds": 7.25, "epochs_run": 2,
+                         "strategy": {"chosen": "finetune", "refit": True,
+                                      "trained_on": {"train": 6, "val": 30}}})
         shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
         printed = run_stage_here(folder, "evaluate", "model.pt", "prepared", "metrics")
         (folder / "evaluate.log").write_text(printed)

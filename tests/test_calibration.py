@@ -183,7 +183,12 @@ def test_evaluate_stage_writes_calibration_coverage_reliability_and_onnx_cost(
 
     cost = json.loads((metrics / "eval.json").read_text())["cost"]
     assert cost["onnxruntime_latency_ms"] > 0 and cost["onnxruntime_images_per_s"] > 0
-    assert "ECE" in (evaluated / "evaluate.log").read_text()
+    # the model learnt from the val split the temperature was fitted on: the note says so in
+    # calibration.json and on the stage's line, and eval.json holds no sentence (test_cost)
+    note = calibration_note(temperature, False, "val split", trained_on_val=True)
+    assert note and note.startswith("the model learnt from the val split") and record["note"] == note
+    log = (evaluated / "evaluate.log").read_text()
+    assert "ECE" in log and f"evaluate: calibration: {note}\n" in log
 
     # predict applies the file's temperature: probabilities = softmax(logits / T)
     photos = make_image_folder(tmp_path / "photos", {"a": 2})

@@ -110,6 +110,7 @@ def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
     assert {"accuracy", "macro_f1", "best_val_acc", "train_seconds"} <= set(metrics)
     assert metrics["train_seconds"] == 7.2 and metrics["test_images"] == 40
     assert metrics["probe_drop"] is None  # no LP-FT fell below its probe (strategy.probe_drop)
+    assert metrics["refit"] is True and metrics["trained_images"] == 36  # train + val
     # the 95 % intervals sit beside their metrics: Wilson's for accuracy on these 40 images
     from finetuner.evaluation.intervals import wilson_interval
     low, high = wilson_interval(round(metrics["accuracy"] * 40), 40)
