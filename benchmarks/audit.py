@@ -30,6 +30,9 @@ first: ``audit_arch``) and, for an ensemble, of all members side by side
   blank frames and two screenshots (``made``, ``made_found``) and 10 photos of each other
   shared set (``foreign``, ``foreign_found``): how many the outlier check reports, and
   (``*_last_stage_only``) how many it would on the last stage's pooled features alone.
+  Then each kind added all at once (``made_together_found``, ``foreign_together_found``),
+  and (``*_ungrouped``) how many it would find scoring each image apart instead of each
+  batch of alike images as one.
   ``--first-only`` computes only the member the audit reads (a quarter of the time).
 
 Prints ``name=value`` lines per set, seed and features, then per set and features the mean
@@ -267,24 +270,42 @@ def last_stage_outliers(features) -> int:
     return len(outliers([features.pooled], AuditParams().outlier_fence))
 
 
-def junk(s: SetUnderTest, variant: str, j: Junk) -> dict:
-    """How many junk images, each added alone, the outlier check reports."""
-    from finetuner.audit.features import Features
-    from finetuner.audit.findings import audit_outliers, outliers
+def junk_outliers(features, ratio: float, grouped: bool = True) -> set[int]:
+    """The outliers the audit reports among ``features`` (its rule: batches of alike images
+    scored as one image; ``grouped=False``: each image alone, the rule before 2026-11-30)."""
+    from finetuner.audit.findings import alike_groups, audit_outliers
     from finetuner.params import AuditParams
-    fence, extra = AuditParams().outlier_fence, j.features[variant]
+    group = alike_groups(features.regional, ratio) if grouped else None
+    return {i for i, _ in audit_outliers(features, AuditParams().outlier_fence, group)}
+
+
+def junk(s: SetUnderTest, variant: str, j: Junk, ratio: float) -> dict:
+    """How many junk images the outlier check reports: each added alone, and each kind (made,
+    foreign) added all together (``*_together``: alike junk is each other's nearest image)."""
+    from finetuner.audit.features import Features
+    from finetuner.audit.findings import outliers
+    from finetuner.params import AuditParams
+    fence, extra, n = AuditParams().outlier_fence, j.features[variant], len(s.paths)
+    some = lambda rows: Features(extra.pooled[rows], extra.regional[rows],  # noqa: E731
+                                 extra.taps[rows])
     found = {key: 0 for key in ("made", "foreign", "made_last", "foreign_last")}
     for k in range(len(extra)):
-        one = Features(extra.pooled[k:k + 1], extra.regional[k:k + 1], extra.taps[k:k + 1])
-        both = Features.concatenate([s.features[variant], one])
+        both = Features.concatenate([s.features[variant], some([k])])
         kind = "made" if j.kinds[k] == "made" else "foreign"
-        found[kind] += len(s.paths) in {i for i, _ in audit_outliers(both, fence)}
+        found[kind] += n in junk_outliers(both, ratio)
         # the alternative: the last stage's pooled features alone (the rule before 2026-11-30)
-        found[f"{kind}_last"] += len(s.paths) in {i for i, _ in outliers([both.pooled], fence)}
+        found[f"{kind}_last"] += n in {i for i, _ in outliers([both.pooled], fence)}
     made = j.kinds.count("made")
-    return {"made": made, "made_found": found["made"], "foreign": len(j.kinds) - made,
-            "foreign_found": found["foreign"], "made_found_last_stage_only": found["made_last"],
-            "foreign_found_last_stage_only": found["foreign_last"]}
+    record = {"made": made, "made_found": found["made"], "foreign": len(j.kinds) - made,
+              "foreign_found": found["foreign"], "made_found_last_stage_only": found["made_last"],
+              "foreign_found_last_stage_only": found["foreign_last"]}
+    for kind, rows in (("made", list(range(made))), ("foreign", list(range(made, len(extra))))):
+        together = Features.concatenate([s.features[variant], some(rows)])
+        added = set(range(n, n + len(rows)))
+        record[f"{kind}_together_found"] = len(junk_outliers(together, ratio) & added)
+        record[f"{kind}_together_found_ungrouped"] = len(
+            junk_outliers(together, ratio, grouped=False) & added)
+    return record
 
 
 def hash_copies(s: SetUnderTest, c: Copies) -> dict:
@@ -328,7 +349,8 @@ def faults(args) -> None:
             j = Junk(s, Path(tmp))
         for variant in s.features:
             print(f"set={name} features={variant} junk "
-                  + " ".join(f"{k}={v}" for k, v in junk(s, variant, j).items()), flush=True)
+                  + " ".join(f"{k}={v}" for k, v in junk(s, variant, j, args.ratio).items()),
+                  flush=True)
         rows: dict[tuple[str, str], list[float]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import SHAPES, jpeg_copy, load_stage, make_shapes_folder, shapes_image
 from finetuner.audit.features import Features
-from finetuner.audit.findings import COLUMNS, audit, near_duplicate_pairs
+from finetuner.audit.findings import (COLUMNS, alike_groups, alike_pairs, audit, group_means,
+                                      near_duplicate_pairs, outliers)
 from finetuner.cli import main
 from finetuner.data.near_duplicates import groups, hash_pairs, nearest, perceptual_hash
 
@@ -99,9 +100,10 @@ def test_an_image_far_in_either_representation_is_an_outlier():
     last[3, 5] = 50.0  # unlike the rest in its last-stage features (cosine: the direction)
     taps[7] = 0.0
     taps[7, 0] = 50.0  # unlike the rest in its early stages only
-    only_last = audit(Features(last, rng.normal(size=(40, 4))), np.repeat([0, 1], 20),
+    regional = rng.normal(size=(40, 256))  # no two images alike (no near-duplicate groups)
+    only_last = audit(Features(last, regional), np.repeat([0, 1], 20),
                       ["a", "b"], [str(i) for i in range(40)], [""] * 40, 0.6, 2.0, 0)
-    both = audit(Features(last, rng.normal(size=(40, 4)), taps), np.repeat([0, 1], 20),
+    both = audit(Features(last, regional, taps), np.repeat([0, 1], 20),
                  ["a", "b"], [str(i) for i in range(40)], [""] * 40, 0.6, 2.0, 0)
     found = {f.path for f in both.findings if f.issue == "outlier"}
     assert "7" not in {f.path for f in only_last.findings if f.issue == "outlier"}
@@ -196,6 +198,47 @@ def test_an_image_gone_after_the_split_stops_the_stage_with_one_line(tmp_path, m
     assert code.startswith(f"audit: error: images/{gone}: cannot read") and "\n" not in code
     assert "did the data change after split?" in code
     assert not (tmp_path / "metrics" / "audit.json").exists()
+
+
+def test_a_batch_of_alike_junk_is_found_as_one_group():
+    """Eight blank frames alike are each other's nearest images: scored apart they vouch for
+    each other (one alone is found), as one batch (the ratio test against the 10th nearest
+    image; too many to pair as near-duplicates against the 5th) they are one point far from
+    every photo."""
+    rng = np.random.default_rng(0)
+    photos, junk = 60, 8
+    pooled = np.abs(rng.normal(size=(photos + junk, 16)))
+    regional = rng.normal(size=(photos + junk, 256))  # no two photos alike
+    pooled[photos:] = 0.0
+    pooled[photos:, 5] = 50.0 + 0.01 * rng.normal(size=junk)  # alike, and unlike the photos
+    regional[photos:] = 10.0 + 0.01 * rng.normal(size=(junk, 256))
+    labels = np.arange(photos + junk) % 2
+    paths = [str(i) for i in range(photos + junk)]
+    result = audit(Features(pooled, regional), labels, ["a", "b"], paths, [""] * len(paths),
+                   0.6, 2.0, 0)
+    batch = alike_groups(regional, 0.6)
+    assert len(set(batch[photos:])) == 1 and len(set(batch[:photos])) == photos
+    scores = {f.path: f.score for f in result.findings if f.issue == "outlier"}
+    assert set(scores) == set(paths[photos:])
+    assert len(set(scores.values())) == 1  # one group, one score
+    apart = {i for i, _ in outliers([pooled], 2.0)}  # each image its own point
+    assert not apart & set(range(photos, photos + junk))
+    assert photos in {i for i, _ in outliers([pooled[:photos + 1]], 2.0)}  # one frame alone
+    means, member_of = group_means(pooled, groups(len(pooled), [(photos, photos + 1)]))
+    assert len(means) == len(pooled) - 1 and member_of[photos] == member_of[photos + 1]
+    assert np.allclose(means[member_of[photos]], pooled[photos:photos + 2].mean(0), atol=1e-4)
+
+
+def test_one_search_gives_the_near_duplicates_and_the_batches():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 64))
+    x[40:46] = x[40] + 0.01 * rng.normal(size=(6, 64))  # six alike: too many for the 5th
+    x[49] = x[3] + 0.01 * rng.normal(size=64)  # a twin
+    pairs, batches = alike_pairs(x, 0.6, (5, 10))
+    assert pairs == near_duplicate_pairs(x, 0.6)
+    assert [(i, j) for i, j, _ in pairs] == [(3, 49)]
+    assert {(i, j) for i, j, _ in batches} >= {(3, 49)} | {(i, j) for i in range(40, 46)
+                                                             for j in range(i + 1, 46)}
 
 
 # --- `finetuner audit` on tiny generated images -----------------------------------------------

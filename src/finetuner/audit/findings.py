@@ -17,7 +17,12 @@
   the upper quartile by more than ``fence`` interquartile ranges (Tukey's fence).  The last
   stage alone misses a blank frame or a screenshot among photos of objects on plain
   backgrounds (TrashNet); every stage alone misses a screenshot among insects; either finds
-  both (docs/audit.md).  Score: 1 - cleanlab's outlier score, the larger of the two.
+  both (docs/audit.md).  Alike images count as one (their mean): junk that comes in a batch
+  (blank frames, a scraper's error pages) is each other's nearest images, and would
+  otherwise vouch for itself.  Alike: the near-duplicate ratio test against each image's
+  10th nearest instead of its 5th (the outlier check's k), so a batch of up to 10 (each
+  other's whole neighbourhood) is one group.  Score: 1 - cleanlab's outlier score, the
+  larger of the two; every member of a group gets the group's.
 
 Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
 Memory: the features, the probe's copies of them, and ``block x N`` distances at a time.
@@ -31,6 +36,7 @@ import numpy as np
 import sklearn
 from cleanlab.filter import find_label_issues
 from cleanlab.outlier import OutOfDistribution
+from scipy.sparse import csr_matrix
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
@@ -47,6 +53,7 @@ COLUMNS = ("path", "issue", "given", "suggested", "other", "split", "score", "ot
 FOLDS = 5
 PROBE_C = 0.01       # measured on the shared sets: flips found as well as with 0.1 or 1
 REFERENCE = 5        # the near-duplicate ratio's reference: the 5th nearest image
+NEIGHBOURS = 10      # the outlier check's: cleanlab's k, and the alike batches' reference
 SAME = 1e-6          # cosine distance under which two images count as identical
 
 
@@ -98,12 +105,33 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def near_duplicate_pairs(regional: np.ndarray, ratio: float) -> list[tuple[int, int, float]]:
     """(i, j, score), i < j, of the near-duplicate pairs (see the module doc)."""
+    return alike_pairs(regional, ratio, (REFERENCE,))[0]
+
+
+def alike_groups(regional: np.ndarray, ratio: float) -> np.ndarray:
+    """Each image's batch of alike images, the groups the outlier check scores as one image
+    (a group number per image; see the module doc)."""
+    return groups(len(regional), alike_pairs(regional, ratio, (NEIGHBOURS,))[0])
+
+
+def alike_pairs(regional: np.ndarray, ratio: float,
+                references: tuple[int, ...]) -> list[list[tuple[int, int, float]]]:
+    """For each ``r`` of ``references``: (i, j, score), i < j, of the pairs whose distance is
+    at most ``ratio`` times each one's distance to its r-th nearest image (identical images
+    always), from one search for the nearest images."""
     count = len(regional)
     if count < 2:
-        return []
+        return [[] for _ in references]
     x = unit_rows(regional - regional.mean(0))
-    k = min(REFERENCE, count - 1)
-    dist, index = nearest(count, k, lambda rows: 1.0 - x[rows] @ x.T)
+    dist, index = nearest(count, min(max(references), count - 1),
+                          lambda rows: 1.0 - x[rows] @ x.T)
+    return [ratio_pairs(dist[:, :min(r, count - 1)], index, ratio) for r in references]
+
+
+def ratio_pairs(dist: np.ndarray, index: np.ndarray, ratio: float) -> list[tuple[int, int, float]]:
+    """The pairs of :func:`alike_pairs` for a reference of ``dist.shape[1]``: ``dist`` and
+    ``index``, each image's distances to its nearest images, nearest first, and which they are."""
+    k = dist.shape[1]
     reference = np.maximum(dist[:, k - 1], SAME)
     pairs = {}
     for i, column in zip(*np.nonzero(dist[:, :k] <= ratio * reference[:, None])):
@@ -148,27 +176,46 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
 
 
-def outliers(representations: list[np.ndarray], fence: float) -> list[tuple[int, float]]:
+def outliers(representations: list[np.ndarray], fence: float,
+             group: np.ndarray | None = None) -> list[tuple[int, float]]:
     """(index, score) of the images far from every other in any of ``representations`` (each
-    (N, D), the same images in the same order; see the module doc)."""
+    (N, D), the same images in the same order; see the module doc).  ``group``: each image's
+    near-duplicate group (:func:`finetuner.data.near_duplicates.groups`; None: each image
+    its own), scored as one point, the mean of its members."""
     far = {}
     for features in representations:
-        if len(features) < 3 or features.shape[1] == 0:
+        points, member_of = group_means(features, group)
+        if len(points) < 3 or features.shape[1] == 0:
             continue
+        k = min(NEIGHBOURS, len(points) - 1)
         with sklearn.config_context(working_memory=128):  # MB of distances at a time
-            scores = OutOfDistribution().fit_score(features=features, verbose=False)
+            scores = OutOfDistribution(params={"k": k}).fit_score(features=points, verbose=False)
         distance = -np.log(np.clip(scores, 1e-300, 1.0))  # mean distance / its median
         q1, q3 = np.percentile(distance, [25, 75])
-        for i in np.flatnonzero(distance > q3 + fence * (q3 - q1)):
-            far[int(i)] = max(far.get(int(i), 0.0), float(1.0 - scores[i]))
+        beyond = distance > q3 + fence * (q3 - q1)
+        for i in np.flatnonzero(beyond[member_of]):
+            far[int(i)] = max(far.get(int(i), 0.0), float(1.0 - scores[member_of[i]]))
     return sorted(far.items())
 
 
-def audit_outliers(features: Features, fence: float) -> list[tuple[int, float]]:
+def group_means(features: np.ndarray, group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(G, D) float32 means of each group's rows, and each row's index into them (``group``
+    None or all distinct: the rows as they are)."""
+    if group is None or len(np.unique(group)) == len(group):
+        return features, np.arange(len(features))
+    _, member_of = np.unique(group, return_inverse=True)
+    count = np.bincount(member_of)
+    mean = csr_matrix((1.0 / count[member_of], (member_of, np.arange(len(group)))))
+    return np.asarray(mean @ features, dtype=np.float32), member_of
+
+
+def audit_outliers(features: Features, fence: float,
+                   group: np.ndarray | None) -> list[tuple[int, float]]:
     """:func:`outliers` as the audit runs it: on the pooled features and, where there are
-    taps, on every stage's side by side."""
+    taps, on every stage's side by side; each group of ``group`` (:func:`alike_groups`) as
+    one point."""
     every_stage = [features.every_stage()] if features.taps.shape[1] else []
-    return outliers([features.pooled] + every_stage, fence)
+    return outliers([features.pooled] + every_stage, fence, group)
 
 
 def audit(features: Features, labels: np.ndarray, class_names: list[str], paths: list[str],
@@ -177,7 +224,7 @@ def audit(features: Features, labels: np.ndarray, class_names: list[str], paths:
     ``splits``: each image's split, or "")."""
     labels = np.asarray(labels, dtype=np.int64)
     findings: list[Finding] = []
-    pairs = near_duplicate_pairs(features.regional, ratio)
+    pairs, alike = alike_pairs(features.regional, ratio, (REFERENCE, NEIGHBOURS))
     for i, j, score in pairs:
         i, j = sorted((i, j), key=lambda n: (_order(splits[n]), paths[n]))  # path: the later
         findings.append(Finding(paths[j], "near_duplicate", class_names[labels[j]],
@@ -195,7 +242,7 @@ def audit(features: Features, labels: np.ndarray, class_names: list[str], paths:
             findings.append(Finding(paths[i], "label", class_names[labels[i]],
                                     class_names[int(others.argmax())], split=splits[i],
                                     score=float(1.0 - probabilities[i, labels[i]])))
-    for i, score in audit_outliers(features, fence):
+    for i, score in audit_outliers(features, fence, groups(len(labels), alike)):
         findings.append(Finding(paths[i], "outlier", class_names[labels[i]], split=splits[i],
                                 score=score))
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.path, f.other))
