@@ -258,6 +258,24 @@ def test_a_teammate_clones_pulls_and_has_nothing_to_recompute(project, tmp_path)
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")  # its outputs too
 
 
+def test_a_key_no_stage_reads_fails_the_experiment_with_the_closest_name(project):
+    """`dvc exp run -S +learning_rate=0.1` (Hydra's hint for a key it does not know) adds a key
+    no stage reads. evaluate lists the whole params.yaml, so it reruns and refuses the key:
+    no experiment recorded with its baseline's results. `git checkout -- params.yaml metrics`
+    (docs/robustness.md) puts the workspace back as it was."""
+    assert "Data and pipelines are up to date" in sh(project, "dvc", "status")  # the test above
+    before = experiment_refs(project)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["dvc", "exp", "run", "-S", "+learning_rate=0.1"], cwd=project,
+                          env=env, capture_output=True, text=True)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and ran_stages(out) == {"evaluate"}, out
+    assert "params.yaml: unknown key 'learning_rate'" in out and "'lr'" in out, out
+    assert experiment_refs(project) == before
+    sh(project, "git", "checkout", "--", "params.yaml", "metrics")
+    assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
+
+
 ENSEMBLE = "tf_efficientnet_lite0+tf_efficientnet_lite1+tf_efficientnet_lite2"
 
 
