@@ -38,6 +38,22 @@ def test_nearest_in_blocks_is_a_full_sort_without_self():
     assert (index[:, 2:] == -1).all() and np.isinf(dist[:, 2:]).all()
 
 
+def test_nearest_breaks_ties_by_index_whatever_k():
+    """Hamming-like distances tie often, identical images always: the first j columns of a
+    search for k are the search for j, ties to the lower index."""
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 4, size=(40, 40)).astype(np.float32)
+    d = np.minimum(d, d.T)
+    d[20:30, 20:30] = 0.0  # ten identical rows
+    ten = nearest(40, 10, lambda rows: d[rows], block=7)
+    for j in (1, 5, 9):
+        dist, index = nearest(40, j, lambda rows: d[rows], block=3)
+        assert (index == ten[1][:, :j]).all() and (dist == ten[0][:, :j]).all()
+    for row in range(40):
+        others = [c for c in range(40) if c != row]
+        expected = sorted(others, key=lambda c: (d[row, c], c))[:10]
+        assert list(ten[1][row]) == expected
+
 def test_a_resized_reencoded_copy_has_a_near_hash_and_others_do_not():
     rng = np.random.default_rng(1)
     images = [shapes_image("circles", rng) for _ in range(12)]
@@ -200,18 +216,39 @@ def test_an_image_gone_after_the_split_stops_the_stage_with_one_line(tmp_path, m
     assert not (tmp_path / "metrics" / "audit.json").exists()
 
 
-def test_a_batch_of_alike_junk_is_found_as_one_group():
-    """Eight blank frames alike are each other's nearest images: scored apart they vouch for
-    each other (one alone is found), as one batch (the ratio test against the 10th nearest
-    image; too many to pair as near-duplicates against the 5th) they are one point far from
-    every photo."""
+def alike_junk(junk: int, photos: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled, regional) of ``photos`` unlike images and ``junk`` blank frames alike."""
     rng = np.random.default_rng(0)
-    photos, junk = 60, 8
     pooled = np.abs(rng.normal(size=(photos + junk, 16)))
     regional = rng.normal(size=(photos + junk, 256))  # no two photos alike
     pooled[photos:] = 0.0
     pooled[photos:, 5] = 50.0 + 0.01 * rng.normal(size=junk)  # alike, and unlike the photos
     regional[photos:] = 10.0 + 0.01 * rng.normal(size=(junk, 256))
+    return pooled, regional
+
+
+def outliers_found(junk: int, photos: int = 60) -> set[str]:
+    pooled, regional = alike_junk(junk, photos)
+    paths = [str(i) for i in range(photos + junk)]
+    result = audit(Features(pooled, regional), np.arange(photos + junk) % 2, ["a", "b"], paths,
+                   [""] * len(paths), 0.6, 2.0, 0)
+    return {f.path for f in result.findings if f.issue == "outlier"}
+
+
+def test_a_batch_of_ten_alike_is_found_and_of_eleven_is_not():
+    """docs/audit.md, Limits: up to ten (the outlier check's k), each one's 10th nearest is a
+    photo; from eleven on it is another of them, and the batch is a class of its own."""
+    assert outliers_found(10) == {str(i) for i in range(60, 70)}
+    assert not outliers_found(11) & {str(i) for i in range(60, 71)}
+
+
+def test_a_batch_of_alike_junk_is_found_as_one_group():
+    """Eight blank frames alike are each other's nearest images: scored apart they vouch for
+    each other (one alone is found), as one batch (the ratio test against the 10th nearest
+    image; too many to pair as near-duplicates against the 5th) they are one point far from
+    every photo."""
+    photos, junk = 60, 8
+    pooled, regional = alike_junk(junk, photos)
     labels = np.arange(photos + junk) % 2
     paths = [str(i) for i in range(photos + junk)]
     result = audit(Features(pooled, regional), labels, ["a", "b"], paths, [""] * len(paths),
@@ -234,9 +271,11 @@ def test_one_search_gives_the_near_duplicates_and_the_batches():
     x = rng.normal(size=(50, 64))
     x[40:46] = x[40] + 0.01 * rng.normal(size=(6, 64))  # six alike: too many for the 5th
     x[49] = x[3] + 0.01 * rng.normal(size=64)  # a twin
+    x[30:38] = x[30]  # eight identical: which twins are named must not depend on the search
     pairs, batches = alike_pairs(x, 0.6, (5, 10))
     assert pairs == near_duplicate_pairs(x, 0.6)
-    assert [(i, j) for i, j, _ in pairs] == [(3, 49)]
+    assert [(i, j) for i, j, _ in pairs if not 30 <= i < j < 38] == [(3, 49)]
+    assert groups(50, pairs)[30:38].tolist() == [groups(50, pairs)[30]] * 8
     assert {(i, j) for i, j, _ in batches} >= {(3, 49)} | {(i, j) for i in range(40, 46)
                                                              for j in range(i + 1, 46)}
 

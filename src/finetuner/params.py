@@ -198,7 +198,8 @@ class AuditParams:
     """What the audit stage reports (docs/audit.md): a pair is a near-duplicate when its
     feature distance is at most ``near_duplicate_ratio`` times each image's distance to its
     5th nearest image; an outlier when its mean distance to its nearest images is above the
-    upper quartile by more than ``outlier_fence`` interquartile ranges (Tukey's fence)."""
+    upper quartile by more than ``outlier_fence`` interquartile ranges (Tukey's fence), each
+    batch of alike images (the same ratio against the 10th nearest image) counted as one."""
     near_duplicate_ratio: float = 0.6
     outlier_fence: float = 2.0
     gallery_size: int = 16
@@ -457,7 +458,7 @@ def _build(cls, raw: dict, prefix: str = ""):
                     outer, inner = close[0].rsplit(".", 1)
                     hint = (f"; '{close[0]}' is written nested: '{inner}:' indented under "
                             f"'{outer.rsplit('.', 1)[-1]}:'.")
-            raise ParamsError(f"params.yaml: unknown key '{prefix}{key}'{hint} "
+            raise ParamsError(f"params.yaml: unknown key '{prefix}{key}'{hint or '.'} "
                               f"Valid keys: {', '.join(prefix + n for n in names)}")
     values = {k: _convert(prefix + k, v, hints[k]) for k, v in raw.items()}
     return cls(**values)

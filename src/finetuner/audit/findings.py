@@ -10,7 +10,9 @@
   distance in blocks (:func:`finetuner.data.near_duplicates.nearest`).  A pair is reported
   when its distance is at most ``ratio`` times *each* image's distance to its 5th nearest
   image: a ratio test, so it adapts to how alike a domain's images are (chest X-rays all
-  look alike; photos do not).  Identical features always pair.  Score: 1 - that ratio.
+  look alike; photos do not).  Identical features always pair (more than six identical
+  images: each with five of them, the lowest indices; connected, one group).  Score: 1 -
+  that ratio.
 * **outlier**: cleanlab's ``OutOfDistribution`` (mean cosine distance to the 10 nearest
   images over its median), on the pooled features and on every stage's pooled output side
   by side (``Features.every_stage``); an image is reported when, in either, that is above
@@ -21,7 +23,8 @@
   (blank frames, a scraper's error pages) is each other's nearest images, and would
   otherwise vouch for itself.  Alike: the near-duplicate ratio test against each image's
   10th nearest instead of its 5th (the outlier check's k), so a batch of up to 10 (each
-  other's whole neighbourhood) is one group.  Score: 1 - cleanlab's outlier score, the
+  other's whole neighbourhood) is one group; groups are the pairs' connected components,
+  which can chain further where junk is most of a folder.  Score: 1 - cleanlab's outlier score, the
   larger of the two; every member of a group gets the group's.
 
 Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
@@ -118,7 +121,7 @@ def alike_pairs(regional: np.ndarray, ratio: float,
                 references: tuple[int, ...]) -> list[list[tuple[int, int, float]]]:
     """For each ``r`` of ``references``: (i, j, score), i < j, of the pairs whose distance is
     at most ``ratio`` times each one's distance to its r-th nearest image (identical images
-    always), from one search for the nearest images."""
+    always, among each one's r nearest), from one search for the nearest images."""
     count = len(regional)
     if count < 2:
         return [[] for _ in references]
@@ -190,6 +193,7 @@ def outliers(representations: list[np.ndarray], fence: float,
         k = min(NEIGHBOURS, len(points) - 1)
         with sklearn.config_context(working_memory=128):  # MB of distances at a time
             scores = OutOfDistribution(params={"k": k}).fit_score(features=points, verbose=False)
+        scores = np.asarray(scores, dtype=np.float64)  # float32's smallest is far above 1e-300
         distance = -np.log(np.clip(scores, 1e-300, 1.0))  # mean distance / its median
         q1, q3 = np.percentile(distance, [25, 75])
         beyond = distance > q3 + fence * (q3 - q1)

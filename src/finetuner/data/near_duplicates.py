@@ -40,7 +40,9 @@ def nearest(count: int, k: int, distances: Callable[[slice], np.ndarray],
     """(distances, indices), each (count, k), of every row's ``k`` nearest other rows, nearest
     first; ``distances(rows)`` gives the (len(rows), count) distances of a block of rows to all
     rows (``block`` rows at a time; default: :data:`BLOCK_DISTANCES` / count).  Fewer than
-    ``k`` other rows: the missing columns are inf and -1."""
+    ``k`` other rows: the missing columns are inf and -1.  Ties go to the lower index, so the
+    first ``j`` columns of a search for ``k`` are the search for ``j`` (identical images: which
+    twins are named does not depend on ``k``)."""
     k_found = max(0, min(k, count - 1))
     block = block or max(1, BLOCK_DISTANCES // max(count, 1))
     dist = np.full((count, k), np.inf, dtype=np.float32)
@@ -52,12 +54,24 @@ def nearest(count: int, k: int, distances: Callable[[slice], np.ndarray],
         d[own - rows.start, own] = np.inf  # not its own neighbour
         if k_found == 0:
             continue
-        part = np.argpartition(d, k_found - 1, axis=1)[:, :k_found]
+        part = _lowest(d, k_found)
         part_d = np.take_along_axis(d, part, 1)
         order = np.lexsort((part, part_d), axis=1)  # by distance, ties by index: deterministic
         index[rows, :k_found] = np.take_along_axis(part, order, 1)
         dist[rows, :k_found] = np.take_along_axis(part_d, order, 1)
     return dist, index
+
+
+def _lowest(d: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` smallest values, in no order; of values equal to the
+    k-th smallest, the lowest columns (argpartition alone picks among them as it happens)."""
+    part = np.argpartition(d, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(d, part, 1).max(1, keepdims=True)
+    below, tied = (d < kth).sum(1), (d == kth).sum(1)
+    for row in np.flatnonzero(below + tied > k):  # more tied than places: lowest columns
+        ties = np.flatnonzero(d[row] == kth[row])[:k - below[row]]
+        part[row] = np.concatenate([np.flatnonzero(d[row] < kth[row]), ties])
+    return part
 
 
 def hamming(hashes: np.ndarray) -> Callable[[slice], np.ndarray]:
