@@ -262,7 +262,8 @@ def test_a_key_no_stage_reads_fails_the_experiment_with_the_closest_name(project
     """`dvc exp run -S +learning_rate=0.1` (Hydra's hint for a key it does not know) adds a key
     no stage reads. evaluate lists the whole params.yaml, so it reruns and refuses the key:
     no experiment recorded with its baseline's results. `git checkout -- params.yaml metrics`
-    (docs/robustness.md) puts the workspace back as it was."""
+    (docs/params.md; `dvc checkout` too when an earlier stage failed) puts the workspace
+    back as it was."""
     assert "Data and pipelines are up to date" in sh(project, "dvc", "status")  # the test above
     before = experiment_refs(project)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -24,8 +24,8 @@
   otherwise vouch for itself.  Alike: the near-duplicate ratio test against each image's
   10th nearest instead of its 5th (the outlier check's k), so a batch of up to 10 (each
   other's whole neighbourhood) is one group; groups are the pairs' connected components,
-  which can chain further where junk is most of a folder.  Score: 1 - cleanlab's outlier score, the
-  larger of the two; every member of a group gets the group's.
+  which can chain further where junk is most of a folder.  Score: 1 - cleanlab's outlier
+  score, the larger of the two; every member of a group gets the group's.
 
 Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
 Memory: the features, the probe's copies of them, and ``block x N`` distances at a time.
@@ -183,8 +183,8 @@ def outliers(representations: list[np.ndarray], fence: float,
              group: np.ndarray | None = None) -> list[tuple[int, float]]:
     """(index, score) of the images far from every other in any of ``representations`` (each
     (N, D), the same images in the same order; see the module doc).  ``group``: each image's
-    near-duplicate group (:func:`finetuner.data.near_duplicates.groups`; None: each image
-    its own), scored as one point, the mean of its members."""
+    batch of alike images (:func:`alike_groups`; None: each image its own), scored as one
+    point, the mean of its members."""
     far = {}
     for features in representations:
         points, member_of = group_means(features, group)
