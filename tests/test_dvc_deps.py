@@ -242,3 +242,18 @@ def test_no_stage_depends_on_project_code_it_does_not_import(name):
     extra = [dep for dep in stage["deps"] if isinstance(dep, str) and dep.startswith("src/")
              and not any(covered(path, [dep]) for path in imports)]
     assert not extra, f"dvc.yaml stage {name!r} depends on {extra} but imports none of it"
+
+
+def test_dvc_hashes_no_bytecode_under_a_folder_dep():
+    """DVC reads .dvcignore, not .gitignore: without the bytecode patterns a folder dep's hash
+    would include __pycache__, so importing a module (or a new Python) would rerun the stage."""
+    from dvc.repo import Repo
+
+    folders = {dep for stage in stages().values() for dep in stage.get("deps", [])
+               if isinstance(dep, str) and (ROOT / dep).is_dir() and dep.startswith("src/")}
+    assert "src/finetuner/models" in folders
+    ignore = Repo(str(ROOT)).dvcignore
+    for folder in sorted(folders):
+        for name in ("__pycache__/checkpoint.cpython-312.pyc", "stray.pyc"):
+            assert ignore.is_ignored_file(str(ROOT / folder / name)), f"DVC hashes {folder}/{name}"
+        assert not ignore.is_ignored_file(str(ROOT / folder / "__init__.py"))
