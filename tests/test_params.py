@@ -85,6 +85,12 @@ def test_unknown_keys_name_the_closest(raw, closest):
     ({"preprocess": {"image_size": 20}}, ["tf_efficientnet_lite0 needs at least 32 px"]),
     ({"preprocess": {"image_size": 4096}}, ["preprocess.image_size", "<= 1024"]),
     ({"preprocess": {"image_size": "big"}}, ["preprocess.image_size", "auto"]),
+    # the words that describe a number are not themselves a value
+    ({"preprocess": {"image_size": "an integer from 16 to 1024"}},
+     ["preprocess.image_size", "allowed: auto, or an integer"]),
+    ({"train": {"loader_workers": "an integer from 0 to 64"}}, ["train.loader_workers", "auto, or"]),
+    ({"freeze_depth": "an integer >= 0"}, ["freeze_depth", "allowed: all, or an integer >= 0"]),
+    ({"probe": {"folds": 1}}, ["probe.folds", "must be 0 (C chosen on val) or from 2 to 20"]),
     ({"train": {"epochs": 0}}, ["train.epochs", ">= 1"]),
     ({"train": {"warmup_epochs": 20}}, ["train.warmup_epochs", "<= 10"]),
     ({"train": {"unfreeze_floor": 2}}, ["train.unfreeze_floor", "freeze_depth (0)"]),

@@ -28,9 +28,12 @@ def _fail(key: str, message: str) -> typing.NoReturn:
     raise ParamsError(f"params.yaml: '{key}' {message}")
 
 
-def _choice(key: str, value, choices) -> None:
+def _choice(key: str, value, choices, or_else: str = "") -> None:
+    """``value`` must be one of ``choices``; ``or_else`` describes what else the key takes (a
+    number), for the message only: it is never itself a value."""
     if value not in choices:
-        _fail(key, f"is {value!r}; allowed: {', '.join(map(str, choices))}")
+        allowed = ", ".join(map(str, choices)) + (f", or {or_else}" if or_else else "")
+        _fail(key, f"is {value!r}; allowed: {allowed}")
 
 
 def _range(key: str, value, low=None, high=None, low_open=False) -> None:
@@ -99,7 +102,7 @@ class PreprocessParams:
 
     def validate(self, prefix: str) -> None:
         if isinstance(self.image_size, str):
-            _choice(f"{prefix}.image_size", self.image_size, ["auto", "an integer >= 16"])
+            _choice(f"{prefix}.image_size", self.image_size, ["auto"], "an integer from 16 to 1024")
         else:
             _range(f"{prefix}.image_size", self.image_size, 16, 1024)
         _range(f"{prefix}.train_views", self.train_views, 0, 64)
@@ -187,7 +190,7 @@ class TrainParams:
         _choice(f"{prefix}.class_balance", self.class_balance, CLASS_BALANCE)
         _range(f"{prefix}.feature_cache_gb", self.feature_cache_gb, 0)
         if isinstance(self.loader_workers, str):
-            _choice(f"{prefix}.loader_workers", self.loader_workers, ["auto", "an integer >= 0"])
+            _choice(f"{prefix}.loader_workers", self.loader_workers, ["auto"], "an integer from 0 to 64")
         else:
             _range(f"{prefix}.loader_workers", self.loader_workers, 0, 64)
         _choice(f"{prefix}.head_init", self.head_init, HEAD_INITS)
@@ -236,8 +239,9 @@ class ProbeParams:
 
     def validate(self, prefix: str) -> None:
         _choice(f"{prefix}.layers", self.layers, PROBE_LAYERS)
-        if self.folds != 0:
-            _range(f"{prefix}.folds", self.folds, 2, 20)
+        if self.folds != 0 and not 2 <= self.folds <= 20:
+            _fail(f"{prefix}.folds", f"is {self.folds!r}; must be 0 (C chosen on val) or from 2 "
+                  "to 20 (k-fold cross-validation on train + val)")
         if self.layers == "auto" and self.folds == 0:
             _fail(f"{prefix}.layers", "is 'auto' (every stage's features or the last stage's, "
                   f"chosen by cross-validation), but {prefix}.folds is 0: set {prefix}.folds "
@@ -287,7 +291,7 @@ class Params:
         _range("seed", self.seed, 0, 2**31 - 1)
         _range("lr", self.lr, 0, 10, low_open=True)
         if isinstance(self.freeze_depth, str):
-            _choice("freeze_depth", self.freeze_depth, ["all", "an integer >= 0"])
+            _choice("freeze_depth", self.freeze_depth, ["all"], "an integer >= 0")
         else:
             _range("freeze_depth", self.freeze_depth, 0)
         if not is_device_name(self.device):
