@@ -134,3 +134,29 @@ def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
     assert sum(c["support"] for c in per_class.values()) == 40
     for name in ("confusion.png", "curves.png", "mistakes.png"):
         assert _png_size(evaluated / "metrics" / name)[0] > 0
+
+
+def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
+    """Scored on val (or a folder), a picture must not say "test split": eval.json says which."""
+    from finetuner.data.folders import VAL_SOURCE
+    from finetuner.evaluation import plots
+
+    titles = []
+
+    def keep_titles(figure, path):
+        titles.append(" ".join([figure._suptitle.get_text() if figure._suptitle else ""]
+                               + [ax.get_title() for ax in figure.axes]).replace("\n", " "))
+        plots.plt.close(figure)
+
+    monkeypatch.setattr(plots, "_save", keep_titles)
+    names = ["a", "b"]
+    plots.confusion_png(tmp_path / "c.png", [[1, 0], [1, 1]], names, VAL_SOURCE)
+    plots.mistakes_png(tmp_path / "m.png", np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]),
+                       np.eye(2)[[1, 1]], names, 4, VAL_SOURCE)
+    rows = [{"lower": 0.0, "upper": 1.0, "confidence": 0.5, "accuracy": 0.5, "count": 2}]
+    plots.reliability_png(tmp_path / "r.png", rows, rows, 0.1, 0.05, 1.5, "folder photos/test")
+    assert len(titles) == 3
+    for text in titles[:2]:
+        assert "val split (it chose the model: not an honest estimate)" in text
+        assert "test split" not in text
+    assert "folder photos/test" in titles[2] and "test split" not in titles[2]

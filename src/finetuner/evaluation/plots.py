@@ -6,6 +6,7 @@ unless a CJK font is installed and listed in matplotlib's ``font.sans-serif``; a
 is shipped, matplotlib's "Glyph ... missing from font" warnings are silenced here."""
 from __future__ import annotations
 
+import textwrap
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,12 @@ def _missing_glyphs_quiet():
         yield
 
 
+def _wrapped(text: str, inches: float) -> str:
+    """``text`` broken into lines that fit a title ``inches`` wide (about 11 characters an inch
+    at 10 pt)."""
+    return "\n".join(textwrap.wrap(text, max(20, int(11 * inches))))
+
+
 def _save(figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
@@ -34,7 +41,9 @@ def _save(figure, path: str | Path) -> None:
 
 
 @_missing_glyphs_quiet()
-def confusion_png(path: str | Path, confusion: list[list[int]], class_names: list[str]) -> None:
+def confusion_png(path: str | Path, confusion: list[list[int]], class_names: list[str],
+                  scored_on: str = "test split") -> None:
+    """``scored_on``: which images were scored (the evaluation's ``source``), in the title."""
     matrix = np.asarray(confusion)
     n = len(class_names)
     side = min(12.0, 2.5 + 0.5 * n)
@@ -44,7 +53,7 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test split)")
+    ax.set_title(f"confusion matrix\n{_wrapped(scored_on, side)}", fontsize=10)
     high = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
@@ -71,20 +80,23 @@ def curves_png(path: str | Path, history: list[dict]) -> None:
 
 
 def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
-                 probabilities: np.ndarray, class_names: list[str], count: int) -> int:
-    """Gallery of the ``count`` most confident mistakes; returns how many are shown."""
+                 probabilities: np.ndarray, class_names: list[str], count: int,
+                 scored_on: str = "test split") -> int:
+    """Gallery of the ``count`` most confident mistakes among the images ``scored_on`` says;
+    returns how many are shown."""
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
     tiles = [(images[i], f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
                          f"({probabilities[i, predicted[i]]:.2f})") for i in wrong]
-    return gallery_png(path, tiles, "worst mistakes on the test split (most confident first)",
-                       "no mistakes on the test split")
+    return gallery_png(path, tiles, f"worst mistakes (most confident first) on the {scored_on}",
+                       f"no mistakes on the {_wrapped(scored_on, 3)}")
 
 
 @_missing_glyphs_quiet()
 def reliability_png(path: str | Path, before: list[dict], after: list[dict],
-                    ece_before: float, ece_after: float, temperature: float | None) -> None:
+                    ece_before: float, ece_after: float, temperature: float | None,
+                    scored_on: str = "test split") -> None:
     """Reliability diagram: accuracy against mean confidence per bin, before and after
     temperature scaling (``before``/``after``: rows of ``calibration.reliability``), and how
     many predictions fall in each bin."""
@@ -99,7 +111,7 @@ def reliability_png(path: str | Path, before: list[dict], after: list[dict],
         ax.plot([r["confidence"] for r in shown], [r["accuracy"] for r in shown], style,
                 label=label, markersize=4)
     ax.set(ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1.02),
-           title="reliability on the test split (15 bins)")
+           title=_wrapped(f"reliability (15 bins) on the {scored_on}", 5.5))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     width = before[0]["upper"] - before[0]["lower"] if before else 1 / 15

@@ -115,12 +115,13 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
     write_json(out / "per_class.json", e.metrics["per_class"])
     write_csv(out / "test_predictions.csv", ["actual", "predicted"],
               [(names[a], names[p]) for a, p in zip(e.labels, predicted)])
-    confusion_png(out / "confusion.png", e.metrics["confusion"], names)
+    confusion_png(out / "confusion.png", e.metrics["confusion"], names, e.source)
     curves_png(out / "curves.png", e.info["history"])
-    mistakes_png(out / "mistakes.png", e.images, e.labels, e.probabilities, names, gallery_size)
+    mistakes_png(out / "mistakes.png", e.images, e.labels, e.probabilities, names, gallery_size,
+                 e.source)
     reliability_png(out / "reliability.png", reliability(softmax(e.logits), e.labels),
                     reliability(e.probabilities, e.labels), c["ece_before"], c["ece_after"],
-                    c["temperature"])
+                    c["temperature"], e.source)
     write_csv(out / "coverage.csv", ["min_confidence", "coverage", "accuracy", "kept"],
               [(r["min_confidence"], r["coverage"], r["accuracy"], r["kept"])
                for r in coverage_curve(e.probabilities, e.labels)])
