@@ -133,7 +133,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     AVX512-BF16 or AMX, is several times slower on the rest, and even on such a CPU slowed the
     default backbone, EfficientNet-Lite0, down: docs/scaling-out.md "GPUs and precision").  An
     explicit ``bf16`` on a CUDA GPU without it is an error, and so is ``fp16`` on the CPU (a
-    Lite0 training step ran 22 times slower than in fp32 there)."""
+    Lite0 training step ran 23 times slower than in fp32 there)."""
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
