@@ -321,3 +321,20 @@ def test_a_wrong_file_is_named_for_what_it_is(tmp_path, model, good_checkpoint, 
     message = str(error.value)
     assert message.startswith(f"{path}: not a loadable checkpoint") and "\n" not in message
     assert words in message and "nothing in the file was executed" in message
+
+
+def test_the_evaluate_stage_names_what_a_checkpoint_s_record_lacks(good_checkpoint):
+    """Loading needs no training record (predict, export); the evaluate stage reads five keys
+    and says which are missing instead of failing with a KeyError."""
+    from finetuner.evaluation.report import evaluate_checkpoint
+
+    checkpoint = load_checkpoint(good_checkpoint)
+    assert checkpoint.info == {"best_epoch": 1}
+    with pytest.raises(CheckpointError, match=r"model.pt: its training record lacks 'history', "
+                       r"'best_val_acc', 'train_seconds', 'epochs_run'"):
+        evaluate_checkpoint(checkpoint, None, None, good_checkpoint, 8, torch.device("cpu"))
+    info = {"history": [{"epoch": 1}], "best_epoch": 1, "best_val_acc": 0.5,
+            "train_seconds": 1.0, "epochs_run": 1}
+    with pytest.raises(CheckpointError, match="history's epochs"):
+        evaluate_checkpoint(checkpoint.__class__(**{**checkpoint.__dict__, "info": info}), None,
+                            None, good_checkpoint, 8, torch.device("cpu"))

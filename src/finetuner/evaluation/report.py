@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io import write_csv, write_json
+from ..models.checkpoint import check_training_record
 from .calibration import (calibration_record, calibration_scores, coverage_curve, file_sha256,
                           fit_temperature, reliability, softmax)
 from .cost import cost_report, onnxruntime_cost
@@ -64,6 +65,7 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
     """Score ``checkpoint`` (its model on ``device``) on ``scored`` (a
     :class:`finetuner.data.folders.ScoredImages`); ``data``: the prepared folder (its val
     split, for the temperature)."""
+    check_training_record(model_path, checkpoint.info)
     images, labels, source = scored.images, scored.labels, scored.source
     logits = predict_logits(checkpoint.model, images, device, batch_size)
     predicted = logits.argmax(1)

@@ -32,7 +32,8 @@ class CheckpointError(ValueError):
 class TrainingRecord(TypedDict, total=False):
     """A checkpoint's ``info``: how the finetune stage trained it (``stages/finetune.py``
     writes every key; evaluate copies most into eval.json).  Other writers (tests, hand-made
-    checkpoints) may leave keys out, so readers use ``.get`` for anything but the first five."""
+    checkpoints) may leave keys out, so readers use ``.get`` for anything but the first five, which
+    the evaluate stage reads after :func:`check_training_record`."""
     history: list[dict]      # one row an epoch: epoch, frozen_stages, lr, train/val loss and acc
     best_epoch: int          # 1-based, into history
     best_val_acc: float      # out-of-fold accuracy for a cross-validated probe
@@ -46,6 +47,27 @@ class TrainingRecord(TypedDict, total=False):
     world_size: int          # data-parallel processes
     threads_per_process: int
     out_of_fold: dict | None  # a cross-validated probe's out-of-fold log-probabilities, labels
+
+
+RECORD_REQUIRED = ("history", "best_epoch", "best_val_acc", "train_seconds", "epochs_run")
+
+
+def check_training_record(path: str | Path, info: dict) -> None:
+    """The first five keys of :class:`TrainingRecord`, which the evaluate stage reads, present
+    (``history`` a non-empty list of epochs, each with its ``frozen_stages``); else a
+    :class:`CheckpointError` naming the file and the keys.  The loader does not require them:
+    ``predict`` and ``export`` need none."""
+    missing = [key for key in RECORD_REQUIRED if key not in info]
+    history = info.get("history")
+    if "history" not in missing and not (
+            isinstance(history, list) and history
+            and all(isinstance(row, dict) and "frozen_stages" in row for row in history)):
+        missing.append("history's epochs (each with frozen_stages)")
+    if missing:
+        raise CheckpointError(
+            f"{path}: its training record lacks {', '.join(map(repr, missing))}, which the "
+            "evaluate stage reports; the finetune stage writes them (python -m finetuner "
+            "evaluate CHECKPOINT FOLDER scores a checkpoint without them)")
 
 
 @dataclass(frozen=True)
