@@ -20,6 +20,7 @@ inputs are one line naming the param or file; Ctrl-C leaves no output behind.
 from finetuner.stage import run_stage  # first: Ctrl-C during the imports below is one line
 
 import sys
+from pathlib import Path
 
 from finetuner.arch_params import load_arch_params
 from finetuner.data.prepared import load_prepared
@@ -65,8 +66,8 @@ def main(prepared_dir: str, model_out: str, live_dir: str) -> None:
         rows = TrainData.from_prepared(data, params.seed)
         resume = None
         if params.train.resume:
-            resume = ResumeStore(input_key(training_params(params), prepared_dir),
-                                 writer=ctx.is_main)
+            key = input_key(training_params(params), prepared_dir, (Path(__file__),))
+            resume = ResumeStore(key, writer=ctx.is_main)
             resume.drop_others()
         live = LiveLog(live_dir) if ctx.is_main else None
         with spill_folder() as spill:  # removed after a kill too, by the next run

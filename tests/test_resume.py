@@ -119,6 +119,18 @@ def test_the_key_changes_with_params_and_prepared_data_only(tmp_path):
     assert input_key(params, prepared) != key
 
 
+def test_the_key_changes_with_the_stage_script(tmp_path):
+    """The stage script builds the model and its rows: a state trained by the old script is
+    not resumed after it changed."""
+    prepared = _prepared(tmp_path / "prepared")
+    script = tmp_path / "finetune.py"
+    script.write_text("build = 1\n")
+    key = input_key({"lr": 0.01}, prepared, (script,))
+    assert input_key({"lr": 0.01}, prepared, (script,)) == key != input_key({"lr": 0.01}, prepared)
+    script.write_text("build = 2\n")
+    assert input_key({"lr": 0.01}, prepared, (script,)) != key
+
+
 def test_other_keys_states_are_dropped_and_a_finished_run_clears_its_own(tmp_path):
     old = ResumeStore("old", tmp_path)
     old.slot("finetune").save({"done": False})

@@ -3,7 +3,7 @@
 A :class:`ResumeStore` is one folder per *stage input key*, ``.finetuner/resume/<key>/`` under
 the stage's working directory (the project root; git- and DVC-ignored).  The key is a hash of
 everything the run depends on: its params, the prepared data (``meta.json`` and every file's
-name, size and modification time) and the package's source code.  Each ``fit()`` of the stage
+name, size and modification time), the package's source code and the stage script's.  Each ``fit()`` of the stage
 has a *slot* in it (``finetune``, then ``refit``): its full training state, saved atomically at
 the end of every epoch and once more, marked done, when the fit ends.
 
@@ -37,8 +37,9 @@ from ..io import atomic_path
 RESUME_ROOT = Path(".finetuner") / "resume"
 
 
-def input_key(params: dict, prepared_dir: str | Path) -> str:
-    """A hash of the params, the prepared data and the package's code (see the module doc)."""
+def input_key(params: dict, prepared_dir: str | Path, scripts: tuple[Path, ...] = ()) -> str:
+    """A hash of the params, the prepared data, the package's code and ``scripts`` (the stage
+    script that builds the model and its training rows: see the module doc)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     prepared = Path(prepared_dir)
     for path in sorted(p for p in prepared.rglob("*") if p.is_file()):
@@ -49,6 +50,8 @@ def input_key(params: dict, prepared_dir: str | Path) -> str:
     for source in sorted(package.rglob("*.py")):
         digest.update(source.relative_to(package).as_posix().encode())
         digest.update(source.read_bytes())
+    for script in scripts:
+        digest.update(Path(script).read_bytes())
     return digest.hexdigest()[:16]
 
 
