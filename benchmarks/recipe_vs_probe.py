@@ -59,7 +59,8 @@ def floor_probabilities(arch: str, work: Path, data: Path, seed: int,
     the split in ``work/split``."""
     from sklearn.linear_model import LogisticRegressionCV
     from finetuner.data.augment import Augmentation
-    from finetuner.data.prepared import load_prepared, prepare
+    from finetuner.data.prepared import load_prepared
+    from finetuner.data.preprocess import prepare
     from finetuner.models import build_model, get_arch
     spec, out = get_arch(arch), work / f"floor-{arch}"
     out.mkdir()

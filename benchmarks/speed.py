@@ -92,7 +92,7 @@ def pure_compute(arch: str, size: int, batch_size: int, steps: int = 6) -> float
 
 
 def preprocess_time(split_dir: Path, data: Path, size: int, workers: int) -> float:
-    from finetuner.data.prepared import prepare
+    from finetuner.data.preprocess import prepare
     from finetuner.data.preprocess import Augmentation
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -153,7 +153,8 @@ def main() -> None:
     if not SEED_LOOP.is_file() or not data.is_dir():
         print(f"skipped: needs {SEED_LOOP} and {data} (../shared is absent)")
         return
-    from finetuner.data.prepared import load_prepared, prepare
+    from finetuner.data.prepared import load_prepared
+    from finetuner.data.preprocess import prepare
     from finetuner.data.preprocess import Augmentation
     from finetuner.data.split import split_folder
     from finetuner.models import get_arch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from finetuner.data.images import ImageError
 from finetuner.data.manifest import InputError
-from finetuner.data.prepared import prepare
+from finetuner.data.preprocess import prepare
 from finetuner.data.views import read_input_spec
 from finetuner.data.augment import Augmentation
 from finetuner.io import atomic_path

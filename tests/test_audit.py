@@ -185,7 +185,8 @@ def test_the_audit_and_the_folder_readers_see_the_pixels_preprocess_stores(tmp_p
     from finetuner.data.augment import Augmentation
     from finetuner.data.folders import eval_views
     from finetuner.data.manifest import read_manifests
-    from finetuner.data.prepared import load_prepared, prepare
+    from finetuner.data.prepared import load_prepared
+    from finetuner.data.preprocess import prepare
     split_project(tmp_path, {"train": 6, "val": 3, "test": 3}, size=24)
     (tmp_path / "prepared").mkdir()
     prepare(tmp_path / "split", tmp_path / "images", tmp_path / "prepared", 24, 0.875, 1,

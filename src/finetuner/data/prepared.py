@@ -1,7 +1,9 @@
-"""The preprocess stage's inputs checked, and its output folder: uint8 arrays per split and a
-small JSON about them (classes, sizes, counts, the augmentation recipe, which training
+"""The preprocess stage's output folder, as the stages after it read it: uint8 arrays per split
+and a small JSON about them (classes, sizes, counts, the augmentation recipe, which training
 applies itself in online mode: ``train_views: 0``, and the split's near-duplicate summary,
-which the evaluate stage reports)."""
+which the evaluate stage reports).  The writer is :func:`finetuner.data.preprocess.prepare`;
+this module imports no decoding code, so the stages that only read the arrays do not depend
+on it."""
 from __future__ import annotations
 
 import json
@@ -10,11 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_json
 from .augment import Augmentation
-from .manifest import SPLITS, read_manifests
-from .preprocess import SplitViews, write_views
-from .views import canvas_side
+from .manifest import SPLITS
 from .rows import FileRows
 
 META = "meta.json"
@@ -39,30 +38,6 @@ class Prepared:
     def rows(self, split: str) -> FileRows:
         """``split``'s images read batch by batch from disk (:mod:`finetuner.data.rows`)."""
         return FileRows(self.directory / f"{split}_images.npy")
-
-
-def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, crop_pct: float,
-            train_views: int, augmentation: Augmentation, seed: int, workers: int) -> dict:
-    """Decode, resize and augment every image the manifests in ``split_dir`` list into
-    ``out_dir``; returns the meta.  The manifests and ``data_dir`` are checked before any
-    image is decoded (:func:`read_manifests`: :class:`InputError`)."""
-    manifests = read_manifests(split_dir, data_dir)
-    class_names = manifests.classes
-    counts, jobs = {}, []
-    for split in SPLITS:
-        np.save(out_dir / f"{split}_labels.npy", manifests.labels(split))
-        jobs.append(SplitViews(split, [data_dir / path for path in manifests.paths(split)],
-                               train_views if split == "train" else 1,
-                               out_dir / f"{split}_images.npy"))
-        counts[split] = len(manifests.rows[split])
-    write_views(jobs, image_size, crop_pct, augmentation, seed, workers)
-    meta = {"classes": class_names, "image_size": image_size, "crop_pct": crop_pct,
-            "train_views": train_views, "counts": counts,
-            "canvas_side": canvas_side(image_size, crop_pct) if train_views == 0 else None,
-            "augmentation": augmentation.to_dict(),
-            "near_duplicates": manifests.summary.get("near_duplicates")}
-    write_json(out_dir / META, meta)
-    return meta
 
 
 def load_prepared(directory: str | Path) -> Prepared:

@@ -10,7 +10,9 @@ kept, from which training draws a fresh view every epoch (:mod:`finetuner.data.a
 Decoding runs in ``workers`` DataLoader processes and streams into ``.npy`` files written with
 ``pwrite`` (not mapped: a map's dirty pages would count in the stage's memory), so memory stays
 bounded by a few batches.  JPEGs are decoded at the smallest DCT scale
-still large enough (:func:`decode_side`).
+still large enough (:func:`decode_side`).  :func:`prepare` is the stage's whole work: the
+manifests checked, every split's views written, and ``meta.json`` (read back by
+:func:`finetuner.data.prepared.load_prepared`).
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from ..io import write_json
 from .augment import Augmentation, draw_seed, train_transform
 from .images import ImageError, decode_image
+from .manifest import SPLITS, read_manifests
+from .prepared import META
 from .rows import RowWriter
 from .views import canvas_side, changed_after_split, eval_view
 
@@ -144,3 +149,27 @@ def write_views(splits: list[SplitViews], size: int, crop_pct: float,
         arrays[split].write(start, batch.numpy())
     for array in arrays:
         array.close()
+
+
+def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, crop_pct: float,
+            train_views: int, augmentation: Augmentation, seed: int, workers: int) -> dict:
+    """Decode, resize and augment every image the manifests in ``split_dir`` list into
+    ``out_dir``; returns the meta.  The manifests and ``data_dir`` are checked before any
+    image is decoded (:func:`read_manifests`: :class:`InputError`)."""
+    manifests = read_manifests(split_dir, data_dir)
+    class_names = manifests.classes
+    counts, jobs = {}, []
+    for split in SPLITS:
+        np.save(out_dir / f"{split}_labels.npy", manifests.labels(split))
+        jobs.append(SplitViews(split, [data_dir / path for path in manifests.paths(split)],
+                               train_views if split == "train" else 1,
+                               out_dir / f"{split}_images.npy"))
+        counts[split] = len(manifests.rows[split])
+    write_views(jobs, image_size, crop_pct, augmentation, seed, workers)
+    meta = {"classes": class_names, "image_size": image_size, "crop_pct": crop_pct,
+            "train_views": train_views, "counts": counts,
+            "canvas_side": canvas_side(image_size, crop_pct) if train_views == 0 else None,
+            "augmentation": augmentation.to_dict(),
+            "near_duplicates": manifests.summary.get("near_duplicates")}
+    write_json(out_dir / META, meta)
+    return meta

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .augment import Augmentation
 from .manifest import write_manifests
-from .prepared import Prepared, load_prepared, prepare
+from .prepared import Prepared, load_prepared
+from .preprocess import prepare
 from .split import split_folder
 
 
