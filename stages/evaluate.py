@@ -18,7 +18,7 @@ from finetuner.data.folders import scored_images
 from finetuner.data.images import ImageError
 from finetuner.data.manifest import InputError
 from finetuner.data.prepared import load_prepared
-from finetuner.data.scan import DatasetError
+from finetuner.data.names import DatasetError
 from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write_report
 from finetuner.models.checkpoint import CheckpointError, load_checkpoint
 from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads

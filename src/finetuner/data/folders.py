@@ -31,7 +31,7 @@ import numpy as np
 
 from .images import ImageError, entry_problem
 from .views import eval_view_of
-from .scan import DatasetError, class_name_key, is_hidden
+from .names import DatasetError, class_name_key, is_hidden
 
 Skip = Callable[[Path, str], None]  # called with a skipped path and the reason
 

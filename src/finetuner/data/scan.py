@@ -24,7 +24,6 @@ Rules (also in docs/pipeline.md):
 """
 from __future__ import annotations
 
-import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .images import ImageError, decode_image, entry_problem, file_hash
+from .names import DatasetError, class_name_key, is_hidden
 from .near_duplicates import HASH_SIDE, perceptual_hash
 
 # folder names that say a split was made already (compared case-insensitively)
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev",
                                 "test", "testing", "eval"})
-
-
-class DatasetError(ValueError):
-    """The image folder cannot be used as a whole (missing, one class, an empty class)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +47,6 @@ class Item:
     phash: int = 0  # perceptual hash (near_duplicates.perceptual_hash)
 
 
-def is_hidden(relative: Path) -> bool:
-    """True for hidden files and anything inside a hidden folder (.DS_Store, .git/...)."""
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def _printable(name: str) -> str:
     """``name`` as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN``."""
     try:
@@ -63,12 +54,6 @@ def _printable(name: str) -> str:
         return name
     except UnicodeEncodeError:  # undecodable bytes in a POSIX file name (surrogate escapes)
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def class_name_key(name: str) -> str:
-    """The form in which class names are compared: NFC, so that macOS's NFD "café" (``e`` +
-    combining accent) is the same class as "café" written in one code point."""
-    return unicodedata.normalize("NFC", name)
 
 
 def class_folders(root: Path) -> list[str]:
