@@ -139,6 +139,7 @@ def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
 def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
     """Scored on val (or a folder), a picture must not say "test split": eval.json says which."""
     from finetuner.data.folders import VAL_SOURCE
+    from finetuner import pictures
     from finetuner.evaluation import plots
 
     titles = []
@@ -148,7 +149,8 @@ def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
                                + [ax.get_title() for ax in figure.axes]).replace("\n", " "))
         plots.plt.close(figure)
 
-    monkeypatch.setattr(plots, "_save", keep_titles)
+    monkeypatch.setattr(plots, "save_png", keep_titles)
+    monkeypatch.setattr(pictures, "save_png", keep_titles)
     names = ["a", "b"]
     plots.confusion_png(tmp_path / "c.png", [[1, 0], [1, 1]], names, VAL_SOURCE)
     plots.mistakes_png(tmp_path / "m.png", np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]),

@@ -236,12 +236,18 @@ def test_the_finetune_stage_keys_its_checkpoint_and_resume_state_by_its_own_para
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_no_stage_depends_on_project_code_it_does_not_import(name):
     """A code dep the stage does not import reruns it for nothing (evaluate kept training/
-    freeze.py after the freezing rule moved onto the model)."""
+    freeze.py after the freezing rule moved onto the model); a folder dep counts as imported
+    only when every module in it is (the audit depended on all of models/ for no checkpoint)."""
     stage = stages()[name]
     imports = project_imports(ROOT / stage["cmd"].split()[1])
-    extra = [dep for dep in stage["deps"] if isinstance(dep, str) and dep.startswith("src/")
-             and not any(covered(path, [dep]) for path in imports)]
+    code = [dep for dep in stage["deps"] if isinstance(dep, str) and dep.startswith("src/")]
+    extra = [dep for dep in code if not any(covered(path, [dep]) for path in imports)]
     assert not extra, f"dvc.yaml stage {name!r} depends on {extra} but imports none of it"
+    unused = sorted(path.relative_to(ROOT).as_posix() for dep in code if (ROOT / dep).is_dir()
+                    for path in (ROOT / dep).rglob("*.py")
+                    if path.relative_to(ROOT).as_posix() not in imports)
+    assert not unused, (f"dvc.yaml stage {name!r} depends on folders holding {unused}, which "
+                        "it does not import: list the files it does")
 
 
 def test_dvc_hashes_no_bytecode_under_a_folder_dep():

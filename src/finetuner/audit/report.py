@@ -6,8 +6,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..evaluation.plots import gallery_png
 from ..io import write_csv
+from ..pictures import gallery_png
 from .findings import COLUMNS, ISSUES, Audit, Finding
 
 

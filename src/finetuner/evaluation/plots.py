@@ -1,31 +1,14 @@
-"""PNG pictures: confusion matrix, training curves, galleries (the worst mistakes, the audit's
-suspects).
-
-Class names with glyphs the font lacks (CJK: matplotlib's DejaVu Sans has none) draw as boxes
-unless a CJK font is installed and listed in matplotlib's ``font.sans-serif``; as no such font
-is shipped, matplotlib's "Glyph ... missing from font" warnings are silenced here."""
+"""The evaluate stage's PNG pictures: confusion matrix, training curves, the worst mistakes,
+reliability.  What drawing them shares with the audit's gallery (the Agg backend, the quiet
+missing glyphs, the atomic save, the gallery itself) is :mod:`finetuner.pictures`."""
 from __future__ import annotations
 
 import textwrap
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..io import atomic_path  # noqa: E402
-
-
-@contextmanager
-def _missing_glyphs_quiet():
-    """Drawing labels whose glyphs the font lacks warns once per glyph and draw: not here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
-        yield
+from ..pictures import gallery_png, missing_glyphs_quiet, plt, save_png
 
 
 def _wrapped(text: str, inches: float) -> str:
@@ -34,13 +17,7 @@ def _wrapped(text: str, inches: float) -> str:
     return "\n".join(textwrap.wrap(text, max(20, int(11 * inches))))
 
 
-def _save(figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-
-
-@_missing_glyphs_quiet()
+@missing_glyphs_quiet()
 def confusion_png(path: str | Path, confusion: list[list[int]], class_names: list[str],
                   scored_on: str = "test split") -> None:
     """``scored_on``: which images were scored (the evaluation's ``source``), in the title."""
@@ -60,10 +37,10 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > high else "black", fontsize=8)
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)
 
 
-@_missing_glyphs_quiet()
+@missing_glyphs_quiet()
 def curves_png(path: str | Path, history: list[dict]) -> None:
     epochs = [h["epoch"] for h in history]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -76,7 +53,7 @@ def curves_png(path: str | Path, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
@@ -93,7 +70,7 @@ def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
                        f"no mistakes on the {_wrapped(scored_on, 3)}")
 
 
-@_missing_glyphs_quiet()
+@missing_glyphs_quiet()
 def reliability_png(path: str | Path, before: list[dict], after: list[dict],
                     ece_before: float, ece_after: float, temperature: float | None,
                     scored_on: str = "test split") -> None:
@@ -121,26 +98,4 @@ def reliability_png(path: str | Path, before: list[dict], after: list[dict],
     hist.set(xlabel="confidence (top probability)", ylabel="predictions")
     hist.legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, path)
-
-
-@_missing_glyphs_quiet()
-def gallery_png(path: str | Path, tiles: list[tuple[np.ndarray, str]], title: str,
-                empty: str) -> int:
-    """A grid of images (uint8 (H, W, 3), any width) with a caption each; ``empty``: the text
-    shown when there are none.  Returns how many are shown."""
-    columns = 4
-    rows = max(1, int(np.ceil(len(tiles) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows),
-                                squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image, caption) in zip(axes.flat, tiles):
-        ax.imshow(image)
-        ax.set_title(caption, fontsize=8)
-    if not tiles:
-        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
-    figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
-    _save(figure, path)
-    return len(tiles)
+    save_png(figure, path)
