@@ -137,7 +137,8 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     assert all(name.startswith(".") and ignored(name) for name in left), left
     if sig == signal.SIGINT:
         assert left == [], f"SIGINT should clean up its temp files: {left}"
-        assert f"finetune: {INTERRUPTED}" in log.read_text()
+        assert f"finetune: {INTERRUPTED}; the same command again goes on from the last " \
+               "finished epoch" in log.read_text()
         assert "Traceback" not in log.read_text()
 
     set_params(project, epochs=2)
@@ -204,7 +205,10 @@ def test_run_stage_checks_arguments_and_turns_errors_and_ctrl_c_into_exit_codes(
     with pytest.raises(SystemExit) as stop:
         run_stage("x", main, "A B")
     assert stop.value.code == 130
-    assert f"x: {INTERRUPTED}" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"\nx: {INTERRUPTED}\n"  # a line of its own, after a bar
+    with pytest.raises(SystemExit):
+        run_stage("x", main, "A B", after_ctrl_c="rerun to go on")
+    assert capsys.readouterr().err.endswith(f"x: {INTERRUPTED}; rerun to go on\n")
     monkeypatch.setattr(sys, "argv", ["x.py", "bug", "b"])
     with pytest.raises(RuntimeError, match="a bug"):  # not an input error: keeps its traceback
         run_stage("x", main, "A B")

@@ -28,14 +28,15 @@ sys.excepthook = _one_line_ctrl_c  # each stage script imports this module befor
 
 
 def run_stage(name: str, main: Callable[..., None], usage: str,
-              errors: tuple[type[Exception], ...] = ()) -> None:
+              errors: tuple[type[Exception], ...] = (), after_ctrl_c: str = "") -> None:
     """``main(*sys.argv[1:])`` for ``stages/<name>.py``.
 
     ``errors``: the stage's own bad-input errors (params errors and missing files always count);
     they exit 1 with one line, ``<name>: error: ...``, and no traceback.  Ctrl-C exits 130
     with one line, :data:`INTERRUPTED`: outputs are written atomically, so none is half done
     (one renamed into place before the Ctrl-C stays whole; the message does not say "nothing
-    was written", which a Ctrl-C after the last rename would make untrue).
+    was written", which a Ctrl-C after the last rename would make untrue), then ``after_ctrl_c``
+    (what a rerun does), on a line of its own, not after a progress bar's last update.
     """
     args = sys.argv[1:]
     if len(args) != len(inspect.signature(main).parameters):
@@ -45,5 +46,6 @@ def run_stage(name: str, main: Callable[..., None], usage: str,
     except (ParamsError, FileNotFoundError, *errors) as error:
         sys.exit(f"{name}: error: {error}")
     except KeyboardInterrupt:
-        print(f"{name}: {INTERRUPTED}", file=sys.stderr)
+        print(f"\n{name}: {INTERRUPTED}{'; ' + after_ctrl_c if after_ctrl_c else ''}",
+              file=sys.stderr)
         sys.exit(130)
