@@ -24,7 +24,7 @@ from tqdm import tqdm
 from finetuner.arch_params import load_arch_params
 from finetuner.audit.features import audit_arch, folder_batches, image_features
 from finetuner.audit.findings import audit
-from finetuner.audit.report import suspects_png, write_suspects
+from finetuner.audit.report import labels_phrase, suspects_png, write_suspects
 from finetuner.data.images import ImageError
 from finetuner.data.manifest import InputError, read_manifests
 from finetuner.data.views import eval_view_of, read_input_spec
@@ -63,7 +63,7 @@ def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
     write_json(Path(metrics_dir) / "audit.json", {
         **summary, "arch": arch,
         "seconds": round(seconds, 1), "feature_seconds": round(feature_seconds, 1)})
-    print(f"audit: {summary['images']} images: {summary['label']} likely wrong label(s), "
+    print(f"audit: {summary['images']} images: {labels_phrase(summary)}, "
           f"{summary['near_duplicate']} near-duplicate pair(s) "
           f"({summary['near_duplicate_pairs_across_splits']} across splits), "
           f"{summary['outlier']} outlier(s) in {seconds:.0f} s -> {suspects_csv} "

@@ -312,6 +312,20 @@ def test_the_cli_prints_the_suspects_as_csv_and_exits_0(faulty):
     assert list(rows[0]) == list(COLUMNS)
     assert all(row["split"] == "" for row in rows)  # outside the pipeline: no splits
     assert f"({ARCH} at 260 px)" in err
+    assert "likely wrong label(s) (the probe right on " in err
+
+
+def test_the_line_says_how_right_the_probe_is_and_warns_when_it_is_weak():
+    """A weak probe's label suspects are mostly right labels it confuses: the line says so."""
+    from finetuner.audit.report import labels_phrase
+
+    strong = labels_phrase({"label": 3, "probe_accuracy": 0.95})
+    assert strong == "3 likely wrong label(s) (the probe right on 95% out of fold)"
+    weak = labels_phrase({"label": 20, "probe_accuracy": 0.72})
+    assert weak.startswith("20 likely wrong label(s) (the probe right on 72% out of fold: "
+                           "a weak probe") and "look before you relabel" in weak
+    assert "weak" not in labels_phrase({"label": 0, "probe_accuracy": 0.72})
+    assert labels_phrase({"label": 0, "probe_accuracy": None}) == "0 likely wrong label(s)"
 
 
 def test_a_flipped_label_is_found_with_its_true_class_suggested(faulty):

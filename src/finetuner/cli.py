@@ -297,6 +297,7 @@ def _list_families(as_json: bool) -> int:
 def _audit(args) -> int:
     from .audit.features import audit_arch, folder_batches, image_features
     from .audit.findings import COLUMNS, audit
+    from .audit.report import labels_phrase
     from .data.scan import class_folders, scan_folder
     device = _device(args, "torch")  # a device that is not here: before any file is read
     try:
@@ -338,7 +339,7 @@ def _audit(args) -> int:
         writer.writerows(f.row() for f in result.findings)
     counts = result.summary()
     print(f"audit: {counts['images']} images of {args.dir} ({arch} at {size} px): "
-          f"{counts['label']} likely wrong label(s), {counts['near_duplicate']} near-duplicate "
+          f"{labels_phrase(counts)}, {counts['near_duplicate']} near-duplicate "
           f"pair(s), {counts['outlier']} outlier(s); skipped {len(skipped)}", file=sys.stderr)
     return 0
 
