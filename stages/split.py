@@ -7,6 +7,7 @@ from finetuner.stage import run_stage  # first: Ctrl-C during the imports below 
 
 import sys
 
+from finetuner.data import in_git
 from finetuner.data.manifest import SPLITS, write_manifests
 from finetuner.data.scan import DatasetError
 from finetuner.data.split import split_folder
@@ -36,7 +37,8 @@ def main(data_dir: str, out_dir: str) -> None:
             "is off)")
     print(f"split: {near['groups']} group(s) of near-duplicate files by perceptual hash, "
           f"{kept} (listed in {out_dir}/near_duplicates.csv)")
-    for warning in result.warnings:
+    git_warning = in_git.warning(data_dir)  # about the workspace: not in the manifests
+    for warning in result.warnings + ([git_warning] if git_warning else []):
         print(f"warning: {warning}", file=sys.stderr)
 
 
