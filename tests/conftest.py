@@ -224,16 +224,20 @@ def offline_plots_page(html: str) -> dict[str, dict]:
 def noise_prepared(folder: Path, counts: dict[str, int], classes=("a", "b", "c"),
                    size: int = 32) -> Path:
     """A prepared folder (as the preprocess stage writes it) of random pixels: ``counts``
-    images per split, labels cycling through ``classes``."""
+    images per split, labels cycling through ``classes``, each image's file named
+    ``<class>/<split>_<row>.png`` in meta.json's ``paths``."""
     from finetuner.io import write_json
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    paths = {}
     for split, count in counts.items():
         np.save(folder / f"{split}_images.npy",
                 rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
-        np.save(folder / f"{split}_labels.npy", np.arange(count) % len(classes))
+        labels = np.arange(count) % len(classes)
+        np.save(folder / f"{split}_labels.npy", labels)
+        paths[split] = [f"{classes[label]}/{split}_{row}.png" for row, label in enumerate(labels)]
     write_json(folder / "meta.json", {"classes": list(classes), "image_size": size,
-                                      "crop_pct": 0.875, "train_views": 1})
+                                      "crop_pct": 0.875, "train_views": 1, "paths": paths})
     return folder
 
 

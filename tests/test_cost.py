@@ -136,6 +136,30 @@ def test_evaluate_stage_writes_headline_metrics_cost_and_pictures(evaluated):
         assert _png_size(evaluated / "metrics" / name)[0] > 0
 
 
+def test_each_test_prediction_names_its_file(evaluated):
+    """test_predictions.csv names each scored image's file (relative to data.dir), so a
+    mistake can be found and looked at; its confidence is the calibrated one."""
+    import csv
+    with open(evaluated / "metrics" / "test_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "actual", "predicted", "confidence"]
+    meta = json.loads((evaluated / "prepared" / "meta.json").read_text())
+    assert [row["path"] for row in rows] == meta["paths"]["test"]
+    assert all(row["path"].split("/")[0] == row["actual"] for row in rows)
+    assert all(0 < float(row["confidence"]) <= 1 for row in rows)
+
+
+def test_the_mistakes_gallery_names_each_file(tmp_path, monkeypatch):
+    from finetuner import pictures
+    captions = []
+    monkeypatch.setattr(pictures, "save_png", lambda figure, path: captions.extend(
+        ax.get_title() for ax in figure.axes if ax.get_title()) or pictures.plt.close(figure))
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    shown = mistakes_png(tmp_path / "m.png", images, np.array([0, 1, 0]),
+                         np.eye(2)[[1, 1, 1]], ["a", "b"], 4, paths=["a/x.jpg", "b/y.jpg", "a/z.jpg"])
+    assert shown == 2 and [c.splitlines()[0] for c in captions] == ["x.jpg", "z.jpg"]
+
+
 def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
     """Scored on val (or a folder), a picture must not say "test split": eval.json says which."""
     from finetuner.data.folders import VAL_SOURCE

@@ -27,9 +27,12 @@ def test_labelled_views_of_a_test_folder(tmp_path):
     folder = make_image_folder(tmp_path / "test", {"b": 2, "a": 3}, size=20)
     (folder / "a" / "notes.txt").write_text("not an image")
     (folder / "a" / ".hidden.png").write_bytes(b"")
-    images, labels, skipped = labelled_views(folder, ["b", "a", "c"], 16, 0.875, batch_size=2)
+    images, labels, paths, skipped = labelled_views(folder, ["b", "a", "c"], 16, 0.875,
+                                                    batch_size=2)
     assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
     assert labels.tolist() == [1, 1, 1, 0, 0]  # a's files, then b's (folders sorted)
+    assert [Path(p).relative_to(folder).as_posix() for p in paths] == [
+        "a/img_000.png", "a/img_001.png", "a/img_002.png", "b/img_000.png", "b/img_001.png"]
     assert [Path(p).name for p, _ in skipped] == ["notes.txt"]
     (folder / "d").mkdir()
     with pytest.raises(DatasetError, match="'d' are not classes of the model.*b, a, c"):
@@ -59,7 +62,7 @@ def test_a_fifo_and_a_dangling_link_are_reported_with_what_they_are(tmp_path):
     assert reasons["gone.png"].startswith("a broken symbolic link")
     assert reasons["elsewhere"].startswith("a link to a folder (not followed")
     assert reasons["loose.png"] == "not inside a class folder"
-    images, labels, listed = labelled_views(folder, ["a", "b"], 16, 0.875)
+    images, labels, _, listed = labelled_views(folder, ["a", "b"], 16, 0.875)
     assert len(images) == 3 and labels.tolist() == [0, 0, 1]
     assert {Path(p).name for p, _ in listed} == set(reasons)
 

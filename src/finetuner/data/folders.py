@@ -104,19 +104,21 @@ def eval_views(files: list[Path], size: int, crop_pct: float, batch_size: int,
 
 
 def labelled_views(folder: Path, class_names: list[str], size: int, crop_pct: float,
-                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """The evaluation views (N, size, size, 3) uint8 and class indices of a labelled folder,
-    and the entries skipped, with the reason.  No usable image is an error."""
+                   batch_size: int = 64
+                   ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
+    """The evaluation views (N, size, size, 3) uint8, class indices and files of a labelled
+    folder, and the entries skipped, with the reason.  No usable image is an error."""
     skipped: list[tuple[str, str]] = []
     record = lambda path, reason: skipped.append((str(path), reason))  # noqa: E731
     label_of = dict(labelled_files(folder, class_names, record))
-    parts, labels = [], []
+    parts, labels, files = [], [], []
     for paths, views in eval_views(list(label_of), size, crop_pct, batch_size, record):
         parts.append(views)
         labels += [label_of[p] for p in paths]
+        files += [str(p) for p in paths]
     if not parts:
         raise DatasetError(f"{folder}: no usable image in its class folders")
-    return np.concatenate(parts), np.array(labels, dtype=np.int64), skipped
+    return np.concatenate(parts), np.array(labels, dtype=np.int64), files, skipped
 
 
 VAL_SOURCE = "val split (it chose the model: not an honest estimate)"
@@ -125,12 +127,15 @@ VAL_SOURCE = "val split (it chose the model: not an honest estimate)"
 @dataclass(frozen=True)
 class ScoredImages:
     """What the evaluate stage scores: uint8 views (N, H, W, 3), their class indices, where
-    they come from (``source``, as eval.json's ``evaluated_on`` says it), and whether they
-    chose the model (the val split: then no honest estimate)."""
+    they come from (``source``, as eval.json's ``evaluated_on`` says it), whether they chose
+    the model (the val split: then no honest estimate), and each one's file (relative to
+    ``data.dir``, or under ``evaluate.test_dir``; None: arrays prepared before paths were
+    kept)."""
     images: np.ndarray
     labels: np.ndarray
     source: str
     chose_model: bool = False
+    paths: list[str] | None = None
 
 
 def scored_images(test_dir: str, data, checkpoint) -> ScoredImages:
@@ -138,15 +143,17 @@ def scored_images(test_dir: str, data, checkpoint) -> ScoredImages:
     the prepared test split, else (``data.test_fraction: 0``) the val split, marked as no
     honest estimate."""
     if test_dir:
-        images, labels, skipped = labelled_views(Path(test_dir), checkpoint.class_names,
-                                                 checkpoint.image_size, checkpoint.crop_pct)
+        images, labels, paths, skipped = labelled_views(
+            Path(test_dir), checkpoint.class_names, checkpoint.image_size, checkpoint.crop_pct)
         for path, reason in skipped:
             print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
-        return ScoredImages(images, labels, f"folder {test_dir}")
+        return ScoredImages(images, labels, f"folder {test_dir}", paths=paths)
+    paths = data.paths or {}
     if len(data.labels["test"]) == 0:
         print("evaluate: warning: the test split is empty (data.test_fraction: 0) and "
               "evaluate.test_dir is not set; scoring the val split, which chose the model "
               "(and trained it, with train.refit): NOT an honest estimate")
         return ScoredImages(np.asarray(data.images["val"]), data.labels["val"], VAL_SOURCE,
-                            chose_model=True)
-    return ScoredImages(np.asarray(data.images["test"]), data.labels["test"], "test split")
+                            chose_model=True, paths=paths.get("val"))
+    return ScoredImages(np.asarray(data.images["test"]), data.labels["test"], "test split",
+                        paths=paths.get("test"))

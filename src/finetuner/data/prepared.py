@@ -30,6 +30,8 @@ class Prepared:
     augmentation: Augmentation
     directory: Path
     near_duplicates: dict | None = None  # the split's summary of them (None: an older split)
+    paths: dict[str, list[str]] | None = None  # split -> each image's file, relative to
+    #                                            data.dir, in row order (None: older arrays)
 
     @property
     def online(self) -> bool:
@@ -51,4 +53,5 @@ def load_prepared(directory: str | Path) -> Prepared:
     augmentation = (Augmentation.from_params(meta["augmentation"]) if "augmentation" in meta
                     else Augmentation())
     return Prepared(meta["classes"], meta["image_size"], meta["crop_pct"], meta["train_views"],
-                    images, labels, augmentation, directory, meta.get("near_duplicates"))
+                    images, labels, augmentation, directory, meta.get("near_duplicates"),
+                    meta.get("paths"))

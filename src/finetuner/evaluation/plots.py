@@ -58,14 +58,16 @@ def curves_png(path: str | Path, history: list[dict]) -> None:
 
 def mistakes_png(path: str | Path, images: np.ndarray, labels: np.ndarray,
                  probabilities: np.ndarray, class_names: list[str], count: int,
-                 scored_on: str = "test split") -> int:
-    """Gallery of the ``count`` most confident mistakes among the images ``scored_on`` says;
-    returns how many are shown."""
+                 scored_on: str = "test split", paths: list[str] | None = None) -> int:
+    """Gallery of the ``count`` most confident mistakes among the images ``scored_on`` says,
+    each captioned with its file's name (``paths``, when known); returns how many are shown."""
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
-    tiles = [(images[i], f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
-                         f"({probabilities[i, predicted[i]]:.2f})") for i in wrong]
+    names = [Path(paths[i]).name + "\n" if paths else "" for i in wrong]
+    tiles = [(images[i], f"{name}true: {class_names[labels[i]]}\npred: "
+                         f"{class_names[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})")
+             for i, name in zip(wrong, names)]
     return gallery_png(path, tiles, f"worst mistakes (most confident first) on the {scored_on}",
                        f"no mistakes on the {_wrapped(scored_on, 3)}")
 

@@ -54,6 +54,7 @@ class Evaluation:
     # what to keep in mind about the temperature (calibration_note): calibration.json and the
     # stage's line, not eval.json, where `dvc metrics diff` would pad every row to its length
     calibration_note: str | None = None
+    paths: list[str] | None = None  # each scored image's file (ScoredImages.paths)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -85,7 +86,7 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
         metric_intervals(labels, predicted, len(checkpoint.class_names)),
         {"temperature": temperature, "fitted_on": fitted_on,
          "fit_images": int(len(fit_labels)), **scores},
-        cost, info, data.near_duplicates, note)
+        cost, info, data.near_duplicates, note, scored.paths)
 
 
 def eval_record(e: Evaluation) -> dict:
@@ -115,12 +116,14 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
         c["temperature"], model_path, file_sha256(model_path), c["fitted_on"], c["fit_images"],
         e.calibration_note))
     write_json(out / "per_class.json", e.metrics["per_class"])
-    write_csv(out / "test_predictions.csv", ["actual", "predicted"],
-              [(names[a], names[p]) for a, p in zip(e.labels, predicted)])
+    paths = e.paths or [""] * len(e.labels)
+    write_csv(out / "test_predictions.csv", ["path", "actual", "predicted", "confidence"],
+              [(path, names[a], names[p], f"{e.probabilities[i, p]:.4f}")
+               for i, (path, a, p) in enumerate(zip(paths, e.labels, predicted))])
     confusion_png(out / "confusion.png", e.metrics["confusion"], names, e.source)
     curves_png(out / "curves.png", e.info["history"])
     mistakes_png(out / "mistakes.png", e.images, e.labels, e.probabilities, names, gallery_size,
-                 e.source)
+                 e.source, e.paths)
     reliability_png(out / "reliability.png", reliability(softmax(e.logits), e.labels),
                     reliability(e.probabilities, e.labels), c["ece_before"], c["ece_after"],
                     c["temperature"], e.source)
