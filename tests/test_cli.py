@@ -230,6 +230,15 @@ def test_predict_on_cuda_gives_the_probabilities_of_the_cpu(checkpoint, photos, 
                                                                 abs=1e-3)
 
 
+def test_evaluate_says_whether_its_folder_is_missing_or_a_file(checkpoint, tmp_path, capsys):
+    code, _, err = _run(capsys, "evaluate", checkpoint, tmp_path / "nope")
+    assert code == 2 and err.strip().endswith("nope: does not exist (expected a folder with one "
+                                              "sub-folder per class)")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    code, _, err = _run(capsys, "evaluate", checkpoint, tmp_path / "a.jpg")
+    assert code == 2 and "a.jpg: is a file, not a folder" in err
+
+
 def test_evaluate_refuses_a_class_folder_the_model_does_not_know(checkpoint, photos, capsys):
     make_image_folder(photos, {"purple": 1})
     code, out, err = _run(capsys, "evaluate", checkpoint, photos)

@@ -356,9 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "a checkpoint (models/model.pt) or an ONNX file written by export"
     runtime_help = ("torch or onnxruntime (a checkpoint is exported to ONNX in memory); default: "
                     "onnxruntime for an .onnx file, torch for a checkpoint")
-    device_help = ("where torch runs the model (audit: the backbone): auto (CUDA when present, "
-                   "else MPS, else the CPU; the CPU for onnxruntime), cpu, cuda, cuda:N or mps "
-                   "(default auto)")
+    device_choices = ("auto (CUDA when present, else MPS, else the CPU), cpu, cuda, cuda:N or "
+                      "mps (default auto)")
+    device_help = f"where torch runs the model (onnxruntime runs on the CPU): {device_choices}"
+    batch_help = "images a forward pass (default %(default)s; fewer if memory is short)"
     p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics/calibration.json: divide the logits by its temperature")
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
     p.add_argument("--device", type=_device_name, default="auto", help=device_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help=batch_help)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_predict)
 
@@ -385,14 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one sub-folder per class, named as the model's classes")
     p.add_argument("--runtime", choices=RUNTIMES, help=runtime_help)
     p.add_argument("--device", type=_device_name, default="auto", help=device_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help=batch_help)
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(run=_evaluate, calibration=None)
 
     suffixes = "; ".join(f"{name}: {', '.join(ss)}" for name, ss in FORMATS.items())
     p = commands.add_parser("export", help="ONNX, TorchScript or .pt2 model + JSON of its "
                             "classes and preprocessing")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a checkpoint written by the finetune stage (models/model.pt)")
     p.add_argument("out", type=Path, metavar="OUT", help="the model file; OUT.json beside it")
     p.add_argument("--format", choices=list(FORMATS),
                    help=f"default: from OUT's suffix ({suffixes})")
@@ -425,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as audit.outlier_fence (default %(default)s)")
     p.add_argument("--seed", type=_bounded(int, 0, 2**31 - 1), default=0,
                    help="of the probe's folds, as seed (default 0)")
-    p.add_argument("--device", type=_device_name, default="auto", help=device_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", type=_device_name, default="auto",
+                   help=f"where torch runs the backbone: {device_choices}")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help=batch_help)
     p.add_argument("--json", action="store_true", help="a JSON list instead of CSV")
     p.set_defaults(run=_audit)
     return parser

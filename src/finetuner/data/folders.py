@@ -68,7 +68,8 @@ def labelled_files(folder: Path, class_names: list[str], skip: Skip) -> list[tup
     folder name that is not a class."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: not a folder (expected one sub-folder per class)")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"{folder}: {what} (expected a folder with one sub-folder per class)")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     classes = [p for p in entries if p.is_dir()]  # a link to a class folder is followed
     index = {class_name_key(name): i for i, name in enumerate(class_names)}
