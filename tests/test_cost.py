@@ -186,3 +186,20 @@ def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
         assert "val split (it chose the model: not an honest estimate)" in text
         assert "test split" not in text
     assert "folder photos/test" in titles[2] and "test split" not in titles[2]
+
+
+def test_a_probe_s_curves_leave_out_the_train_series_it_does_not_have(tmp_path, monkeypatch):
+    from finetuner import pictures
+    from finetuner.evaluation import plots
+    seen = []
+    monkeypatch.setattr(plots, "save_png", lambda figure, path: seen.append(
+        [(ax.get_title(), ax.get_legend_handles_labels()[1]) for ax in figure.axes])
+        or pictures.plt.close(figure))
+    nan = float("nan")
+    plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": nan, "train_acc": nan,
+                                           "val_loss": 0.3, "val_acc": 0.9}])
+    plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8,
+                                           "val_loss": 0.3, "val_acc": 0.9}])
+    assert seen[0] == [("loss (a probe: no epochs, one score)", ["val"]),
+                       ("accuracy (a probe: no epochs, one score)", ["val"])]
+    assert seen[1] == [("loss", ["train", "val"]), ("accuracy", ["train", "val"])]

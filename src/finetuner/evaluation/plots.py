@@ -42,16 +42,25 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
 
 @missing_glyphs_quiet()
 def curves_png(path: str | Path, history: list[dict]) -> None:
+    """Loss and accuracy per epoch, train and val.  A series with no number (a probe's train
+    columns: it trains no epochs) is left out of the plot and its legend, and the titles say
+    when no train column has one (a probe's one row: its val columns are its scores)."""
     epochs = [h["epoch"] for h in history]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    trained = False
     for key, style in (("train", "-o"), ("val", "-s")):
-        loss_ax.plot(epochs, [h[f"{key}_loss"] for h in history], style, label=key)
-        acc_ax.plot(epochs, [h[f"{key}_acc"] for h in history], style, label=key)
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+        for ax, column in ((loss_ax, f"{key}_loss"), (acc_ax, f"{key}_acc")):
+            values = [h[column] for h in history]
+            if any(v is not None and np.isfinite(v) for v in values):
+                ax.plot(epochs, values, style, label=key)
+                trained = trained or key == "train"
+    one = "" if trained else " (a probe: no epochs, one score)"
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title=f"loss{one}")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title=f"accuracy{one}")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     figure.tight_layout()
     save_png(figure, path)
 
