@@ -203,3 +203,25 @@ def test_a_probe_s_curves_leave_out_the_train_series_it_does_not_have(tmp_path, 
     assert seen[0] == [("loss (a probe: no epochs, one score)", ["val"]),
                        ("accuracy (a probe: no epochs, one score)", ["val"])]
     assert seen[1] == [("loss", ["train", "val"]), ("accuracy", ["train", "val"])]
+
+
+def test_no_caption_of_a_gallery_runs_into_the_image_above(tmp_path, monkeypatch):
+    """Three-line captions (file, true, predicted) below a row of images: each row leaves room."""
+    from finetuner import pictures
+    overlaps = []
+
+    def check(figure, path):
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        shown = [ax for ax in figure.axes if ax.get_images()]
+        for upper, lower in zip(shown, shown[4:]):  # the same column, one row down
+            image_bottom = upper.get_window_extent(renderer).y0
+            caption_top = lower.title.get_window_extent(renderer).y1
+            overlaps.append(caption_top - image_bottom)
+        pictures.plt.close(figure)
+
+    monkeypatch.setattr(pictures, "save_png", check)
+    images = np.zeros((9, 64, 64, 3), np.uint8)
+    mistakes_png(tmp_path / "m.png", images, np.zeros(9, int), np.tile([[0.1, 0.9]], (9, 1)),
+                 ["cardboard", "plastic"], 16, paths=[f"c/file_{i}.jpg" for i in range(9)])
+    assert len(overlaps) == 5 and max(overlaps) <= 0, overlaps

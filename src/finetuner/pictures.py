@@ -42,11 +42,13 @@ def save_png(figure, path: str | Path) -> None:
 def gallery_png(path: str | Path, tiles: list[tuple[np.ndarray, str]], title: str,
                 empty: str) -> int:
     """A grid of images (uint8 (H, W, 3), any width) with a caption each; ``empty``: the text
-    shown when there are none.  Returns how many are shown."""
+    shown when there are none.  Returns how many are shown.  Each row is as tall as its
+    longest caption needs (constrained layout), so no caption runs into the image above."""
     columns = 4
     rows = max(1, int(np.ceil(len(tiles) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows),
-                                squeeze=False)
+    lines = max((caption.count("\n") + 1 for _, caption in tiles), default=1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, (3.0 + 0.15 * lines) * rows),
+                                squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, caption) in zip(axes.flat, tiles):
@@ -55,6 +57,5 @@ def gallery_png(path: str | Path, tiles: list[tuple[np.ndarray, str]], title: st
     if not tiles:
         axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
     save_png(figure, path)
     return len(tiles)
