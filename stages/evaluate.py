@@ -20,7 +20,7 @@ from finetuner.data.manifest import InputError
 from finetuner.data.prepared import load_prepared
 from finetuner.data.names import DatasetError
 from finetuner.evaluation.report import evaluate_checkpoint, summary_line, write_report
-from finetuner.models.checkpoint import CheckpointError, load_checkpoint
+from finetuner.models.checkpoint import CheckpointError, check_training_record, load_checkpoint
 from finetuner.runtime import resolve_device, reuse_freed_memory, set_threads
 
 
@@ -30,6 +30,7 @@ def main(model_path: str, prepared_dir: str, metrics_dir: str) -> None:
     reuse_freed_memory()
     device = resolve_device(params.device)
     checkpoint = load_checkpoint(model_path, device)
+    check_training_record(model_path, checkpoint.info)  # before any test image is decoded
     data = load_prepared(prepared_dir)
     scored = scored_images(params.evaluate.test_dir, data, checkpoint)
     evaluation = evaluate_checkpoint(checkpoint, data, scored, model_path,

@@ -117,5 +117,5 @@ def _summary(outcome, ctx, threads: int, model_out: str) -> str:
 if __name__ == "__main__":
     run_stage("finetune", main, "PREPARED_DIR MODEL_OUT LIVE_DIR",
               (WeightsError, LiveLogError, DivergedError),
-              after_ctrl_c="the same command again goes on from the last finished epoch "
-                           "(train.resume)")
+              after_ctrl_c="with train.resume (the default) the same command again goes on "
+                           "from the last finished epoch")

@@ -224,7 +224,7 @@ def offline_plots_page(html: str) -> dict[str, dict]:
 def noise_prepared(folder: Path, counts: dict[str, int], classes=("a", "b", "c"),
                    size: int = 32) -> Path:
     """A prepared folder (as the preprocess stage writes it) of random pixels: ``counts``
-    images per split, labels cycling through ``classes``, each image's file named
+    images per split, labels cycling through ``classes``, each val and test image's file named
     ``<class>/<split>_<row>.png`` in meta.json's ``paths``."""
     from finetuner.io import write_json
     folder.mkdir(parents=True)
@@ -235,7 +235,9 @@ def noise_prepared(folder: Path, counts: dict[str, int], classes=("a", "b", "c")
                 rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8))
         labels = np.arange(count) % len(classes)
         np.save(folder / f"{split}_labels.npy", labels)
-        paths[split] = [f"{classes[label]}/{split}_{row}.png" for row, label in enumerate(labels)]
+        if split != "train":  # as preprocess: the files of val and test
+            paths[split] = [f"{classes[label]}/{split}_{row}.png"
+                            for row, label in enumerate(labels)]
     write_json(folder / "meta.json", {"classes": list(classes), "image_size": size,
                                       "crop_pct": 0.875, "train_views": 1, "paths": paths})
     return folder

@@ -325,6 +325,8 @@ def test_the_line_says_how_right_the_probe_is_and_warns_when_it_is_weak():
     assert weak.startswith("20 likely wrong label(s) (the probe right on 72% out of fold: "
                            "a weak probe") and "look before you relabel" in weak
     assert "weak" not in labels_phrase({"label": 0, "probe_accuracy": 0.72})
+    assert "right on 89% out of fold: a weak probe" in labels_phrase(  # never "90%" and weak
+        {"label": 2, "probe_accuracy": 0.8995})
     assert labels_phrase({"label": 0, "probe_accuracy": None}) == "0 likely wrong label(s)"
 
 

@@ -156,7 +156,8 @@ def test_the_mistakes_gallery_names_each_file(tmp_path, monkeypatch):
         ax.get_title() for ax in figure.axes if ax.get_title()) or pictures.plt.close(figure))
     images = np.zeros((3, 8, 8, 3), np.uint8)
     shown = mistakes_png(tmp_path / "m.png", images, np.array([0, 1, 0]),
-                         np.eye(2)[[1, 1, 1]], ["a", "b"], 4, paths=["a/x.jpg", "b/y.jpg", "a/z.jpg"])
+                         np.eye(2)[[1, 1, 1]], ["a", "b"], 4,
+                         paths=["a/x.jpg", "b/y.jpg", "a/z.jpg"])
     assert shown == 2 and [c.splitlines()[0] for c in captions] == ["x.jpg", "z.jpg"]
 
 

@@ -94,3 +94,17 @@ def test_the_evaluate_stage_reads_test_dir_through_it_and_reports_skips_on_stder
     err = capsys.readouterr().err
     assert f"evaluate: skipped {folder / 'b' / 'pipe.jpg'}: a FIFO (named pipe)" in err
     assert f"evaluate: skipped {folder / 'b' / 'gone.png'}: a broken symbolic link" in err
+
+
+def test_what_evaluate_scores_names_its_files_the_val_split_too(tmp_path):
+    """With data.test_fraction 0 the val split is scored (no honest estimate): its files are
+    named all the same."""
+    from conftest import noise_prepared
+    from finetuner.data.folders import VAL_SOURCE, scored_images
+    from finetuner.data.prepared import load_prepared
+    data = load_prepared(noise_prepared(tmp_path / "p", {"train": 4, "val": 3, "test": 0}))
+    scored = scored_images("", data, None)
+    assert scored.source == VAL_SOURCE and scored.chose_model
+    assert scored.paths == ["a/val_0.png", "b/val_1.png", "c/val_2.png"]
+    data = load_prepared(noise_prepared(tmp_path / "q", {"train": 4, "val": 3, "test": 2}))
+    assert scored_images("", data, None).paths == ["a/test_0.png", "b/test_1.png"]

@@ -88,7 +88,8 @@ def test_unknown_keys_name_the_closest(raw, closest):
     # the words that describe a number are not themselves a value
     ({"preprocess": {"image_size": "an integer from 16 to 1024"}},
      ["preprocess.image_size", "allowed: auto, or an integer"]),
-    ({"train": {"loader_workers": "an integer from 0 to 64"}}, ["train.loader_workers", "auto, or"]),
+    ({"train": {"loader_workers": "an integer from 0 to 64"}},
+     ["train.loader_workers", "auto, or"]),
     ({"freeze_depth": "an integer >= 0"}, ["freeze_depth", "allowed: all, or an integer >= 0"]),
     ({"probe": {"folds": 1}}, ["probe.folds", "must be 0 (C chosen on val) or from 2 to 20"]),
     ({"train": {"epochs": 0}}, ["train.epochs", ">= 1"]),

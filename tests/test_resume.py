@@ -279,3 +279,26 @@ def test_a_state_that_cannot_be_read_is_said_removed_and_the_run_starts_fresh(tm
     assert logged == [1, 2] and result.earlier_seconds == 0
     whole, _, _ = _fit({"freeze_depth": 3, "train": {"epochs": 2}})
     assert all(torch.equal(model.state_dict()[k], v) for k, v in whole.state_dict().items())
+
+
+def test_the_finetune_stage_keys_its_state_by_its_own_script_too(tmp_path, monkeypatch):
+    """The stage script builds the model and its rows: its text is part of the key."""
+    import shutil
+    from conftest import ROOT, load_stage, noise_prepared
+    noise_prepared(tmp_path / "prepared", {"train": 6, "val": 3, "test": 3})
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    stage = load_stage("finetune")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def key(params, prepared_dir, scripts=()):
+        seen.append(scripts)
+        raise Stop
+
+    monkeypatch.setattr(stage, "input_key", key)
+    with pytest.raises(Stop):
+        stage.main("prepared", "model.pt", "live")
+    assert seen == [(ROOT / "stages" / "finetune.py",)]

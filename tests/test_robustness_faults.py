@@ -137,8 +137,8 @@ def test_finetune_killed_mid_training_leaves_no_output_and_the_rerun_works(proje
     assert all(name.startswith(".") and ignored(name) for name in left), left
     if sig == signal.SIGINT:
         assert left == [], f"SIGINT should clean up its temp files: {left}"
-        assert f"finetune: {INTERRUPTED}; the same command again goes on from the last " \
-               "finished epoch" in log.read_text()
+        assert f"finetune: {INTERRUPTED}; with train.resume (the default) the same command " \
+               "again goes on from the last finished epoch" in log.read_text()
         assert "Traceback" not in log.read_text()
 
     set_params(project, epochs=2)

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_choices = ("auto (CUDA when present, else MPS, else the CPU), cpu, cuda, cuda:N or "
                       "mps (default auto)")
     device_help = f"where torch runs the model (onnxruntime runs on the CPU): {device_choices}"
-    batch_help = "images a forward pass (default %(default)s; fewer if memory is short)"
+    batch_help = "images per forward pass (default %(default)s; fewer if memory is short)"
     p = commands.add_parser("predict", help="top-k classes of images, as CSV or JSON")
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH",

@@ -190,7 +190,8 @@ class TrainParams:
         _choice(f"{prefix}.class_balance", self.class_balance, CLASS_BALANCE)
         _range(f"{prefix}.feature_cache_gb", self.feature_cache_gb, 0)
         if isinstance(self.loader_workers, str):
-            _choice(f"{prefix}.loader_workers", self.loader_workers, ["auto"], "an integer from 0 to 64")
+            _choice(f"{prefix}.loader_workers", self.loader_workers, ["auto"],
+                    "an integer from 0 to 64")
         else:
             _range(f"{prefix}.loader_workers", self.loader_workers, 0, 64)
         _choice(f"{prefix}.head_init", self.head_init, HEAD_INITS)

@@ -1,6 +1,7 @@
 """The audit's outputs: the suspects as CSV rows, the counts, and a gallery of the top ones."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,7 @@ def labels_phrase(summary: dict) -> str:
     accuracy = summary.get("probe_accuracy")
     if accuracy is None:
         return phrase
-    phrase += f" (the probe right on {accuracy:.0%} out of fold"
+    phrase += f" (the probe right on {math.floor(accuracy * 100)}% out of fold"  # 89.95: 89
     if summary["label"] and accuracy < WEAK_PROBE:
         phrase += ": a weak probe, many may be right labels; look before you relabel"
     return phrase + ")"

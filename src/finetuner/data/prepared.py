@@ -30,8 +30,9 @@ class Prepared:
     augmentation: Augmentation
     directory: Path
     near_duplicates: dict | None = None  # the split's summary of them (None: an older split)
-    paths: dict[str, list[str]] | None = None  # split -> each image's file, relative to
-    #                                            data.dir, in row order (None: older arrays)
+    paths: dict[str, list[str]] | None = None  # "val", "test" -> each image's file (one row
+    #                  each), relative to data.dir, in row order: what evaluate names (None:
+    #                  older arrays; train's are not kept: nothing reads them, and they grow)
 
     @property
     def online(self) -> bool:

@@ -171,6 +171,6 @@ def prepare(split_dir: Path, data_dir: Path, out_dir: Path, image_size: int, cro
             "canvas_side": canvas_side(image_size, crop_pct) if train_views == 0 else None,
             "augmentation": augmentation.to_dict(),
             "near_duplicates": manifests.summary.get("near_duplicates"),
-            "paths": {split: manifests.paths(split) for split in SPLITS}}
+            "paths": {split: manifests.paths(split) for split in ("val", "test")}}
     write_json(out_dir / META, meta)
     return meta

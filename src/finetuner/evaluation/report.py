@@ -66,7 +66,7 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
     """Score ``checkpoint`` (its model on ``device``) on ``scored`` (a
     :class:`finetuner.data.folders.ScoredImages`); ``data``: the prepared folder (its val
     split, for the temperature)."""
-    check_training_record(model_path, checkpoint.info)
+    check_training_record(model_path, checkpoint.info)  # the stage checked; others may not have
     images, labels, source = scored.images, scored.labels, scored.source
     logits = predict_logits(checkpoint.model, images, device, batch_size)
     predicted = logits.argmax(1)

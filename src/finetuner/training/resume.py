@@ -3,7 +3,8 @@
 A :class:`ResumeStore` is one folder per *stage input key*, ``.finetuner/resume/<key>/`` under
 the stage's working directory (the project root; git- and DVC-ignored).  The key is a hash of
 everything the run depends on: its params, the prepared data (``meta.json`` and every file's
-name, size and modification time), the package's source code and the stage script's.  Each ``fit()`` of the stage
+name, size and modification time), the package's source code and the stage script's.  Each
+``fit()`` of the stage
 has a *slot* in it (``finetune``, then ``refit``): its full training state, saved atomically at
 the end of every epoch and once more, marked done, when the fit ends.
 
