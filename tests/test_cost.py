@@ -226,3 +226,22 @@ def test_no_caption_of_a_gallery_runs_into_the_image_above(tmp_path, monkeypatch
     mistakes_png(tmp_path / "m.png", images, np.zeros(9, int), np.tile([[0.1, 0.9]], (9, 1)),
                  ["cardboard", "plastic"], 16, paths=[f"c/file_{i}.jpg" for i in range(9)])
     assert len(overlaps) == 5 and max(overlaps) <= 0, overlaps
+
+
+def test_a_cross_validated_probe_s_curves_are_its_scores_against_c(tmp_path, monkeypatch):
+    from finetuner import pictures
+    from finetuner.evaluation import plots
+    seen = []
+    monkeypatch.setattr(plots, "save_png", lambda figure, path: seen.append(
+        [(ax.get_title(), ax.get_xscale(), ax.get_legend_handles_labels()[1])
+         for ax in figure.axes]) or pictures.plt.close(figure))
+    path = [{"C": C, "cv_loss": loss, "cv_acc": acc}
+            for C, loss, acc in ((0.01, 0.9, 0.6), (0.1, 0.5, 0.8), (1.0, 0.7, 0.8))]
+    record = {"members": [{"C": 0.1, "cv_loss": 0.5, "cv_acc": 0.8, "path": path}] * 2}
+    nan = float("nan")
+    plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": nan, "train_acc": nan,
+                                           "val_loss": 0.5, "val_acc": 0.8}], record,
+                     ["tf_efficientnet_lite0", "tf_efficientnet_lite1"])
+    (loss_title, scale, legend), _ = seen[0]
+    assert "cross-validation" in loss_title and scale == "log"
+    assert legend == ["tf_efficientnet_lite0: C 0.1", "tf_efficientnet_lite1: C 0.1"]

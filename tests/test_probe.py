@@ -231,6 +231,12 @@ def test_cross_validation_chooses_c_by_out_of_fold_log_likelihood():
     for C in (0.001, 10.0):  # the chosen C has the best out-of-fold log-likelihood
         other = fit_probe_cv(x, y, groups, 3, folds=5, grid=(C,), seed=0)
         assert other.probe.val_loss >= cv.probe.val_loss - 1e-12
+        # the path keeps every C's out-of-fold scores (curves.png draws them); warm-started
+        # along the grid, not from zero: equal to the solver's tolerance
+        assert dict((c, (loss, acc)) for c, loss, acc in cv.path)[C] == pytest.approx(
+            (other.probe.val_loss, other.probe.val_acc), abs=1e-4)
+    assert [C for C, _, _ in cv.path] == [0.001, 0.1, 10.0]
+    assert min(cv.path, key=lambda p: p[1])[0] == cv.probe.C
     # fitted on every row at the chosen C: scikit-learn's own fit gives the same classes
     reference = LogisticRegression(C=cv.probe.C, max_iter=2000, tol=1e-5).fit(
         (x - x.mean(0)) / x.std(0), y)

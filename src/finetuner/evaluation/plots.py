@@ -41,10 +41,16 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
 
 
 @missing_glyphs_quiet()
-def curves_png(path: str | Path, history: list[dict]) -> None:
+def curves_png(path: str | Path, history: list[dict], cross_validation: dict | None = None,
+               members: list[str] | None = None) -> None:
     """Loss and accuracy per epoch, train and val.  A series with no number (a probe's train
     columns: it trains no epochs) is left out of the plot and its legend, and the titles say
-    when no train column has one (a probe's one row: its val columns are its scores)."""
+    when no train column has one (a probe's one row: its val columns are its scores).  A
+    cross-validated probe (``cross_validation``: the checkpoint's record, whose members keep
+    their ``path``) gets its own picture instead: :func:`probe_path_png`."""
+    paths = [m.get("path") for m in (cross_validation or {}).get("members", [])]
+    if paths and all(paths):
+        return probe_path_png(path, cross_validation["members"], members)
     epochs = [h["epoch"] for h in history]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     trained = False
@@ -61,6 +67,30 @@ def curves_png(path: str | Path, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    figure.tight_layout()
+    save_png(figure, path)
+
+
+def probe_path_png(path: str | Path, records: list[dict], names: list[str] | None) -> None:
+    """Out-of-fold log-loss and accuracy of each member's probe against its L2 strength C (log
+    scale), the chosen C marked: where the choice sits, and whether it is at the grid's edge
+    (then the best C may lie beyond it)."""
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    names = names if names and len(names) == len(records) else [
+        f"member {i + 1}" for i in range(len(records))]
+    for name, record in zip(names, records):
+        Cs = [p["C"] for p in record["path"]]
+        for ax, key in ((loss_ax, "cv_loss"), (acc_ax, "cv_acc")):
+            line, = ax.plot(Cs, [p[key] for p in record["path"]], "-o", markersize=3,
+                            label=f"{name}: C {record['C']:g}")
+            ax.plot([record["C"]], [record[key]], "*", markersize=12, color=line.get_color())
+    loss_ax.set(xscale="log", xlabel="C (the inverse of the L2 penalty: smaller, stronger)",
+                ylabel="out-of-fold cross-entropy", title="the probe's cross-validation: loss")
+    acc_ax.set(xscale="log", xlabel="C (the inverse of the L2 penalty: smaller, stronger)",
+               ylabel="out-of-fold accuracy", title="accuracy (star: the C chosen, by loss)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     figure.tight_layout()
     save_png(figure, path)
 

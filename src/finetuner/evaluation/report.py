@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io import write_csv, write_json
+from ..models import member_names
 from ..models.checkpoint import check_training_record
 from .calibration import (calibration_record, calibration_scores, coverage_curve, file_sha256,
                           fit_temperature, reliability, softmax)
@@ -55,6 +56,7 @@ class Evaluation:
     # stage's line, not eval.json, where `dvc metrics diff` would pad every row to its length
     calibration_note: str | None = None
     paths: list[str] | None = None  # each scored image's file (ScoredImages.paths)
+    arch: str = ""                  # the checkpoint's (an ensemble's: its members, a+b)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -86,7 +88,7 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
         metric_intervals(labels, predicted, len(checkpoint.class_names)),
         {"temperature": temperature, "fitted_on": fitted_on,
          "fit_images": int(len(fit_labels)), **scores},
-        cost, info, data.near_duplicates, note, scored.paths)
+        cost, info, data.near_duplicates, note, scored.paths, checkpoint.arch)
 
 
 def eval_record(e: Evaluation) -> dict:
@@ -121,7 +123,8 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
               [(path, names[a], names[p], f"{e.probabilities[i, p]:.4f}")
                for i, (path, a, p) in enumerate(zip(paths, e.labels, predicted))])
     confusion_png(out / "confusion.png", e.metrics["confusion"], names, e.source)
-    curves_png(out / "curves.png", e.info["history"])
+    curves_png(out / "curves.png", e.info["history"],
+               e.info.get("strategy", {}).get("cross_validation"), member_names(e.arch))
     mistakes_png(out / "mistakes.png", e.images, e.labels, e.probabilities, names, gallery_size,
                  e.source, e.paths)
     reliability_png(out / "reliability.png", reliability(softmax(e.logits), e.labels),

@@ -129,6 +129,8 @@ class CrossValidated:
     oof: np.ndarray     # (images, classes)
     folds: int
     columns: str = "all"  # "all" the features given, or "last": only their last columns
+    path: tuple[tuple[float, float, float], ...] = ()  # (C, out-of-fold log-loss, accuracy)
+    #                                                    for each C of the grid, ascending
 
 
 def fit_probe_cv_columns(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -150,7 +152,7 @@ def fit_probe_cv_columns(features: np.ndarray, labels: np.ndarray, groups: np.nd
     weight = np.zeros((num_classes, width), np.float32)
     weight[:, width - last:] = alone.probe.weight
     return CrossValidated(dataclasses.replace(alone.probe, weight=weight), alone.oof,
-                          alone.folds, "last")
+                          alone.folds, "last", alone.path)
 
 
 def fit_probe_cv(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -184,11 +186,12 @@ def fit_probe_cv(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
         oof[:, held] = _path(z[fit_rows], labels[fit_rows], z[first[held]], grid, num_classes)
     truth = labels[first]
     likelihood = [np.log(np.clip(p[np.arange(len(truth)), truth], 1e-12, 1)).mean() for p in oof]
+    accuracy = [float((p.argmax(1) == truth).mean()) for p in oof]
     best = int(np.argmax(likelihood))  # first maximum: the strongest penalty among ties
     weight, bias = _fit(features, labels, num_classes, grid[best], mean, scale)
-    accuracy = float((oof[best].argmax(1) == truth).mean())
-    probe = Probe(weight, bias, grid[best], accuracy, float(-likelihood[best]))
-    return CrossValidated(probe, oof[best], folds)
+    probe = Probe(weight, bias, grid[best], accuracy[best], float(-likelihood[best]))
+    path = tuple((C, float(-l), a) for C, l, a in zip(grid, likelihood, accuracy))
+    return CrossValidated(probe, oof[best], folds, path=path)
 
 
 def _path(x: np.ndarray, y: np.ndarray, held: np.ndarray, grid: tuple[float, ...],
@@ -249,7 +252,8 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                    seed: int, choose_layers: bool = False) -> dict:
     """Fit the probe of ``model`` (of each member of an ensemble) on train + val, its L2
     strength chosen by ``folds``-fold cross-validation there (:func:`fit_probe_cv`), and load
-    it into the head.  ``choose_layers`` (``probe.layers: auto``; the model reads every
+    it into the head (each member's record keeps its out-of-fold scores at every C tried:
+    ``path``, what the evaluate stage's curves.png draws for a probe).  ``choose_layers`` (``probe.layers: auto``; the model reads every
     stage): the same cross-validation also chooses, per member, between every stage's pooled
     features and the last stage's alone (:func:`fit_probe_cv_columns`).  Returns the record:
     each member's C, features read and out-of-fold scores, and the out-of-fold accuracy and
@@ -279,7 +283,9 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
         layers = member.layers if cv.columns == "all" else "last"
         records.append({"C": cv.probe.C, "cv_acc": cv.probe.val_acc,
                         "cv_loss": cv.probe.val_loss, "layers": layers,
-                        "features": int(features.shape[1] if cv.columns == "all" else last)})
+                        "features": int(features.shape[1] if cv.columns == "all" else last),
+                        "path": [{"C": C, "cv_loss": loss, "cv_acc": acc}
+                                 for C, loss, acc in cv.path]})
         oofs.append(cv.oof)
     if cv.folds < 2:  # a class of one image: no fold can hold it out, so nothing is scored
         return {"selection": f"no cross-validation (a class has fewer than 2 images): "
