@@ -48,8 +48,9 @@ def warning(data_dir: str | Path, key: str = "data.dir") -> str | None:
         return None
     name = str(data_dir).rstrip("/")
     folder, dvc_file = shlex.quote(name), shlex.quote(name + ".dvc")
-    in_git = _git_files(Path(".").resolve(), Path(name).resolve().relative_to(Path(".").resolve()))
-    first = f"git rm -r -q --cached {folder} && " if in_git else ""
+    project = Path(".").resolve()
+    tracked = _git_files(project, Path(name).resolve().relative_to(project))  # by git already
+    first = f"git rm -r -q --cached {folder} && " if tracked else ""
     return (f"{key} {data_dir} is inside the project, and neither DVC nor .gitignore keeps its "
             f"{count} new file(s) out of git: every dvc exp run commits them into git with the "
             f"experiment. Track the folder with DVC: {first}dvc add {folder} && git add "
