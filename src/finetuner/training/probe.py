@@ -253,13 +253,14 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
     """Fit the probe of ``model`` (of each member of an ensemble) on train + val, its L2
     strength chosen by ``folds``-fold cross-validation there (:func:`fit_probe_cv`), and load
     it into the head (each member's record keeps its out-of-fold scores at every C tried:
-    ``path``, what the evaluate stage's curves.png draws for a probe).  ``choose_layers`` (``probe.layers: auto``; the model reads every
-    stage): the same cross-validation also chooses, per member, between every stage's pooled
-    features and the last stage's alone (:func:`fit_probe_cv_columns`).  Returns the record:
-    each member's C, features read and out-of-fold scores, and the out-of-fold accuracy and
-    log-loss of the whole model (members' probabilities averaged), an estimate from the
-    training images alone (None, with no out-of-fold predictions, when a class has fewer than 2
-    images: the middle of the grid is used).  Nothing of the test split is read."""
+    ``path``, what the evaluate stage's curves.png draws for a probe).  ``choose_layers``
+    (``probe.layers: auto``; the model reads every stage): the same cross-validation also
+    chooses, per member, between every stage's pooled features and the last stage's alone
+    (:func:`fit_probe_cv_columns`).  Returns the record: each member's C, features read and
+    out-of-fold scores, and the out-of-fold accuracy and log-loss of the whole model
+    (members' probabilities averaged), an estimate from the training images alone (None,
+    with no out-of-fold predictions, when a class has fewer than 2 images: the middle of the
+    grid is used).  Nothing of the test split is read."""
     members = list(model.members) if isinstance(model, ProbeEnsemble) else [model]
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
