@@ -375,8 +375,8 @@ def test_the_cli_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "one"), "--arch", "tf_efficientnet_lite9"]) == 2
     assert "tf_efficientnet_lite" in capsys.readouterr().err
     make_shapes_folder(tmp_path / "two", 2)
-    assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--image-size", "8"]) == 2
-    assert "--image-size 8 is below" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "two"), "--arch", ARCH, "--image-size", "24"]) == 2
+    assert "--image-size 24 is below" in capsys.readouterr().err  # Lite0's 32 px
     if not torch.cuda.is_available():  # a device that is not here: before any image is read
         assert main(["audit", str(tmp_path / "absent"), "--arch", ARCH, "--device", "cuda"]) == 2
         assert "--device is 'cuda' but CUDA is not available here" in capsys.readouterr().err

@@ -420,6 +420,9 @@ def test_min_confidence_between_splits_photos_at_their_top_probability(checkpoin
     (["audit", "x", "--seed", "-1"], "--seed: must be an integer from 0 to 2147483647, not -1"),
     (["audit", "x", "--outlier-fence", "-5"], "--outlier-fence: must be a number of 0 or more"),
     (["audit", "x", "--outlier-fence", "nan"], "--outlier-fence: must be a number of 0 or more"),
+    (["audit", "x", "--outlier-fence", "inf"], "--outlier-fence: must be a number of 0 or more"),
+    (["audit", "x", "--image-size", "4096"], "--image-size: must be an integer from 16 to 1024"),
+    (["audit", "x", "--image-size", "8"], "--image-size: must be an integer from 16 to 1024"),
     (["audit", "x", "--near-duplicate-ratio", "2"], "must be a number from 0 to 1, not 2"),
 ])
 def test_numeric_options_outside_what_their_params_allow_are_usage_errors(argv, words, capsys):

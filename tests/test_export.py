@@ -118,6 +118,8 @@ def test_onnx_metadata_and_sidecar_round_trip(resnet, resnet_onnx):
         assert "resize the short side to 73 px (image_size / crop_pct), bicubic, antialiased" \
             in meta["preprocessing"]
         assert "centre-crop 64 x 64" in meta["preprocessing"]
+        assert "a JPEG at the smallest DCT scale" in meta["preprocessing"][0]  # as predict does
+        assert "short side is still at least 73 px" in meta["preprocessing"][0]
     _, read = read_onnx(resnet_onnx)
     assert {k: read[k] for k in ("class_names", "image_size", "crop_pct", "temperature")} == {
         "class_names": CLASSES, "image_size": SIZE, "crop_pct": 0.875, "temperature": None}

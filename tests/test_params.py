@@ -176,6 +176,17 @@ def test_unreadable_params_files(tmp_path, text, words):
         assert word in str(error.value)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+    with pytest.raises(ParamsError, match="cannot be read: Is a directory"):
+        load_params(tmp_path)
+
+
+def test_yaml_merge_keys_are_read_and_keys_below_them_win(tmp_path):
+    """`<<: *anchor` is valid YAML (safe_load reads it); the duplicate-key check once refused it
+    as "not valid YAML"."""
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 0.05\ntrain:\n  <<: {epochs: 2, batch_size: 16}\n  epochs: 3\n")
+    params = load_params(path)
+    assert (params.lr, params.train.epochs, params.train.batch_size) == (0.05, 3, 16)
 
 
 def test_every_stage_checks_params_before_any_work(tmp_path, monkeypatch):

@@ -141,6 +141,26 @@ def test_probe_and_auto_record_what_was_chosen_on_val(strategy):
         assert acc == pytest.approx(outcome.best_val_acc)
 
 
+@pytest.mark.parametrize("keep_probe", [True, False])
+def test_auto_records_early_stopping_of_the_model_it_kept(monkeypatch, keep_probe):
+    """A kept probe ran one "epoch" and stopped nothing early, whatever the dropped fine-tune
+    did (the finetune stage's `stopped_early` beside `epochs_run`)."""
+    real_fit = strategy_module.fit
+
+    def stopping(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        result.stopped_early = True
+        return result
+    monkeypatch.setattr(strategy_module, "fit", stopping)
+    monkeypatch.setattr(strategy_module, "_prefer_probe", lambda *args: keep_probe)
+    params = params_for("auto", probe={"folds": 0})
+    _, outcome = train_model(lambda: build_model("resnet18", "none", 3), tiny_data(), params,
+                             Dist(torch.device("cpu")), progress=False)
+    assert outcome.chosen == ("probe" if keep_probe else "finetune")
+    assert outcome.stopped_early is not keep_probe
+    assert len(outcome.history) == (1 if keep_probe else params.train.epochs)
+
+
 def test_auto_keeps_the_probe_unless_the_finetune_is_better_by_one_standard_error():
     from finetuner.training.strategy import _prefer_probe
     probe = {"val_acc": 0.80, "val_loss": 0.5}

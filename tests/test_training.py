@@ -172,6 +172,33 @@ def test_a_small_last_batch_is_evened_out_with_the_one_before():
     assert sizes == {16: [8, 8], 17: [8, 5, 4], 18: [8, 5, 5], 20: [8, 8, 4], 7: [7]}
 
 
+def test_every_row_is_in_a_batch_and_the_schedule_counts_the_batches_that_run():
+    """With several processes a last batch of fewer than two rows each was dropped: 40 images
+    in batches of 16 on 8 processes trained 32 an epoch in 2 batches while the lr schedule
+    counted 3 (a cosine never reached its end)."""
+    from finetuner.training.batches import batch_sizes, epoch_batches
+    assert batch_sizes(40, 16, 8) == [16, 24]          # halves of 12 < 2 x 8: one batch
+    assert batch_sizes(12, 8, 4) == [12]           # halves of 6 < 2 x 4: one batch
+    assert batch_sizes(3, 2, 1) == [3]
+    assert batch_sizes(17, 8) == [8, 5, 4] and batch_sizes(7, 8) == [7]
+    for n, size, world in [(40, 16, 8), (12, 8, 4), (3, 2, 1), (101, 16, 2), (5, 64, 2)]:
+        data = tiny_data(n_per_class=1, classes=1)
+        data.train_labels = torch.zeros(n, dtype=torch.long)
+        batches = epoch_batches(data, 0, 0, size, False, world)
+        assert [len(b) for b in batches] == batch_sizes(n, size, world)
+        assert sorted((torch.cat(batches) // data.views).tolist()) == list(range(n))
+        assert all(len(b) >= 2 * world for b in batches)
+
+
+def test_the_lr_schedule_ends_on_the_last_batch_that_runs():
+    """A cosine schedule's last epoch starts where the batches really are: 3 images in
+    batches of 2 are one batch of 3 an epoch, so epoch 2 of 2 starts half-way down."""
+    _, result = fit_tiny({"lr": 0.1, "train": {"epochs": 2, "schedule": "cosine",
+                                               "batch_size": 2, "warmup_epochs": 0}},
+                         data=tiny_data(n_per_class=1, classes=3))
+    assert [round(r["lr"] / 0.1, 3) for r in result.history] == [1.0, 0.5]
+
+
 def test_from_scratch_training_on_tiny_images_stays_finite_at_lr_0_02():
     """Lite0 without pretrained weights, 32 px, 18 rows in batches of 8: with a last batch of 2
     rows (before the batches were evened out) its gradients reached 1e7 and the loss NaN in the
@@ -181,3 +208,18 @@ def test_from_scratch_training_on_tiny_images_stays_finite_at_lr_0_02():
                                                                   "schedule": "cosine"}},
                              arch="tf_efficientnet_lite0")
         assert all(math.isfinite(h["train_loss"]) for h in result.history), result.history
+
+
+def test_a_non_finite_val_loss_is_never_the_best_epoch():
+    """A NaN val loss in the first epoch (fp16 overflowing in validation) was kept as the best:
+    nothing compares below NaN, so early stopping returned epoch 1's weights."""
+    from finetuner.training.loop import _Best
+    model = torch.nn.Linear(2, 2)
+    best = _Best("val_loss", patience=3)
+    stops = [best.update({"epoch": e + 1, "val_loss": v}, model, validating=True)
+             for e, v in enumerate([math.nan, 0.5, math.inf, 0.4, 0.3])]
+    assert (best.epoch, best.value, stops) == (5, 0.3, [False] * 5)
+    first = _Best("val_acc", patience=0)
+    first.update({"epoch": 1, "val_acc": math.nan}, model, validating=True)
+    first.update({"epoch": 2, "val_acc": math.nan}, model, validating=True)
+    assert first.epoch == 1  # all non-finite: the first epoch, as before

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import sys
 import textwrap
@@ -60,7 +61,7 @@ class UsageError(ValueError):
 
 def _bounded(kind: type, low: float, high: float | None = None):
     """An argparse type: a ``kind`` (int or float) from ``low`` to ``high`` (None: no upper
-    bound), as the matching param of params.yaml allows; nan and words are refused."""
+    bound), as the matching param of params.yaml allows; nan, inf and words are refused."""
     allowed = ("an integer" if kind is int else "a number") + (
         f" from {low} to {high}" if high is not None else f" of {low} or more")
 
@@ -69,7 +70,7 @@ def _bounded(kind: type, low: float, high: float | None = None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {allowed}, not {text!r}") from None
-        if not (value >= low and (high is None or value <= high)):  # nan fails both
+        if not (value >= low and (high is None or value <= high)) or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be {allowed}, not {text}")
         return value
     return parse
@@ -416,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the backbone whose ImageNet features are compared, at its native size; "
                         "for an ensemble a+b, a's at the ensemble's size, as the audit stage "
                         "(default: the photos preset's, %(default)s)")
-    p.add_argument("--image-size", type=_positive_int, metavar="PX",
+    p.add_argument("--image-size", type=_bounded(int, 16, 1024), metavar="PX",
                    help="as preprocess.image_size, to read what the audit stage reads (the "
                         "photos preset: 300; default: --arch's native size)")
     p.add_argument("--weights", default="DEFAULT", help="as model.weights (default: DEFAULT)")

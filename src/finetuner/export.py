@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.views import canvas_side, eval_resize
 from .io import atomic_path, write_json
 from .models.checkpoint import Checkpoint
 
@@ -64,9 +65,12 @@ def format_for(out: str | Path, fmt: str | None = None) -> str:
 
 
 def preprocessing(image_size: int, crop_pct: float) -> list[str]:
-    """The steps that turn a photo into the model's input (as data.preprocess.eval_view)."""
-    resize = int(image_size / crop_pct)
-    return ["decode to RGB, EXIF orientation applied",
+    """The steps that turn a photo into the model's input, in words: what
+    :func:`finetuner.data.views.eval_view_of` does, which every accuracy was measured on."""
+    resize = eval_resize(image_size, crop_pct)
+    return [f"decode to RGB, EXIF orientation applied; a JPEG at the smallest DCT scale (1/2, "
+            f"1/4, 1/8: libjpeg's draft mode, PIL's Image.draft) whose short side is still at "
+            f"least {canvas_side(image_size, crop_pct)} px",
             f"resize the short side to {resize} px (image_size / crop_pct), bicubic, antialiased",
             f"centre-crop {image_size} x {image_size}",
             "to float: uint8 / 255, layout NCHW"]

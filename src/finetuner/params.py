@@ -263,6 +263,8 @@ def is_device_name(name: str) -> bool:
     param's and the command line's ``--device``'s check."""
     return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:")
                                                       and name[5:].isdigit())
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -510,6 +512,8 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False):
     seen = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given below win
+            continue
         key = loader.construct_object(key_node, deep=deep)
         try:
             first = seen.get(key)
@@ -536,6 +540,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project's root") from None
+    except OSError as error:  # a folder, no permission to read
+        raise ParamsError(f"{path}: cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     except UnicodeDecodeError as error:

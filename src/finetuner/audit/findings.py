@@ -5,8 +5,8 @@
   cleanlab's ``find_label_issues`` reads its out-of-sample probabilities (confident learning:
   per-class thresholds, the count of likely errors estimated from the joint of given and
   predicted labels; in each given class, that many of the least likely: ``prune_by_class``,
-  which found more flips than the default on TrashNet's six classes, the same on two).  Score: 1 - the probability of the given label; suggested: the likeliest
-  other class.
+  which found more flips than the default on TrashNet's six classes, the same on two).
+  Score: 1 - the probability of the given label; suggested: the likeliest other class.
 * **near_duplicate**: regional features, centred on the set's mean, compared by cosine
   distance in blocks (:func:`finetuner.data.near_duplicates.nearest`).  A pair is reported
   when its distance is at most ``ratio`` times *each* image's distance to its 5th nearest

@@ -21,9 +21,14 @@ from .images import ImageError, decode_image
 from .manifest import InputError
 
 
+def eval_resize(size: int, crop_pct: float) -> int:
+    """The short side the evaluation view resizes an image to before its centre crop."""
+    return int(math.floor(size / crop_pct))
+
+
 def eval_view(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
     """Resize the short side to ``size / crop_pct`` and centre-crop ``size`` x ``size``."""
-    resize = T.Resize(int(math.floor(size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC,
+    resize = T.Resize(eval_resize(size, crop_pct), interpolation=T.InterpolationMode.BICUBIC,
                       antialias=True)
     return T.CenterCrop(size)(resize(image))
 

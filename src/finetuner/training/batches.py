@@ -118,25 +118,31 @@ def epoch_order(labels: torch.Tensor, views: int, epoch: int, seed: int,
     return images * views + view
 
 
+def batch_sizes(n: int, batch_size: int, world_size: int = 1) -> list[int]:
+    """The sizes of an epoch's global batches of ``n`` rows: ``batch_size`` each, but the last.
+
+    A last batch under half the batch size, or with fewer than two rows per process, is evened
+    out with the one before it (two batches of about (batch_size + rest) / 2 rows): BatchNorm
+    normalises a training batch by its own statistics, and over a handful of rows, at the 1 x 1
+    pixels a small image has in the last stages, those are noise whose gradients explode (a
+    batch of 2 after two of 8 took a from-scratch Lite0 at 32 px to NaN at lr 0.02:
+    docs/robustness.md).  Should the two halves still have fewer than two rows per process,
+    they are one batch (over ``batch_size`` only when it is under 4 x ``world_size`` + 2).
+    Every row is in a batch; the count is what the lr schedule steps through.
+    """
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    if len(sizes) > 1 and (2 * sizes[-1] < batch_size or sizes[-1] < 2 * world_size):
+        both = sizes.pop() + sizes.pop()
+        halves = [both - both // 2, both // 2]  # as torch.tensor_split cuts: the larger first
+        sizes += halves if halves[1] >= 2 * world_size else [both]
+    return sizes
+
+
 def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int, balance: bool,
                   world_size: int = 1) -> list[torch.Tensor]:
-    """The epoch's global batches of row indices, none over ``batch_size`` rows and none under
-    half of it (but a single one).
-
-    A last batch under half the batch size is evened out with the one before it (two batches
-    of about (batch_size + rest) / 2 rows): BatchNorm normalises a training batch by its own
-    statistics, and over a handful of rows, at the 1 x 1 pixels a small image has in the last
-    stages, those are noise whose gradients explode (a batch of 2 after two of 8 took a
-    from-scratch Lite0 at 32 px to NaN at lr 0.02: docs/robustness.md).  A last batch with
-    fewer than two rows per process is still dropped, should one remain.
-    """
+    """The epoch's global batches of row indices, of the sizes :func:`batch_sizes` gives."""
     order = epoch_order(data.train_labels, data.views, epoch, seed, balance)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and 2 * len(batches[-1]) < batch_size:
-        batches[-2:] = torch.tensor_split(torch.cat(batches[-2:]), 2)
-    if len(batches) > 1 and len(batches[-1]) < 2 * world_size:
-        batches.pop()
-    return batches
+    return list(torch.split(order, batch_sizes(len(order), batch_size, world_size)))
 
 
 class EpochBatches(torch.utils.data.Dataset):

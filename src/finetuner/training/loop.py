@@ -34,7 +34,7 @@ from ..models import StagedClassifier
 from ..params import Params, ParamsError
 from ..runtime import resolve_precision
 from . import distributed
-from .batches import TrainData, class_weights, epoch_batches, loader_workers
+from .batches import TrainData, batch_sizes, class_weights, epoch_batches, loader_workers
 from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
@@ -51,12 +51,14 @@ class DivergedError(ValueError):
     earlier_seconds: float = 0.0
 
 
-def _diverged(loss: float, epoch: int, epochs: int, lr: float) -> DivergedError:
-    """The error for a non-finite mean training loss in ``epoch`` (1-based): one line."""
+def _diverged(loss: float, epoch: int, epochs: int, lr: float, rate: float) -> DivergedError:
+    """The error for a non-finite mean training loss in ``epoch`` (1-based): one line.  ``lr``:
+    the params' lr; ``rate``: the head's at the epoch's start (after warmup and schedule)."""
     kept = f"the state after epoch {epoch - 1} is kept" if epoch > 1 else "nothing is kept"
+    now = f" ({rate:g} in this epoch, by the schedule)" if not math.isclose(rate, lr) else ""
     return DivergedError(f"epoch {epoch} of {epochs}: the training loss is {loss}: training "
-                         f"diverged at lr {lr:g}; {kept}, and a rerun with the same params "
-                         "diverges again: lower lr")
+                         f"diverged at lr {lr:g}{now}; {kept}, and a rerun with the same "
+                         "params diverges again: lower lr")
 
 
 @dataclass
@@ -104,7 +106,9 @@ def validate(model: StagedClassifier, prefix: FrozenPrefix, labels: torch.Tensor
 
 
 def _better(monitor: str, value: float, best: float | None) -> bool:
-    if best is None:
+    """Whether ``value`` of ``monitor`` beats ``best``; a non-finite value (a validation
+    overflowing in fp16) beats nothing but a non-finite best, and nothing beats a finite one."""
+    if best is None or (not math.isfinite(best) and math.isfinite(value)):
         return True
     return value > best if monitor == "val_acc" else value < best
 
@@ -200,7 +204,7 @@ def _start(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
     if ctx.enabled and n_train < 2 * ctx.world_size:
         raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} "
                           "processes (at least 2 each); use nproc_per_node: 1")
-    steps_per_epoch = max(1, math.ceil(n_train / t.batch_size))
+    steps_per_epoch = max(1, len(batch_sizes(n_train, t.batch_size, ctx.world_size)))
     total_steps = steps_per_epoch * t.epochs
     num_stages = model.num_stages
     freeze_depth = resolved_freeze_depth(params.freeze_depth, num_stages)
@@ -391,7 +395,8 @@ def _epoch(run: _Run, epoch: int, went: _Progress) -> dict:
     train_loss, train_acc = _train_epoch(run, epoch)
     if not math.isfinite(train_loss):
         run.bar.close()
-        raise _diverged(train_loss, epoch + 1, run.params.train.epochs, run.params.lr)
+        raise _diverged(train_loss, epoch + 1, run.params.train.epochs, run.params.lr,
+                        went.lrs[-1][0])
     val_loss, val_acc = (validate(run.model, run.val_prefix, run.val_labels, run.device,
                                   run.precision, run.ctx, run.params.train.batch_size)
                          if run.validating else (math.nan, math.nan))

@@ -207,12 +207,13 @@ def _finetune_and_choose(run: Selection) -> tuple[StagedClassifier, Outcome]:
     if observe:
         observe("finetune", model)
     chosen, history, best_epoch = "finetune", result.history, result.best_epoch
+    stopped_early = result.stopped_early
     if params.strategy == "auto":
         candidates["probe"], probe_model = _auto_probe(build, data, params, ctx, store,
                                                        result.probe, candidates["finetune"],
                                                        observe)
         if probe_model is not None:  # the record describes the model kept, not the one dropped
-            chosen, model, best_epoch = "probe", probe_model, 1
+            chosen, model, best_epoch, stopped_early = "probe", probe_model, 1, False
             history = _probe_history(result.probe, model.num_stages,
                                      time.perf_counter() - run.start)
     drop = (probe_drop(result.history, result.probe.val_acc, data.val_labels,
@@ -220,7 +221,7 @@ def _finetune_and_choose(run: Selection) -> tuple[StagedClassifier, Outcome]:
             if result.probe is not None else None)
     return model, Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
                           result.world_size, result.probe.C if result.probe else None,
-                          run.refit, result.stopped_early, probe_drop=drop,
+                          run.refit, stopped_early, probe_drop=drop,
                           earlier_seconds=result.earlier_seconds)
 
 
