@@ -19,10 +19,8 @@ from finetuner.stage import run_stage  # first: Ctrl-C during the imports below 
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from finetuner.arch_params import load_arch_params
-from finetuner.audit.features import audit_arch, folder_batches, image_features
+from finetuner.audit.features import audit_arch, files_features
 from finetuner.audit.findings import audit
 from finetuner.audit.report import labels_phrase, suspects_png, write_suspects
 from finetuner.data.images import ImageError
@@ -46,10 +44,8 @@ def main(data_dir: str, split_dir: str, input_spec: str, suspects_csv: str,
     classes, (paths, labels, splits) = manifests.classes, manifests.listed()
     arch = audit_arch(params.model.arch)  # an ensemble's first member, at the views' size
     model = build_model(arch, params.model.weights, len(classes))
-    with tqdm(total=len(paths), desc="audit", unit="image", leave=False, mininterval=1.0) as bar:
-        batches = folder_batches([data / path for path in paths], size, crop_pct,
-                                 workers=params.preprocess.workers)
-        features = image_features(model, batches, device, bar.update)
+    features = files_features(model, [data / path for path in paths], size, crop_pct, device,
+                              workers=params.preprocess.workers)
     feature_seconds = time.perf_counter() - start
     a = params.audit
     result = audit(features, labels, classes, paths, splits, a.near_duplicate_ratio,

@@ -296,7 +296,7 @@ def _list_families(as_json: bool) -> int:
 # --- audit ------------------------------------------------------------------------------------
 
 def _audit(args) -> int:
-    from .audit.features import audit_arch, folder_batches, image_features
+    from .audit.features import audit_arch, files_features
     from .audit.findings import COLUMNS, audit
     from .audit.report import labels_phrase
     from .data.scan import class_folders, scan_folder
@@ -326,9 +326,8 @@ def _audit(args) -> int:
     except WeightsError as error:
         raise UsageError(str(error)) from None
     paths = [item.path for item in items]
-    batches = folder_batches([args.dir / p for p in paths], size, spec.crop_pct,
-                             args.batch_size, changed="did the folder change while it was read?")
-    features = image_features(model, batches, device)
+    features = files_features(model, [args.dir / p for p in paths], size, spec.crop_pct, device,
+                              args.batch_size, changed="did the folder change while it was read?")
     result = audit(features, np.array([classes.index(item.label) for item in items]), classes,
                    paths, [""] * len(paths), args.near_duplicate_ratio, args.outlier_fence,
                    args.seed)

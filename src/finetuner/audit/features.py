@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..data.images import ImageError
 from ..data.views import AFTER_SPLIT, changed_after_split, eval_view_of
@@ -170,3 +171,15 @@ def folder_batches(paths: list[Path], size: int, crop_pct: float, batch_size: in
         if isinstance(batch, str):
             raise ImageError(batch)
         yield batch
+
+
+def files_features(model: StagedClassifier, paths: list[Path], size: int, crop_pct: float,
+                   device: torch.device, batch_size: int = 32, workers: int = 0,
+                   changed: str = AFTER_SPLIT) -> Features:
+    """:class:`Features` of image files' evaluation views (:func:`folder_batches` into
+    :func:`image_features`), with a progress bar on a terminal: what the audit stage and
+    ``finetuner audit`` compute."""
+    with tqdm(total=len(paths), desc="audit", unit="image", leave=False, mininterval=1.0,
+              disable=None) as bar:  # None: only on a terminal
+        batches = folder_batches(paths, size, crop_pct, batch_size, workers, changed)
+        return image_features(model, batches, device, bar.update)
