@@ -270,20 +270,11 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     feed = run.train_prefix.epoch(local_batches, view_labels, epoch, run.params.seed, data.mix,
                                   run.workers)
     for index, local, (x, target) in zip(batches, local_batches, feed):
-        set_lr(run.optimizer, run.multiplier(run.step))
         # the global batch's mean loss: summed here, divided by the whole batch's size (or
         # weight); DDP averages gradients over ranks, hence * world_size
         denom = (float(run.weight_cpu[view_labels[index]].sum()) if weight is not None
                  else float(len(index)))
-        with run.precision.autocast():
-            logits = run.trainable(x)
-        loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
-                                   label_smoothing=t.label_smoothing, reduction="sum")
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss_sum * (ctx.world_size / denom)).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.step += 1
+        loss_sum, logits = _step(run, x, target, weight, denom)
         total_loss += loss_sum.detach() * (len(index) / denom)
         hard = target.argmax(1) if target.dim() == 2 else target  # mixed: the larger part
         correct += (logits.argmax(1) == hard).sum()
@@ -294,6 +285,23 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
         _average_batchnorm_stats(run.model, ctx)
         total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], ctx)
     return total_loss / max(1, seen), correct / max(1, seen)
+
+
+def _step(run: _Run, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+          denom: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on this process's share ``x`` of a global batch whose loss is divided
+    by ``denom``, at the step's lr: (the share's summed loss, its logits)."""
+    set_lr(run.optimizer, run.multiplier(run.step))
+    with run.precision.autocast():
+        logits = run.trainable(x)
+    loss_sum = F.cross_entropy(logits.float(), target, weight=weight,
+                               label_smoothing=run.params.train.label_smoothing, reduction="sum")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss_sum * (run.ctx.world_size / denom)).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+    return loss_sum, logits
 
 
 def _probe_state(probe: Probe | None) -> dict | None:
