@@ -12,7 +12,7 @@ from finetuner.models import build_model
 from finetuner.params import parse_params
 from finetuner.training import loop
 from finetuner.training.distributed import Dist
-from finetuner.training.probe import fit_probe
+from finetuner.training.probe_fit import fit_probe
 from finetuner.training import strategy as strategy_module
 from finetuner.training.strategy import train_model
 
@@ -241,7 +241,7 @@ def test_a_refit_whose_loss_turns_nan_is_dropped_and_the_model_chosen_on_val_kep
 
 
 def test_cross_validation_chooses_c_by_out_of_fold_log_likelihood():
-    from finetuner.training.probe import fit_probe_cv
+    from finetuner.training.probe_fit import fit_probe_cv
     x, y = blobs(n=90)
     groups = np.arange(len(y))
     cv = fit_probe_cv(x, y, groups, 3, folds=5, grid=(0.001, 0.1, 10.0), seed=0)
@@ -264,7 +264,7 @@ def test_cross_validation_chooses_c_by_out_of_fold_log_likelihood():
 
 
 def test_cross_validation_is_deterministic_and_never_splits_an_image():
-    from finetuner.training.probe import fit_probe_cv
+    from finetuner.training.probe_fit import fit_probe_cv
     x, y = blobs(n=60)
     # every image has 3 rows (views): nearly identical copies of one another.  Were an image's
     # rows split over folds, its held-out view would be predicted by a probe that saw its
@@ -281,7 +281,7 @@ def test_cross_validation_is_deterministic_and_never_splits_an_image():
 
 
 def test_cross_validation_falls_back_when_a_class_has_one_image():
-    from finetuner.training.probe import CV_GRID, fit_probe_cv
+    from finetuner.training.probe_fit import CV_GRID, fit_probe_cv
     x, y = blobs(n=10)
     y[:] = 0
     y[0], y[1] = 1, 2  # classes 1 and 2 have one image each: no fold can hold them out
@@ -294,7 +294,7 @@ def test_cross_validation_reads_the_last_stage_alone_where_that_predicts_better(
     """``probe.layers: auto``: every column, or the last ones alone, by out-of-fold
     log-likelihood; a probe of the last columns weighs the others zero and predicts as a
     probe fitted on them alone."""
-    from finetuner.training.probe import fit_probe_cv, fit_probe_cv_columns
+    from finetuner.training.probe_fit import fit_probe_cv, fit_probe_cv_columns
     x, y = blobs(n=60)
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 1, (60, 300))  # earlier stages' columns that carry nothing

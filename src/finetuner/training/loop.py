@@ -39,7 +39,8 @@ from .distributed import Dist
 from .freeze import depth_at_epoch, set_frozen_prefix, train_mode
 from .optim import lr_multiplier, make_optimizer, set_lr, unfreeze
 from .prefix import FrozenPrefix, PrefixStore, prefix_for
-from .probe import C_GRID, Probe, probe_head
+from .probe import probe_head
+from .probe_fit import C_GRID, Probe
 from .resume import DoneState, EpochState, ResumeSlot, rng_state, set_rng_state
 
 

@@ -34,7 +34,8 @@ from .distributed import Dist
 from .batches import TrainData
 from .loop import DivergedError, fit
 from .prefix import PrefixStore, merged_store
-from .probe import C_GRID, Probe, cv_probe_heads, probe_head
+from .probe import cv_probe_heads, probe_head
+from .probe_fit import C_GRID, Probe
 from .resume import ResumeSlot, ResumeStore
 
 Builder = Callable[[], StagedClassifier]
