@@ -134,11 +134,21 @@ def jpeg_copy(image: Image.Image, scale: float = 0.8, quality: int = 70) -> Imag
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", "conf", "vendor"]
+PROJECT_FILES = ["dvc.yaml", "stages", "src", ".dvcignore", "conf", "vendor"]
+
+
+def demo_params(conf: Path = ROOT / "conf") -> str:
+    """The text of params.yaml for the demo preset, composed from ``conf``: what the tests take
+    for the project's params.  Never the workspace's params.yaml, which every `dvc exp run`
+    rewrites with that experiment's values (a user's `-S evaluate.test_dir=...` once failed
+    the tests that copied it)."""
+    from finetuner.presets import params_yaml
+    return params_yaml("demo", conf=conf)
 
 
 def copy_project(repo: Path) -> Path:
-    """The pipeline's files (not its data or outputs, nor .dvc/) copied into ``repo``."""
+    """The pipeline's files (not its data or outputs, nor .dvc/) copied into ``repo``, and a
+    params.yaml of the demo composed from the copied conf/ (:func:`demo_params`)."""
     repo.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -146,6 +156,7 @@ def copy_project(repo: Path) -> Path:
             shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, repo / name)
+    (repo / "params.yaml").write_text(demo_params(repo / "conf"))
     return repo
 
 
@@ -186,6 +197,7 @@ def tiny_conf(repo: Path, base: dict | None = None, demo: dict | None = None) ->
     params.yaml written from it, as `python -m finetuner.presets` writes it."""
     from finetuner.presets import params_yaml
     edit_yaml(repo / "conf" / "config.yaml", {
+        "defaults": ["_self_", {"preset": "demo"}],  # whatever a user made the default
         "data": {"dir": "data/my photos"}, "preprocess": {"workers": 0},
         "model": {"weights": "none"}, "train": {"batch_size": 8, "schedule": "constant"}})
     edit_yaml(repo / "conf" / "preset" / "demo.yaml", {
@@ -382,7 +394,7 @@ def evaluated(tmp_path_factory) -> Path:
                          "train_seconds": 7.25, "epochs_run": 2,
                          "strategy": {"chosen": "finetune", "refit": True,
                                       "trained_on": {"train": 6, "val": 30}}})
-        shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+        (folder / "params.yaml").write_text(demo_params())
         printed = run_stage_here(folder, "evaluate", "model.pt", "prepared", "metrics")
         (folder / "evaluate.log").write_text(printed)
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, load_stage, make_image_folder
+from conftest import demo_params, load_stage, make_image_folder
 from finetuner.data import in_git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -64,7 +64,7 @@ def test_no_git_on_the_path_is_no_warning(repo, monkeypatch):
 def test_the_split_stage_warns_and_stops_warning_once_dvc_keeps_the_folder(tmp_path, monkeypatch,
                                                                          capsys):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(demo_params())
     make_image_folder(tmp_path / "photos", {"red": 5, "blue": 5})
     monkeypatch.chdir(tmp_path)
     split = load_stage("split")

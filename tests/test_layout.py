@@ -65,3 +65,15 @@ def test_the_plain_test_command_runs_each_file_whole_on_one_of_the_workers():
     marked = [path.name for path in HERE.glob("*.py") if path.name != Path(__file__).name
               and "mark.xdist_group" in path.read_text(encoding="utf-8")]
     assert not marked, f"{marked}: xdist_group marks do nothing under --dist loadfile"
+
+
+@pytest.mark.parametrize("path", sorted(HERE.glob("*.py")), ids=lambda p: p.name)
+def test_no_test_reads_the_workspace_params_yaml(path):
+    """Each `dvc exp run -S ...` leaves its values in the workspace's params.yaml (a user's
+    `-S evaluate.test_dir=my_test` once failed a test that copied it): tests take the demo's
+    composed from conf/ (conftest.demo_params); test_presets alone compares the file itself."""
+    if path.name in ("test_presets.py", "test_layout.py"):
+        return
+    text = path.read_text()
+    for pattern in ('ROOT / "params.yaml"', "ROOT / 'params.yaml'"):
+        assert pattern not in text, f"{path.name} reads {pattern}: use conftest.demo_params()"

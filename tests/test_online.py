@@ -154,12 +154,12 @@ def test_the_stages_run_in_online_mode_and_train_from_the_canvases_on_disk(tmp_p
 
     import yaml
 
-    from conftest import ROOT, copy_project, run_stage_here
+    from conftest import copy_project, demo_params, run_stage_here
     from finetuner.data.prepared import load_prepared
 
     repo = copy_project(tmp_path / "project")
     make_image_folder(repo / "data" / "images", {"a": 8, "b": 8, "c": 8}, size=40)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(demo_params())
     params.update(threads=1, device="cpu")
     params["data"]["dir"] = "data/images"
     params["preprocess"].update(image_size=32, train_views=0, workers=0, auto_augment="trivial",

@@ -284,10 +284,9 @@ def test_a_state_that_cannot_be_read_is_said_removed_and_the_run_starts_fresh(tm
 
 def test_the_finetune_stage_keys_its_state_by_its_own_script_too(tmp_path, monkeypatch):
     """The stage script builds the model and its rows: its text is part of the key."""
-    import shutil
-    from conftest import ROOT, load_stage, noise_prepared
+    from conftest import ROOT, demo_params, load_stage, noise_prepared
     noise_prepared(tmp_path / "prepared", {"train": 6, "val": 3, "test": 3})
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(demo_params())
     monkeypatch.chdir(tmp_path)
     stage = load_stage("finetune")
     seen = []

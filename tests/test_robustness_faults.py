@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import (ROOT, copy_project, ignored, make_image_folder, run_stage_here,
+from conftest import (ROOT, copy_project, demo_params, ignored, make_image_folder, run_stage_here,
                       stage_exit)
 from finetuner.models.checkpoint import TrainingRecord, load_checkpoint
 from finetuner.params import ParamsError
@@ -35,7 +35,7 @@ FINETUNE_ARGS = ["data/prepared", *FINETUNE_OUTS, "dvclive"]  # the last: DVCLiv
 # --- a temp project with tiny prepared data ---------------------------------------------------
 
 def set_params(repo: Path, epochs: int = 2, **preprocess) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(demo_params())
     params.update(threads=1, device="cpu", lr=0.02)  # from scratch: finite (robustness.md)
     params["data"]["dir"] = "data/images"
     params["preprocess"].update({"image_size": 32, "train_views": 2, "workers": 0, **preprocess})
