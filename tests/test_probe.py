@@ -472,3 +472,35 @@ def test_the_training_code_imports_scikit_learn_only_where_a_probe_is_fitted():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_a_probe_logs_its_fit_on_the_training_rows_so_every_plot_has_its_files(folds):
+    """dvc.yaml's loss and accuracy plots read train/*.tsv beside val/*.tsv: a probe logged no
+    train values, and `dvc plots diff` against a photos-preset run said its plots failed to
+    load.  Its one step now holds its fit on the rows it was fitted on."""
+    import yaml
+    from conftest import ROOT
+    from finetuner.live import NAMES
+    data = tiny_data()
+    logged = []
+    model, outcome = train_model(lambda: build_model("resnet18", "none", 3), data,
+                                 params_for("probe", probe={"folds": folds}),
+                                 Dist(torch.device("cpu")), progress=False,
+                                 on_epoch=lambda phase, record: logged.append(record))
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    files = {path for plot in plots if isinstance(plot, dict) for spec in plot.values()
+             if isinstance(spec, dict) for path in spec.get("y", {})
+             if path.startswith("dvclive/plots/metrics/")}
+    assert files, plots
+    written = {f"dvclive/plots/metrics/{NAMES[key]}.tsv" for key, value in logged[0].items()
+               if key in NAMES and math.isfinite(value)}
+    assert files <= written, files - written
+    if folds:  # the model is the probe fitted on train + val (folds 0: refit after the log)
+        rows = data.probe_rows.take(torch.arange(len(data.view_labels))).numpy()
+        images = np.concatenate([rows, data.val_images.take(slice(None)).numpy()])
+        labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
+        log_p = np.log(predict_arrays(model, images, torch.device("cpu")).astype(np.float64))
+        assert logged[0]["train_acc"] == pytest.approx((log_p.argmax(1) == labels).mean())
+        assert logged[0]["train_loss"] == pytest.approx(
+            -log_p[np.arange(len(labels)), labels].mean(), rel=1e-3, abs=1e-5)

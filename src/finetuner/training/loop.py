@@ -309,14 +309,16 @@ def _probe_state(probe: Probe | None) -> dict | None:
     if probe is None:
         return None
     return {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
-            "C": probe.C, "val_acc": probe.val_acc, "val_loss": probe.val_loss}
+            "C": probe.C, "val_acc": probe.val_acc, "val_loss": probe.val_loss,
+            "train_acc": probe.train_acc, "train_loss": probe.train_loss}
 
 
 def _probe_from(state: dict | None) -> Probe | None:
     if state is None:
         return None
     return Probe(state["weight"].numpy(), state["bias"].numpy(), state["C"], state["val_acc"],
-                 state["val_loss"])
+                 state["val_loss"], state.get("train_acc", math.nan),
+                 state.get("train_loss", math.nan))
 
 
 def _epoch_state(run: _Run, epochs_done: int, went: _Progress, seconds: float) -> EpochState:

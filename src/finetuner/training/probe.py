@@ -12,7 +12,7 @@ from ..models import ProbeEnsemble, StagedClassifier
 from .batches import TrainData
 from .distributed import Dist
 from .prefix import FrozenPrefix, PrefixStore, prefix_for
-from .probe_fit import C_GRID, Probe, fit_probe, fit_probe_cv_columns
+from .probe_fit import C_GRID, Probe, fit_probe, fit_probe_cv_columns, scores, softmax
 
 
 @torch.no_grad()
@@ -64,14 +64,15 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
     out-of-fold scores, and the out-of-fold accuracy and log-loss of the whole model
     (members' probabilities averaged), an estimate from the training images alone (None,
     with no out-of-fold predictions, when a class has fewer than 2 images: the middle of the
-    grid is used).  Nothing of the test split is read."""
+    grid is used); ``train_acc`` and ``train_loss``: the whole model's on the rows it was
+    fitted on (how well it fits them, not an estimate).  Nothing of the test split is read."""
     members = list(model.members) if isinstance(model, ProbeEnsemble) else [model]
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
     groups = np.concatenate([np.repeat(np.arange(n_train), data.views),
                              n_train + np.arange(n_val)])
     truth = np.concatenate([data.train_labels.numpy(), data.val_labels.numpy()])
-    records, oofs = [], []
+    records, oofs, fitted = [], [], []
     for member in members:
         member.to(device).eval()
         with precision.autocast():
@@ -85,6 +86,7 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
         cv = fit_probe_cv_columns(features, labels, groups, data.num_classes, last, folds,
                                   seed=seed)
         cv.probe.load_into(member.classifier)
+        fitted.append(softmax(cv.probe.logits(features)))
         layers = member.layers if cv.columns == "all" else "last"
         records.append({"C": cv.probe.C, "cv_acc": cv.probe.val_acc,
                         "cv_loss": cv.probe.val_loss, "layers": layers,
@@ -92,15 +94,17 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
                         "path": [{"C": C, "cv_loss": loss, "cv_acc": acc}
                                  for C, loss, acc in cv.path]})
         oofs.append(cv.oof)
+    train_acc, train_loss = scores(np.mean(fitted, 0), labels)  # the images it was fitted on
+    fit = {"train_acc": train_acc, "train_loss": train_loss}
     if cv.folds < 2:  # a class of one image: no fold can hold it out, so nothing is scored
         return {"selection": f"no cross-validation (a class has fewer than 2 images): "
                              f"C {records[0]['C']:g}, the middle of the grid",
-                "folds": 0, "members": records, "cv_acc": None, "cv_loss": None,
+                "folds": 0, "members": records, "cv_acc": None, "cv_loss": None, **fit,
                 "oof_log_probs": None, "oof_labels": None}
     mean = np.clip(np.mean(oofs, 0), 1e-12, 1)
     what = "L2 strength and stages read" if choose_layers else "L2 strength"
     return {"selection": f"{cv.folds}-fold cross-validation on train + val: {what}",
             "folds": cv.folds,
             "members": records, "cv_acc": float((mean.argmax(1) == truth).mean()),
-            "cv_loss": float(-np.log(mean[np.arange(len(truth)), truth]).mean()),
+            "cv_loss": float(-np.log(mean[np.arange(len(truth)), truth]).mean()), **fit,
             "oof_log_probs": np.log(mean).astype(np.float32), "oof_labels": truth}

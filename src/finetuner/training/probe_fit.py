@@ -39,6 +39,8 @@ class Probe:
     C: float            # inverse L2 strength it was fitted with
     val_acc: float      # on the validation features (nan when none were given)
     val_loss: float
+    train_acc: float = float("nan")   # on the features it was fitted on (how well it fits)
+    train_loss: float = float("nan")
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
@@ -80,15 +82,23 @@ def _standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-6, scale, 1.0)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of each row of ``logits``."""
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, log-loss) of class ``probabilities`` against ``labels``."""
+    from sklearn.metrics import log_loss
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    return accuracy, float(log_loss(labels, probabilities,
+                                    labels=list(range(probabilities.shape[1]))))
+
+
 def _score(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: np.ndarray,
            num_classes: int) -> tuple[float, float]:
-    logits = features @ weight.T + bias
-    logits -= logits.max(1, keepdims=True)
-    probabilities = np.exp(logits)
-    probabilities /= probabilities.sum(1, keepdims=True)
-    accuracy = float((logits.argmax(1) == labels).mean())
-    from sklearn.metrics import log_loss
-    return accuracy, float(log_loss(labels, probabilities, labels=list(range(num_classes))))
+    return scores(softmax(features @ weight.T + bias), labels)
 
 
 def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
@@ -111,7 +121,8 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes:
             acc, loss = float("nan"), float("nan")
         if best is None or (acc, -loss) > (best.val_acc, -best.val_loss):
             best = Probe(weight, bias, C, acc, loss)
-    return best
+    fit_acc, fit_loss = _score(best.weight, best.bias, train_features, train_labels, num_classes)
+    return dataclasses.replace(best, train_acc=fit_acc, train_loss=fit_loss)
 
 
 @dataclass(frozen=True)

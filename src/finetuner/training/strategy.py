@@ -86,8 +86,8 @@ def _probe_only(model: StagedClassifier, data: TrainData, params: Params, ctx: D
 
 def _probe_history(probe: Probe, frozen: int, seconds: float) -> list[dict]:
     """One history row for a probe, in the columns of a fine-tune's history."""
-    return [{"epoch": 1, "frozen_stages": frozen, "lr": 0.0, "train_loss": float("nan"),
-             "train_acc": float("nan"), "val_loss": probe.val_loss, "val_acc": probe.val_acc,
+    return [{"epoch": 1, "frozen_stages": frozen, "lr": 0.0, "train_loss": probe.train_loss,
+             "train_acc": probe.train_acc, "val_loss": probe.val_loss, "val_acc": probe.val_acc,
              "seconds": seconds}]
 
 
@@ -262,7 +262,7 @@ def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
     scores = {"val_acc": _or_nan(record["cv_acc"]), "val_loss": _or_nan(record["cv_loss"])}
     seconds = time.perf_counter() - start
     history = [{"epoch": 1, "frozen_stages": _stages(model), "lr": 0.0,
-                "train_loss": float("nan"), "train_acc": float("nan"), **scores,
+                "train_loss": record["train_loss"], "train_acc": record["train_acc"], **scores,
                 "seconds": seconds}]
     log_probs, labels = record.pop("oof_log_probs"), record.pop("oof_labels")
     oof = (None if log_probs is None else
@@ -279,8 +279,9 @@ def _or_nan(value: float | None) -> float:
 
 
 def _log_probe(on_epoch: Callable[[str, dict], None] | None, outcome: Outcome) -> None:
-    """A probe trains no epochs: its one history row (val or out-of-fold scores) is the live
-    log's one step, so the log (an output DVC expects) exists for every strategy."""
+    """A probe trains no epochs: its one history row (its fit on the training rows, its val or
+    out-of-fold scores) is the live log's one step, so the log (an output DVC expects) exists
+    for every strategy, train and val curves both (`dvc plots diff` reads both)."""
     if on_epoch:
         on_epoch("finetune", outcome.history[0])
 
