@@ -65,7 +65,7 @@ def test_cost_report_of_a_checkpoint(tmp_path):
     assert cost["params_trainable"] == 512 * 3 + 3
     assert cost["gflops"] == pytest.approx(gflops(model, 32), abs=1e-4)
     assert cost["cpu_latency_ms"] > 0 and cost["cpu_images_per_s"] > 0
-    assert cost["cpu_threads"] == torch.get_num_threads()
+    assert cost["cpu_threads"] == torch.get_num_threads() and 0 < cost["cpu_share"] <= 1.5
     assert cost["checkpoint_mb"] == pytest.approx(path.stat().st_size / 1e6, abs=0.01)
     assert cost["train_seconds"] == 12.3
 
@@ -245,3 +245,27 @@ def test_a_cross_validated_probe_s_curves_are_its_scores_against_c(tmp_path, mon
     (loss_title, scale, legend), _ = seen[0]
     assert "cross-validation" in loss_title and scale == "log"
     assert legend == ["tf_efficientnet_lite0: C 0.1", "tf_efficientnet_lite1: C 0.1"]
+
+
+def test_the_cpu_share_counts_cpu_time_not_wall_time():
+    """A timing that waited (here: slept) got little of the CPU; one that computed got its
+    thread's time.  A process slowed by another one holding a core shows the same drop
+    (measured: 0.99 idle, 0.65-0.69 beside one busy process, 2 threads)."""
+    import time
+    from finetuner.evaluation.cost import with_cpu_share
+    result, share = with_cpu_share(lambda: time.sleep(0.2) or "slept")
+    assert result == "slept" and share < 0.2
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, busy = with_cpu_share(lambda: sum(i * i for i in range(2_000_000)))
+    finally:
+        torch.set_num_threads(before)
+    assert busy > 0.5  # one thread, computing: nearly all of its time (on an idle core)
+
+
+def test_timings_on_a_busy_cpu_are_said_to_be_so():
+    from finetuner.evaluation.report import busy_warning
+    assert busy_warning({"cpu_share": 0.97, "cpu_threads": 2}) is None
+    said = busy_warning({"cpu_share": 0.65, "cpu_threads": 2})
+    assert "got 65% of its 2 thread(s)' time" in said and "dvc repro -f evaluate" in said

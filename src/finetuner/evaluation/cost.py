@@ -2,19 +2,26 @@
 
 Speed is measured on the CPU with the process's torch threads (``cpu_threads`` records how
 many), as the median of repeated timed runs after warm-up, so runs on one machine compare:
-eager PyTorch, and the model's ONNX export in ONNX Runtime with as many threads.
+eager PyTorch, and the model's ONNX export in ONNX Runtime with as many threads.  A median
+does not help when the whole process runs slow because another one holds a core (on 2 cores
+with one busy, 2 threads timed Lite0 2.2 to 3.3 times slower than idle): ``cpu_share`` says
+how much of its threads' time the process got while eager PyTorch was timed (1.0: all of it).
 """
 from __future__ import annotations
 
 import statistics
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..export import onnx_checked, onnx_runner
 from ..models import ProbeEnsemble, StagedClassifier
+
+BUSY = 0.8  # a cpu_share below this: the timings say more about the machine's load
+T = TypeVar("T")
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -83,15 +90,27 @@ def onnxruntime_cost(model: StagedClassifier, image_size: int, runs: int = 30,
             "onnx_mb": round(len(data) / 1e6, 2)}
 
 
+def with_cpu_share(timed: Callable[[], T]) -> tuple[T, float]:
+    """``timed()``'s result, and the CPU time this process got while it ran over its wall time
+    times the torch threads: below 1 when the threads waited for a core (or slept)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = timed()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return result, cpu / max(wall * torch.get_num_threads(), 1e-9)
+
+
 def cost_report(model: StagedClassifier, image_size: int, frozen_stages: int,
                 checkpoint: str | Path, train_seconds: float) -> dict:
     """The ``cost`` object of metrics/eval.json.  Moves ``model`` to the CPU."""
     model = model.cpu().eval()
+    (latency, throughput), share = with_cpu_share(
+        lambda: (cpu_latency_ms(model, image_size), cpu_throughput(model, image_size)))
     return {"params_total": count_params(model),
             "params_trainable": trainable_params(model, frozen_stages),
             "gflops": round(gflops(model, image_size), 4),
-            "cpu_latency_ms": round(cpu_latency_ms(model, image_size), 2),
-            "cpu_images_per_s": round(cpu_throughput(model, image_size), 1),
+            "cpu_latency_ms": round(latency, 2),
+            "cpu_images_per_s": round(throughput, 1),
             "cpu_threads": torch.get_num_threads(),
+            "cpu_share": round(share, 2),
             "checkpoint_mb": round(Path(checkpoint).stat().st_size / 1e6, 2),
             "train_seconds": round(train_seconds, 1)}

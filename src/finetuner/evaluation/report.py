@@ -25,7 +25,7 @@ from ..models import member_names
 from ..models.checkpoint import check_training_record
 from .calibration import (calibration_record, calibration_scores, coverage_curve, file_sha256,
                           fit_temperature, reliability, softmax)
-from .cost import cost_report, onnxruntime_cost
+from .cost import BUSY, cost_report, onnxruntime_cost
 from .intervals import metric_intervals
 from .metrics import classification_metrics, predict_logits
 from .plots import confusion_png, curves_png, mistakes_png, reliability_png
@@ -82,6 +82,9 @@ def evaluate_checkpoint(checkpoint, data, scored, model_path: str | Path, batch_
     cost = cost_report(checkpoint.model, checkpoint.image_size,
                        info["history"][-1]["frozen_stages"], model_path, info["train_seconds"])
     cost.update(onnx_cost(checkpoint.model, checkpoint.image_size))
+    busy = busy_warning(cost)
+    if busy:
+        print(f"evaluate: warning: {busy}")
     return Evaluation(
         checkpoint.class_names, images, labels, logits, probabilities, source,
         classification_metrics(labels, predicted, checkpoint.class_names),
@@ -194,6 +197,15 @@ def calibration_note(temperature: float | None, scored_val: bool, fitted_on: str
         return ("the model learnt from the val split the temperature was fitted on: the "
                 "temperature is likely too low (too confident on new photos)")
     return None
+
+
+def busy_warning(cost: dict) -> str | None:
+    """What to say when ``cost``'s timings were taken on a busy CPU (None: they were not)."""
+    if cost["cpu_share"] >= BUSY:
+        return None
+    return (f"the CPU was busy while the model was timed (it got {cost['cpu_share']:.0%} of "
+            f"its {cost['cpu_threads']} thread(s)' time): cost's timings are slower than this "
+            "machine's; to compare them, `dvc repro -f evaluate` on an idle machine")
 
 
 def onnx_cost(model, image_size: int) -> dict:
