@@ -423,6 +423,7 @@ def test_min_confidence_between_splits_photos_at_their_top_probability(checkpoin
     (["audit", "x", "--outlier-fence", "inf"], "--outlier-fence: must be a number of 0 or more"),
     (["audit", "x", "--image-size", "4096"], "--image-size: must be an integer from 16 to 1024"),
     (["audit", "x", "--image-size", "8"], "--image-size: must be an integer from 16 to 1024"),
+    (["audit", "x", "--seed", "9" * 400], "--seed: must be an integer from 0 to 2147483647"),
     (["audit", "x", "--near-duplicate-ratio", "2"], "must be a number from 0 to 1, not 2"),
 ])
 def test_numeric_options_outside_what_their_params_allow_are_usage_errors(argv, words, capsys):
@@ -431,6 +432,13 @@ def test_numeric_options_outside_what_their_params_allow_are_usage_errors(argv, 
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_an_integer_too_large_for_a_float_is_still_an_integer():
+    """The check for inf once converted every value to a float: OverflowError, a traceback."""
+    from finetuner.cli import build_parser
+    args = build_parser().parse_args(["predict", "m.pt", "x", "--top-k", "9" * 400])
+    assert args.top_k == int("9" * 400)
 
 
 def test_min_confidence_outside_0_to_1_or_with_a_class_named_unknown_is_refused(

@@ -189,7 +189,11 @@ def test_the_pictures_name_the_images_they_scored(tmp_path, monkeypatch):
     assert "folder photos/test" in titles[2] and "test split" not in titles[2]
 
 
-def test_a_probe_s_curves_leave_out_the_train_series_it_does_not_have(tmp_path, monkeypatch):
+def test_curves_leave_out_a_series_without_numbers_and_say_when_the_model_is_a_probe(
+        tmp_path, monkeypatch):
+    """A probe's one row is one point each (its fit on the training rows, its val score): the
+    titles say so, however its columns are filled (before 2026-12-01 a probe logged no train
+    values, and the titles were keyed to that)."""
     from finetuner import pictures
     from finetuner.evaluation import plots
     seen = []
@@ -198,12 +202,16 @@ def test_a_probe_s_curves_leave_out_the_train_series_it_does_not_have(tmp_path, 
         or pictures.plt.close(figure))
     nan = float("nan")
     plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": nan, "train_acc": nan,
-                                           "val_loss": 0.3, "val_acc": 0.9}])
-    plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8,
-                                           "val_loss": 0.3, "val_acc": 0.9}])
+                                           "val_loss": 0.3, "val_acc": 0.9}], probe=True)
+    plots.curves_png(tmp_path / "c.png", [{"epoch": 1, "train_loss": 0.1, "train_acc": 1.0,
+                                           "val_loss": 0.3, "val_acc": 0.9}], probe=True)
+    plots.curves_png(tmp_path / "c.png", [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8,
+                                           "val_loss": nan, "val_acc": nan} for e in (1, 2)])
     assert seen[0] == [("loss (a probe: no epochs, one score)", ["val"]),
                        ("accuracy (a probe: no epochs, one score)", ["val"])]
-    assert seen[1] == [("loss", ["train", "val"]), ("accuracy", ["train", "val"])]
+    assert seen[1] == [("loss (a probe: no epochs, one score)", ["train", "val"]),
+                       ("accuracy (a probe: no epochs, one score)", ["train", "val"])]
+    assert seen[2] == [("loss", ["train"]), ("accuracy", ["train"])]  # a refit: no val left
 
 
 def test_no_caption_of_a_gallery_runs_into_the_image_above(tmp_path, monkeypatch):
@@ -261,7 +269,8 @@ def test_the_cpu_share_counts_cpu_time_not_wall_time():
         _, busy = with_cpu_share(lambda: sum(i * i for i in range(2_000_000)))
     finally:
         torch.set_num_threads(before)
-    assert busy > 0.5  # one thread, computing: nearly all of its time (on an idle core)
+    assert busy > 0.2  # one thread computing: nearly all of its time on an idle core, and
+    #                    more than sleeping gets on a busy one
 
 
 def test_timings_on_a_busy_cpu_are_said_to_be_so():

@@ -260,3 +260,16 @@ def test_a_model_trained_on_cuda_loads_on_cpu(tmp_path):
 
 if __name__ == "__main__":
     torchrun_main(Path(sys.argv[1]))
+
+
+def test_a_batch_too_small_to_share_is_refused_before_training():
+    """batch 4 on 4 processes: one row a rank, whose BatchNorm normalises it to noise (and
+    batch 2 would leave ranks with none)."""
+    from conftest import tiny_data
+    from finetuner.params import ParamsError
+    with pytest.raises(ParamsError, match=r"train.batch_size 4 cannot be shared by 4 processes "
+                                          r"\(at least 2 rows each\); allowed: 8 or more"):
+        fit(build_model("resnet18", "none", 3), tiny_data(), parse_params({
+            "model": {"arch": "resnet18", "weights": "none"}, "preprocess": {"image_size": 32},
+            "train": {"batch_size": 4}}), torch.device("cpu"), progress=False,
+            dist=Dist(torch.device("cpu"), 0, 4))

@@ -246,13 +246,14 @@ def test_test_fraction_zero_is_allowed_and_strategy_is_checked():
         parse_params({"train": {"head_init": "zeros"}})
 
 
-def test_split_and_preprocess_params_import_no_model_code():
+def test_split_and_preprocess_params_import_no_model_code(tmp_path):
     """load_params(), as the split and preprocess stages call it, with those stages' imports:
     neither the registry nor torch is loaded (they peaked at ~835 MB when it was)."""
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import demo_params
+    (tmp_path / "params.yaml").write_text(demo_params())
     code = ("import sys\n"
             "import finetuner.data.split, finetuner.data.scan, finetuner.data.manifest\n"
             "import finetuner.data.images, finetuner.io, finetuner.stage\n"
@@ -261,7 +262,8 @@ def test_split_and_preprocess_params_import_no_model_code():
             "bad = [m for m in sys.modules if m.startswith('finetuner.models') or m in "
             "('torch', 'timm', 'torchvision')]\n"
             "assert not bad, bad\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
 
 

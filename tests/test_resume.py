@@ -171,7 +171,8 @@ def test_a_nan_loss_stops_fit_naming_the_epoch_and_the_resume_state_keeps_the_on
     message = str(error.value)
     assert message.startswith("epoch 3 of 4: the training loss is nan") and "\n" not in message
     assert "the state after epoch 2 is kept" in message and "lower lr" in message
-    assert "diverged at lr 0.01 (0.00" in message and "in this epoch, by the schedule" in message
+    assert "diverged at lr 0.01 (the schedule's 0.00" in message
+    assert "at the epoch's start" in message
     assert saved == [1, 2]  # nothing saved for epoch 3
     assert torch.load(slot.path, weights_only=True)["epochs_done"] == 2
 

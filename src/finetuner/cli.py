@@ -70,7 +70,8 @@ def _bounded(kind: type, low: float, high: float | None = None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {allowed}, not {text!r}") from None
-        if not (value >= low and (high is None or value <= high)) or not math.isfinite(value):
+        if (not (value >= low and (high is None or value <= high))  # nan fails both
+                or (kind is float and not math.isfinite(value))):  # an int may overflow a float
             raise argparse.ArgumentTypeError(f"must be {allowed}, not {text}")
         return value
     return parse

@@ -5,7 +5,8 @@ many), as the median of repeated timed runs after warm-up, so runs on one machin
 eager PyTorch, and the model's ONNX export in ONNX Runtime with as many threads.  A median
 does not help when the whole process runs slow because another one holds a core (on 2 cores
 with one busy, 2 threads timed Lite0 2.2 to 3.3 times slower than idle): ``cpu_share`` says
-how much of its threads' time the process got while eager PyTorch was timed (1.0: all of it).
+how much of its threads' time the process got while eager PyTorch's throughput was timed (1.0:
+all of it; less: another process, or a CPU quota, held the cores).
 """
 from __future__ import annotations
 
@@ -103,8 +104,10 @@ def cost_report(model: StagedClassifier, image_size: int, frozen_stages: int,
                 checkpoint: str | Path, train_seconds: float) -> dict:
     """The ``cost`` object of metrics/eval.json.  Moves ``model`` to the CPU."""
     model = model.cpu().eval()
-    (latency, throughput), share = with_cpu_share(
-        lambda: (cpu_latency_ms(model, image_size), cpu_throughput(model, image_size)))
+    latency = cpu_latency_ms(model, image_size)
+    # batches of 32 keep every thread at work on an idle machine of many cores, where one
+    # image may not: only waiting for a core lowers the share
+    throughput, share = with_cpu_share(lambda: cpu_throughput(model, image_size))
     return {"params_total": count_params(model),
             "params_trainable": trainable_params(model, frozen_stages),
             "gflops": round(gflops(model, image_size), 4),

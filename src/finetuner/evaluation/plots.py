@@ -42,10 +42,11 @@ def confusion_png(path: str | Path, confusion: list[list[int]], class_names: lis
 
 @missing_glyphs_quiet()
 def curves_png(path: str | Path, history: list[dict], cross_validation: dict | None = None,
-               members: list[str] | None = None) -> None:
-    """Loss and accuracy per epoch, train and val.  A series with no number (a probe's train
-    columns: it trains no epochs) is left out of the plot and its legend, and the titles say
-    when no train column has one (a probe's one row: its val columns are its scores).  A
+               members: list[str] | None = None, probe: bool = False) -> None:
+    """Loss and accuracy per epoch, train and val.  A series with no number (a refit without
+    val; a probe's train columns before it logged its fit) is left out of the plot and its
+    legend.  ``probe``: the model is a probe, which trains no epochs: its one row (its fit on
+    the training rows, its val score) is one point each, and the titles say so.  A
     cross-validated probe (``cross_validation``: the checkpoint's record, whose members keep
     their ``path``) gets its own picture instead: :func:`probe_path_png`."""
     paths = [m.get("path") for m in (cross_validation or {}).get("members", [])]
@@ -53,14 +54,12 @@ def curves_png(path: str | Path, history: list[dict], cross_validation: dict | N
         return probe_path_png(path, cross_validation["members"], members)
     epochs = [h["epoch"] for h in history]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    trained = False
     for key, style in (("train", "-o"), ("val", "-s")):
         for ax, column in ((loss_ax, f"{key}_loss"), (acc_ax, f"{key}_acc")):
             values = [h[column] for h in history]
             if any(v is not None and np.isfinite(v) for v in values):
                 ax.plot(epochs, values, style, label=key)
-                trained = trained or key == "train"
-    one = "" if trained else " (a probe: no epochs, one score)"
+    one = " (a probe: no epochs, one score)" if probe else ""
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title=f"loss{one}")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title=f"accuracy{one}")
     for ax in (loss_ax, acc_ax):

@@ -126,8 +126,9 @@ def write_report(out: Path, e: Evaluation, model_path: str | Path, gallery_size:
               [(path, names[a], names[p], f"{e.probabilities[i, p]:.4f}")
                for i, (path, a, p) in enumerate(zip(paths, e.labels, predicted))])
     confusion_png(out / "confusion.png", e.metrics["confusion"], names, e.source)
-    curves_png(out / "curves.png", e.info["history"],
-               e.info.get("strategy", {}).get("cross_validation"), member_names(e.arch))
+    strategy = e.info.get("strategy", {})
+    curves_png(out / "curves.png", e.info["history"], strategy.get("cross_validation"),
+               member_names(e.arch), strategy.get("chosen") == "probe")
     mistakes_png(out / "mistakes.png", e.images, e.labels, e.probabilities, names, gallery_size,
                  e.source, e.paths)
     reliability_png(out / "reliability.png", reliability(softmax(e.logits), e.labels),
@@ -204,8 +205,9 @@ def busy_warning(cost: dict) -> str | None:
     if cost["cpu_share"] >= BUSY:
         return None
     return (f"the CPU was busy while the model was timed (it got {cost['cpu_share']:.0%} of "
-            f"its {cost['cpu_threads']} thread(s)' time): cost's timings are slower than this "
-            "machine's; to compare them, `dvc repro -f evaluate` on an idle machine")
+            f"its {cost['cpu_threads']} thread(s)' time: another process, or a CPU quota): "
+            "cost's timings are slower than the model on idle cores; to compare runs, `dvc "
+            "repro -f evaluate` when nothing else runs")
 
 
 def onnx_cost(model, image_size: int) -> dict:

@@ -127,8 +127,9 @@ def batch_sizes(n: int, batch_size: int, world_size: int = 1) -> list[int]:
     pixels a small image has in the last stages, those are noise whose gradients explode (a
     batch of 2 after two of 8 took a from-scratch Lite0 at 32 px to NaN at lr 0.02:
     docs/robustness.md).  Should the two halves still have fewer than two rows per process,
-    they are one batch (over ``batch_size`` only when it is under 4 x ``world_size`` + 2).
-    Every row is in a batch; the count is what the lr schedule steps through.
+    they are one batch (over ``batch_size`` only when it is under 4 x ``world_size`` + 2; a
+    full batch has two rows a process, since fit refuses a ``batch_size`` under 2 x
+    ``world_size``).  Every row is in a batch; the count is what the lr schedule steps through.
     """
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
     if len(sizes) > 1 and (2 * sizes[-1] < batch_size or sizes[-1] < 2 * world_size):

@@ -56,7 +56,7 @@ def _diverged(loss: float, epoch: int, epochs: int, lr: float, rate: float) -> D
     """The error for a non-finite mean training loss in ``epoch`` (1-based): one line.  ``lr``:
     the params' lr; ``rate``: the head's at the epoch's start (after warmup and schedule)."""
     kept = f"the state after epoch {epoch - 1} is kept" if epoch > 1 else "nothing is kept"
-    now = f" ({rate:g} in this epoch, by the schedule)" if not math.isclose(rate, lr) else ""
+    now = f" (the schedule's {rate:g} at the epoch's start)" if not math.isclose(rate, lr) else ""
     return DivergedError(f"epoch {epoch} of {epochs}: the training loss is {loss}: training "
                          f"diverged at lr {lr:g}{now}; {kept}, and a rerun with the same "
                          "params diverges again: lower lr")
@@ -205,6 +205,10 @@ def _start(model: StagedClassifier, data: TrainData, params: Params, ctx: Dist,
     if ctx.enabled and n_train < 2 * ctx.world_size:
         raise ParamsError(f"{n_train} training images cannot be shared by {ctx.world_size} "
                           "processes (at least 2 each); use nproc_per_node: 1")
+    if ctx.enabled and t.batch_size < 2 * ctx.world_size:  # BatchNorm over one row: noise
+        raise ParamsError(f"train.batch_size {t.batch_size} cannot be shared by "
+                          f"{ctx.world_size} processes (at least 2 rows each); allowed: "
+                          f"{2 * ctx.world_size} or more, or fewer processes")
     steps_per_epoch = max(1, len(batch_sizes(n_train, t.batch_size, ctx.world_size)))
     total_steps = steps_per_epoch * t.epochs
     num_stages = model.num_stages
