@@ -30,6 +30,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .data.folders import eval_views, find_files, labelled_files
 from .data.images import ImageError
@@ -85,7 +86,7 @@ class Skipped(list):
     """The paths skipped so far; each one is reported on stderr with the reason as it comes."""
 
     def __call__(self, path: Path, reason: str) -> None:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)  # above a progress bar
         self.append(path)
 
 
@@ -95,11 +96,16 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
 
     Each image is decoded and given the pipeline's evaluation view by
     :func:`finetuner.data.folders.eval_views`; the probabilities are calibrated by the
-    predictor's temperature, if it has one.
+    predictor's temperature, if it has one.  A progress bar on stderr when it is a terminal.
     """
-    for paths, views in eval_views(files, predictor.image_size, predictor.crop_pct, batch_size,
-                                   skipped):
-        yield paths, predictor.probabilities(views)
+    with tqdm(total=len(files), unit="image", leave=False, mininterval=1.0, disable=None,
+              file=sys.stderr) as bar:
+        done = len(skipped)
+        for paths, views in eval_views(files, predictor.image_size, predictor.crop_pct,
+                                       batch_size, skipped):
+            yield paths, predictor.probabilities(views)
+            bar.update(len(paths) + len(skipped) - done)
+            done = len(skipped)
 
 
 # --- predict ----------------------------------------------------------------------------------
