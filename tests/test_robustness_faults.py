@@ -296,3 +296,54 @@ def test_preprocess_killed_mid_way_leaves_no_output_and_the_rerun_works(project,
               "data/prepared_many")
     assert (out / "meta.json").is_file() and (out / "train_images.npy").is_file()
     assert temps() == [], "the rerun removes the killed run's temp folder"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+@pytest.mark.parametrize("by_dvc", [True, False])
+def test_a_stage_stops_when_the_dvc_that_ran_it_is_killed(tmp_path, by_dvc):
+    """`kill -9` of `dvc repro` left its finetune stage training on under init: it wrote the
+    model with DVC gone and removed the state the rerun should have resumed from (a new
+    user's report).  A stage DVC runs (DVC_STAGE set) now gets a SIGTERM when its parent dies,
+    also with SIGINT ignored (a shell script's background job); a script run by hand (nohup)
+    still outlives its parent."""
+    stage = tmp_path / "stage.py"
+    stage.write_text("from finetuner.stage import run_stage\nimport time\n"
+                     "def main():\n    time.sleep(60)\n"
+                     "run_stage('sleepy', main, '')\n")
+    parent = ("import signal, subprocess, sys, time\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, as by `dvc repro &`\n"
+              f"child = subprocess.Popen([sys.executable, {str(stage)!r}], "
+              f"stderr=open({str(tmp_path / 'err.txt')!r}, 'w'))\n"
+              "print(child.pid, flush=True)\ntime.sleep(60)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env.pop("LOCAL_RANK", None)
+    if by_dvc:
+        env["DVC_STAGE"] = "sleepy"
+    else:
+        env.pop("DVC_STAGE", None)
+    dvc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                           env=env)
+    child = int(dvc.stdout.readline())
+    time.sleep(3)  # the child imports finetuner.stage
+    dvc.send_signal(signal.SIGKILL)
+    dvc.wait()
+    deadline = time.monotonic() + (20 if by_dvc else 3)
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = running(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    if by_dvc:
+        assert not alive, "the stage went on after the DVC that ran it was killed"
+    else:
+        assert alive  # by hand: as before, it outlives its parent
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited one an init that does not reap leaves as a
+    zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

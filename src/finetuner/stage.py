@@ -1,8 +1,11 @@
 """What every stage script does around its ``main``: check the argument count, turn the
-project's expected errors into one line naming the file or param, and stop quietly on Ctrl-C."""
+project's expected errors into one line naming the file or param, stop quietly on Ctrl-C, and
+stop when the DVC that runs it is killed."""
 from __future__ import annotations
 
 import inspect
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -25,6 +28,31 @@ def _one_line_ctrl_c(kind, value, traceback) -> None:
 
 
 sys.excepthook = _one_line_ctrl_c  # each stage script imports this module before any other
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> bool:
+    """On Linux, when DVC runs this stage (``DVC_STAGE`` set), have it get a SIGTERM when its
+    parent dies: after a `kill -9` of `dvc repro` its stage went on training unseen
+    (reparented to init), wrote its model with DVC gone, and removed the state a rerun would
+    have resumed from, or raced that rerun.  Now it ends as a killed stage does: every output
+    whole or absent, the last finished epoch's state kept for the rerun.  (Not SIGINT: a
+    shell script's background job ignores it.)  Not a script run by hand (`nohup python
+    stages/...` outlives its shell as before), nor under torchrun (``LOCAL_RANK``), whose
+    agent stops its workers.  True when set."""
+    if (not sys.platform.startswith("linux") or "DVC_STAGE" not in os.environ
+            or "LOCAL_RANK" in os.environ):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc to ask: the stage runs as before
+        return False
+
+
+stop_with_parent()
 
 
 def run_stage(name: str, main: Callable[..., None], usage: str,
