@@ -305,6 +305,18 @@ def test_export_to_a_folder_or_where_nothing_can_be_written_is_one_error(checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+def test_predict_given_a_torchscript_file_says_it_takes_onnx_too(checkpoint, photos, tmp_path,
+                                                                 capsys):
+    """A user who exported to .ts read that models/model.pt is a checkpoint, not that the
+    .onnx export works too."""
+    ts = tmp_path / "model.ts"
+    assert main(["export", str(checkpoint), str(ts)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(ts), str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert "a TorchScript archive" in err and "predict also takes its ONNX export" in err
+
+
 def test_export_torchscript_predicts_what_the_checkpoint_predicts(checkpoint, photos, tmp_path,
                                                                   capsys):
     out_file = tmp_path / "export" / "model.ts"

@@ -111,8 +111,15 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int,
 # --- predict ----------------------------------------------------------------------------------
 
 def _load(args) -> Predictor:
+    """The MODEL of predict and evaluate; a file that is neither a checkpoint nor ONNX is
+    refused saying both are taken (checkpoint.py's message names only the checkpoint)."""
     runtime = runtime_for(args.model, args.runtime)
-    return load_predictor(args.model, runtime, args.calibration, device=_device(args, runtime))
+    try:
+        return load_predictor(args.model, runtime, args.calibration,
+                              device=_device(args, runtime))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; {args.command} also takes its ONNX export "
+                              "(`finetuner export CHECKPOINT model.onnx`)") from None
 
 
 def _device(args, runtime: str) -> torch.device:
