@@ -12,7 +12,7 @@ from ..models import ProbeEnsemble, StagedClassifier
 from .batches import TrainData
 from .distributed import Dist
 from .prefix import FrozenPrefix, PrefixStore, prefix_for
-from .probe_fit import C_GRID, Probe, fit_probe, fit_probe_cv_columns, scores, softmax
+from .probe_fit import C_GRID, Probe, fit_probe, fit_probe_cv_columns, scores
 
 
 @torch.no_grad()
@@ -66,6 +66,7 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
     with no out-of-fold predictions, when a class has fewer than 2 images: the middle of the
     grid is used); ``train_acc`` and ``train_loss``: the whole model's on the rows it was
     fitted on (how well it fits them, not an estimate).  Nothing of the test split is read."""
+    from scipy.special import softmax  # where a probe is fitted, as scikit-learn
     members = list(model.members) if isinstance(model, ProbeEnsemble) else [model]
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     labels = np.concatenate([data.view_labels.numpy(), data.val_labels.numpy()])
@@ -86,7 +87,7 @@ def cv_probe_heads(model: StagedClassifier | ProbeEnsemble, data: TrainData,
         cv = fit_probe_cv_columns(features, labels, groups, data.num_classes, last, folds,
                                   seed=seed)
         cv.probe.load_into(member.classifier)
-        fitted.append(softmax(cv.probe.logits(features)))
+        fitted.append(softmax(cv.probe.logits(features), axis=1))
         layers = member.layers if cv.columns == "all" else "last"
         records.append({"C": cv.probe.C, "cv_acc": cv.probe.val_acc,
                         "cv_loss": cv.probe.val_loss, "layers": layers,

@@ -82,12 +82,6 @@ def _standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-6, scale, 1.0)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities of each row of ``logits``."""
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
-
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, log-loss) of class ``probabilities`` against ``labels``."""
     from sklearn.metrics import log_loss
@@ -98,7 +92,8 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 
 def _score(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: np.ndarray,
            num_classes: int) -> tuple[float, float]:
-    return scores(softmax(features @ weight.T + bias), labels)
+    from scipy.special import softmax
+    return scores(softmax(features @ weight.T + bias, axis=1), labels)
 
 
 def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
