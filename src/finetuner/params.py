@@ -1,4 +1,5 @@
-"""One typed, validated view of ``params.yaml``.
+"""One typed, validated view of ``params.yaml``: the schema (a dataclass a section) and the
+checks between values; reading YAML into it is :mod:`finetuner.typed_config`'s.
 
 Every stage calls :func:`load_params` once.  Unknown keys fail with the closest valid name,
 wrong types and out-of-range values fail with what is allowed, before any heavy work starts.
@@ -6,26 +7,13 @@ wrong types and out-of-range values fail with what is allowed, before any heavy 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-
-class ParamsError(ValueError):
-    """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
-
-
-_ALLOWED_DOC = " (docs/params.md gives each key's allowed values)"
-
-
-def _fail(key: str, message: str) -> typing.NoReturn:
-    raise ParamsError(f"params.yaml: '{key}' {message}")
+from .typed_config import ParamsError, Schema, StrictLoader, build
+from .typed_config import fail as _fail
 
 
 def _choice(key: str, value, choices, or_else: str = "") -> None:
@@ -323,154 +311,6 @@ class Params:
                   f"(strategy is {self.strategy!r}); a fine-tune reads the last stage's pool")
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _convert(key: str, value, hint):
-    """Check ``value`` against the annotation ``hint``; return it in that type."""
-    _placeholder(key, value)
-    origin = typing.get_origin(hint)
-    if origin in _CONTAINERS:
-        return _CONTAINERS[origin](key, value, hint)
-    if hint in _SCALARS:
-        return _SCALARS[hint](key, value)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            _fail(key, f"is {value!r}; expected a mapping of {hint.__name__} keys")
-        return _build(hint, value, key + ".")
-    raise TypeError(f"unsupported annotation {hint!r} for {key}")
-
-
-def _to_union(key: str, value, hint):
-    options = typing.get_args(hint)
-    for option in options:
-        try:
-            return _convert(key, value, option)
-        except ParamsError:
-            continue
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    _fail(key, f"is {value!r} ({type(value).__name__}); expected {names}")
-
-
-def _to_tuple(key: str, value, hint) -> tuple:
-    args = typing.get_args(hint)
-    if not isinstance(value, (list, tuple)) or len(value) != len(args):
-        _fail(key, f"is {value!r}; expected a list of {len(args)} numbers")
-    return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-
-
-def _to_dict(key: str, value, hint) -> dict:
-    key_hint, value_hint = typing.get_args(hint)
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        _fail(key, f"is {value!r}; expected a mapping (key: value, or {{}} for none)")
-    return {_convert(f"{key} (a key)", k, key_hint): _convert(f"{key}[{k!r}]", v, value_hint)
-            for k, v in value.items()}
-
-
-def _to_bool(key: str, value) -> bool:
-    if not isinstance(value, bool):
-        _fail(key, f"is {value!r}; expected true or false")
-    return value
-
-
-def _to_int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{_ALLOWED_DOC}")
-    return value
-
-
-def _to_float(key: str, value) -> float:
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(key, f"is {value!r} ({type(value).__name__}); expected a number{_ALLOWED_DOC}")
-    return float(value)
-
-
-def _to_str(key: str, value) -> str:
-    if not isinstance(value, str):
-        _fail(key, f"is {value!r} ({type(value).__name__}); expected a string")
-    return value
-
-
-# how a value of each annotation is checked: generic containers by their origin, then scalars
-_CONTAINERS = {typing.Union: _to_union, types.UnionType: _to_union, tuple: _to_tuple,
-               dict: _to_dict}
-_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
-
-
-# names people write for a key, where string similarity alone does not find it
-ALIASES = {
-    "learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "base_lr": "lr",
-    "random_seed": "seed", "rng_seed": "seed",
-    "freeze": "freeze_depth", "frozen_stages": "freeze_depth", "freeze_layers": "freeze_depth",
-    "arch": "model.arch", "architecture": "model.arch", "backbone": "model.arch",
-    "model_name": "model.arch", "pretrained": "model.weights", "weights": "model.weights",
-    "data_dir": "data.dir", "dataset": "data.dir", "path": "data.dir",
-    "val_split": "data.val_fraction", "test_split": "data.test_fraction",
-    "img_size": "preprocess.image_size", "size": "preprocess.image_size",
-    "resolution": "preprocess.image_size", "num_workers": "preprocess.workers",
-    "scheduler": "train.schedule", "lr_schedule": "train.schedule",
-    "patience": "train.early_stopping_patience", "num_epochs": "train.epochs",
-    "gpu": "device", "num_threads": "threads",
-}
-
-
-def _leaf_paths(cls, prefix: str = "") -> list[str]:
-    """Every valid dotted key of ``cls``: seed, lr, ..., data.dir, train.epochs, ..."""
-    paths = []
-    for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            paths += _leaf_paths(hint, f"{prefix}{f.name}.")
-        else:
-            paths.append(prefix + f.name)
-    return paths
-
-
-def _suggest(key: str, prefix: str, names: list[str]) -> list[str]:
-    """The valid keys a user most likely meant by ``prefix + key``."""
-    everywhere = _leaf_paths(Params)
-    if prefix + key in everywhere or key in everywhere:  # `data.dir: x` written flat
-        return [prefix + key if prefix + key in everywhere else key]
-    if key.lower() in ALIASES:  # learning_rate -> lr
-        return [ALIASES[key.lower()]]
-    same_name = [p for p in everywhere if p.rsplit(".", 1)[-1] == key]  # epochs at the top
-    if same_name:
-        return same_name[:2]
-    close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)  # frezee_depth
-    if close:
-        return [prefix + c for c in close]
-    leaves = {p.rsplit(".", 1)[-1]: p for p in everywhere}
-    close = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)  # train.bacth_size
-    if close:
-        return [leaves[close[0]]]
-    return [prefix + c for c in difflib.get_close_matches(key, names, n=1, cutoff=0.5)]
-
-
-def _build(cls, raw: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            close = _suggest(str(key), prefix, names)
-            hint = ""
-            if close:
-                hint = "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
-                if "." in str(key) and close == [prefix + str(key)]:
-                    outer, inner = close[0].rsplit(".", 1)
-                    hint = (f"; '{close[0]}' is written nested: '{inner}:' indented under "
-                            f"'{outer.rsplit('.', 1)[-1]}:'.")
-            raise ParamsError(f"params.yaml: unknown key '{prefix}{key}'{hint or '.'} "
-                              f"Valid keys: {', '.join(prefix + n for n in names)}")
-    values = {k: _convert(prefix + k, v, hints[k]) for k, v in raw.items()}
-    return cls(**values)
-
-
 # params.yaml is composed from conf/ (src/finetuner/presets.py): every value concrete.  Two
 # values that are no values: OLD_PRESET, how a params.yaml of before conf/ asked for a preset's
 # value, and MISSING, what Hydra leaves where conf/config.yaml says ??? and no preset set it.
@@ -493,6 +333,26 @@ def _placeholder(key: str, value) -> None:
               "conf/preset/<name>.yaml did not set it; set it there or with -S key=value")
 
 
+# names people write for a key, where string similarity alone does not find it
+ALIASES = {
+    "learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "base_lr": "lr",
+    "random_seed": "seed", "rng_seed": "seed",
+    "freeze": "freeze_depth", "frozen_stages": "freeze_depth", "freeze_layers": "freeze_depth",
+    "arch": "model.arch", "architecture": "model.arch", "backbone": "model.arch",
+    "model_name": "model.arch", "pretrained": "model.weights", "weights": "model.weights",
+    "data_dir": "data.dir", "dataset": "data.dir", "path": "data.dir",
+    "val_split": "data.val_fraction", "test_split": "data.test_fraction",
+    "img_size": "preprocess.image_size", "size": "preprocess.image_size",
+    "resolution": "preprocess.image_size", "num_workers": "preprocess.workers",
+    "scheduler": "train.schedule", "lr_schedule": "train.schedule",
+    "patience": "train.early_stopping_patience", "num_epochs": "train.epochs",
+    "gpu": "device", "num_threads": "threads",
+}
+
+
+_SCHEMA = Schema(Params, ALIASES, _placeholder)
+
+
 def parse_params(raw: dict | None) -> Params:
     """Build and validate :class:`Params` from the parsed YAML mapping: every check that needs
     no model code (those against the architecture registry: :mod:`finetuner.arch_params`)."""
@@ -500,35 +360,9 @@ def parse_params(raw: dict | None) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the top level must be a mapping of keys to values")
-    params = _build(Params, raw)
+    params = build(_SCHEMA, raw)
     params.validate()
     return params
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice (plain YAML keeps the last silently)."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False):
-    seen = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given below win
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: construct_mapping says what is wrong
-            break
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (first on line {first}); "
-                "only one value can apply", key_node.start_mark)
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _mapping_without_duplicates)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -537,7 +371,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     :func:`finetuner.arch_params.check_arch_params`)."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project's root") from None
     except OSError as error:  # a folder, no permission to read
