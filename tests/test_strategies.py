@@ -150,9 +150,18 @@ def test_every_strategy_is_an_entry_of_the_table_and_an_outcome_is_a_value():
     step returns a new Outcome (frozen: none is changed in place)."""
     import dataclasses
 
-    from finetuner.params import STRATEGIES
-    from finetuner.training.strategy import SELECTIONS, Outcome
-    assert set(SELECTIONS) == set(STRATEGIES)
+    import yaml
+    from conftest import demo_params
+    from finetuner.params import STRATEGIES, parse_params
+    from finetuner.training.strategy import REFITTED, SELECTIONS, Outcome, selection_of
+    assert set(SELECTIONS) == set(STRATEGIES) | {"probe_cv"}
+    assert set(REFITTED) == set(STRATEGIES)  # the cross-validated probe alone is not refitted
+    raw = yaml.safe_load(demo_params())
+    for strategy in STRATEGIES:
+        for folds in (0, 5):
+            params = parse_params({**raw, "strategy": strategy, "probe": {"folds": folds}})
+            cv = strategy == "probe" and folds
+            assert selection_of(params) == ("probe_cv" if cv else strategy)
     outcome = Outcome("probe", {}, [], 1, 0.0, "fp32", 1, None, False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         outcome.refit = True

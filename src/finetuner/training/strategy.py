@@ -6,12 +6,14 @@ and then, with ``train.refit``, the chosen setup once more on train + val.
 * ``finetune``: :func:`~finetuner.training.loop.fit` as configured (with
   ``train.head_init: probe`` the head starts from the linear probe: LP-FT);
 * ``probe``: only the linear probe on the frozen backbone's pooled features, no gradient step;
+  with ``probe.folds`` (the photos preset) its L2 strength is chosen by cross-validation on
+  train + val and it is fitted there at once (``probe_cv``: no val choice, so no refit);
 * ``auto``: one LP-FT run; its starting point *is* the probe, so both candidates are scored on
   val for the price of one run; the probe is kept unless the fine-tune beats it on val by more
   than one standard error (:func:`_prefer_probe`).
 
 Invariants: nothing here looks at the test split; every choice (the probe's L2 strength, the
-best epoch, probe or fine-tune) is made on val.  The refit repeats the chosen setup (same
+best epoch, probe or fine-tune) is made on val, or by cross-validation on train + val.  The refit repeats the chosen setup (same
 probe strength, all ``train.epochs`` with their schedule, no early stopping) on train + val
 and keeps its last epoch, since no val is left to choose one or to stop on; the numbers
 measured on val before the refit are then selection scores, not estimates of the final model.
@@ -111,20 +113,15 @@ def train_model(build_fresh: Builder, data: TrainData, params: Params,
     and continues from; ``on_epoch(phase, record)``: each finished epoch, e.g. a live log.
     """
     start = time.perf_counter()
-    build = _builder(build_fresh)
-    if params.strategy == "probe" and params.probe.folds:
-        model = build()
-        outcome = _cross_validated_probe(model, data, params, ctx, start)
-        _log_probe(on_epoch, outcome)
-        return model, outcome
-    if params.strategy == "auto":  # an LP-FT (its start is the probe), and so is its refit
+    name = selection_of(params)
+    if name == "auto":  # an LP-FT (its start is the probe), and so is its refit
         params = dataclasses.replace(
             params, train=dataclasses.replace(params.train, head_init="probe"))
-    run = Selection(build, data, params, ctx, None if ctx.enabled else PrefixStore(spill_dir),
-                    params.train.refit and len(data.val_labels) > 0, start, progress, observe,
-                    resume, on_epoch)  # the store: frozen-prefix outputs, reused
-    model, outcome = SELECTIONS[params.strategy](run)
-    outcome = dataclasses.replace(outcome, trained_on={"train": len(data.train_labels)})
+    refit = name in REFITTED and params.train.refit and len(data.val_labels) > 0
+    store = None if ctx.enabled or name not in REFITTED else PrefixStore(spill_dir)
+    run = Selection(_builder(build_fresh), data, params, ctx, store, refit, start, progress,
+                    observe, resume, on_epoch)  # the store: frozen-prefix outputs, reused
+    model, outcome = SELECTIONS[name](run)
     if run.refit:
         model, outcome = _refit_or_keep(run, model, outcome)
     seconds = time.perf_counter() - start + outcome.earlier_seconds
@@ -189,7 +186,8 @@ def _val_probe(run: Selection) -> tuple[StagedClassifier, Outcome]:
     outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc, "val_loss": probe.val_loss}},
                       _probe_history(probe, model.num_stages, time.perf_counter() - run.start),
                       1, 0.0, resolve_precision(run.params.precision, run.ctx.device).name,
-                      run.ctx.world_size, probe.C, run.refit)
+                      run.ctx.world_size, probe.C, run.refit,
+                      trained_on={"train": len(run.data.train_labels)})
     _log_probe(run.on_epoch, outcome)
     return model, outcome
 
@@ -222,14 +220,34 @@ def _finetune_and_choose(run: Selection) -> tuple[StagedClassifier, Outcome]:
             if result.probe is not None else None)
     return model, Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
                           result.world_size, result.probe.C if result.probe else None,
-                          run.refit, stopped_early, probe_drop=drop,
+                          run.refit, stopped_early,
+                          trained_on={"train": len(data.train_labels)}, probe_drop=drop,
                           earlier_seconds=result.earlier_seconds)
 
 
-# which candidates each strategy trains and how it chooses among them on val (``probe`` with
-# ``probe.folds`` is the cross-validated probe, handled before: no val choice, no refit)
+def _cv_probe(run: Selection) -> tuple[StagedClassifier, Outcome]:
+    """``strategy: probe`` with ``probe.folds``: the probe of each member fitted on train + val,
+    its C chosen by cross-validation there: no val choice, so no refit."""
+    model = run.build()
+    outcome = _cross_validated_probe(model, run.data, run.params, run.ctx, run.start)
+    _log_probe(run.on_epoch, outcome)
+    return model, outcome
+
+
+# which candidates each selection trains and how it chooses among them (selection_of() names
+# the one params ask for); those in REFITTED choose on val, so a refit on train + val follows
 SELECTIONS: dict[str, Callable[[Selection], tuple[StagedClassifier, Outcome]]] = {
-    "probe": _val_probe, "finetune": _finetune_and_choose, "auto": _finetune_and_choose}
+    "probe_cv": _cv_probe, "probe": _val_probe, "finetune": _finetune_and_choose,
+    "auto": _finetune_and_choose}
+REFITTED = ("probe", "finetune", "auto")
+
+
+def selection_of(params: Params) -> str:
+    """The SELECTIONS entry ``params`` ask for: ``strategy``, except that ``probe`` with
+    ``probe.folds`` is the cross-validated probe (``probe_cv``)."""
+    if params.strategy == "probe" and params.probe.folds:
+        return "probe_cv"
+    return params.strategy
 
 
 def _auto_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
@@ -253,8 +271,7 @@ def _auto_probe(build: Builder, data: TrainData, params: Params, ctx: Dist,
 
 def _cross_validated_probe(model, data: TrainData, params: Params, ctx: Dist,
                            start: float) -> Outcome:
-    """``strategy: probe`` with ``probe.folds``: the probe (of each ensemble member) fitted on
-    train + val, C chosen by cross-validation there; no refit is needed."""
+    """The record of :func:`_cv_probe`'s fit: each member's probe on train + val."""
     precision = resolve_precision(params.precision, ctx.device)
     record = cv_probe_heads(model, data, ctx.device, precision,
                             params.train.feature_cache_gb * 1e9, ctx, params.probe.folds,
