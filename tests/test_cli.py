@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from finetuner.cli import abbreviate, main
+from finetuner.cli import main
+from finetuner.cli.models import abbreviate
 from finetuner.data.images import decode_image
 from finetuner.data.views import eval_view
 from finetuner.models import build_model, list_archs
@@ -96,13 +97,15 @@ def test_a_ctrl_c_exits_130_with_one_line_and_the_rows_printed_until_then_whole(
         checkpoint, photos, capsys, monkeypatch):
     """Exit status 1 means "done, some files skipped": an interrupted predict must not say it,
     or a script would take its partial CSV for a finished one."""
-    import finetuner.cli as cli
-    real = cli.predict_files
+    import finetuner.cli.evaluate
+    import finetuner.cli.predict
+    real = finetuner.cli.predictions.predict_files
 
     def first_batch_then_ctrl_c(*args):
         yield next(real(*args))
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "predict_files", first_batch_then_ctrl_c)
+    for command in (finetuner.cli.predict, finetuner.cli.evaluate):
+        monkeypatch.setattr(command, "predict_files", first_batch_then_ctrl_c)
     code, out, err = _run(capsys, "predict", checkpoint, photos, "--batch-size", 1)
     assert code == 130
     assert err.splitlines()[-1] == ("finetuner predict: interrupted; the rows printed so far "
@@ -200,12 +203,12 @@ def test_auto_runs_torch_on_cuda_when_present_and_onnxruntime_on_the_cpu(checkpo
     CPU provider is the one installed, so a GPU asked of it is refused with the way there."""
     from argparse import Namespace
 
-    from finetuner import cli
+    from finetuner.cli.common import device_for
     from finetuner.export import ExportError
     from finetuner.predictor import load_predictor
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cli._device(Namespace(device="auto"), "torch") == torch.device("cuda")
-    assert cli._device(Namespace(device="auto"), "onnxruntime") == torch.device("cpu")
+    assert device_for(Namespace(device="auto"), "torch") == torch.device("cuda")
+    assert device_for(Namespace(device="auto"), "onnxruntime") == torch.device("cpu")
     with pytest.raises(ExportError, match="onnxruntime runs on the CPU here.*--runtime torch"):
         load_predictor(checkpoint, "onnxruntime", device=torch.device("cuda"))
 
