@@ -347,3 +347,42 @@ def running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_torchrun_workers_stop_when_the_dvc_that_ran_the_stage_is_killed(tmp_path):
+    """With ``nproc_per_node`` above 1 the stage replaces itself by torchrun (``execve``), which
+    keeps the parent-death signal the stage asked for: a `kill -9` of DVC sends the torchrun
+    agent a SIGTERM, and it stops its workers (which ask for none themselves: LOCAL_RANK)."""
+    stage = tmp_path / "stage.py"
+    stage.write_text(
+        "import os, sys, time\nfrom finetuner.stage import run_stage\n"
+        "from finetuner.training.distributed import relaunch_under_torchrun, under_torchrun\n"
+        "def main():\n"
+        "    if not under_torchrun():\n        relaunch_under_torchrun(2, sys.argv)\n"
+        f"    path = os.path.join({str(tmp_path)!r}, 'worker' + os.environ['LOCAL_RANK'])\n"
+        "    open(path + '.tmp', 'w').write(str(os.getpid()))\n"
+        "    os.replace(path + '.tmp', path)\n    time.sleep(120)\n"
+        "run_stage('sleepy', main, '')\n")
+    parent = ("import subprocess, sys, time\n"
+              f"subprocess.Popen([sys.executable, {str(stage)!r}], "
+              f"stdout=open({str(tmp_path / 'out.txt')!r}, 'w'), stderr=subprocess.STDOUT)\n"
+              "time.sleep(300)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), DVC_STAGE="sleepy", OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    dvc = subprocess.Popen([sys.executable, "-c", parent], env=env)
+    files = [tmp_path / "worker0", tmp_path / "worker1"]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() for f in files) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(f.read_text()) for f in files if f.exists()]
+    dvc.kill()
+    dvc.wait()
+    assert len(workers) == 2, (tmp_path / "out.txt").read_text()
+    deadline = time.monotonic() + 30
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in workers if running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "torchrun's workers went on after the DVC that ran the stage was killed"
