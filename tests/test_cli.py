@@ -99,6 +99,7 @@ def test_a_ctrl_c_exits_130_with_one_line_and_the_rows_printed_until_then_whole(
     or a script would take its partial CSV for a finished one."""
     import finetuner.cli.evaluate
     import finetuner.cli.predict
+    import finetuner.cli.predictions
     real = finetuner.cli.predictions.predict_files
 
     def first_batch_then_ctrl_c(*args):

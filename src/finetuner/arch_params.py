@@ -8,15 +8,11 @@ The stages that build or read a model (input_spec, audit, finetune, evaluate) ca
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 from .models.registry import (ArchError, check_arch, get_arch, input_spec, member_names,
                               weights_problem)
 from .params import Params, ParamsError, load_params
-
-
-def _fail(key: str, message: str) -> NoReturn:
-    raise ParamsError(f"params.yaml: '{key}' {message}")
+from .typed_config import fail as _fail
 
 
 def check_arch_params(params: Params) -> Params:

@@ -1,8 +1,9 @@
 """YAML read into nested dataclasses: every value checked against its annotation, every unknown
 key refused with the valid key its writer most likely meant.
 
-Knows nothing of finetuner's keys: :mod:`finetuner.params` gives the dataclasses (a
-:class:`Schema`) and the checks between values.  Invariants: :func:`build` returns an instance
+Knows no finetuner key: :mod:`finetuner.params` gives the dataclasses (a :class:`Schema`) and
+the checks between values.  Its messages name params.yaml and docs/params.md, the one file it
+reads and the page that lists the keys.  Invariants: :func:`build` returns an instance
 whose every field has its annotated type (an int is never a bool, a float is finite), or raises
 :class:`ParamsError` naming the dotted key; :class:`StrictLoader` never constructs a Python
 object from a tag and refuses a key given twice.
@@ -128,13 +129,13 @@ _CONTAINERS = {typing.Union: _to_union, types.UnionType: _to_union, tuple: _to_t
 _SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
-def leaf_paths(cls, prefix: str = "") -> list[str]:
+def _leaf_paths(cls, prefix: str = "") -> list[str]:
     """Every valid dotted key of ``cls``: seed, lr, ..., data.dir, train.epochs, ..."""
     paths = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            paths += leaf_paths(hint, f"{prefix}{f.name}.")
+            paths += _leaf_paths(hint, f"{prefix}{f.name}.")
         else:
             paths.append(prefix + f.name)
     return paths
@@ -142,7 +143,7 @@ def leaf_paths(cls, prefix: str = "") -> list[str]:
 
 def _suggest(schema: Schema, key: str, prefix: str, names: list[str]) -> list[str]:
     """The valid keys a user most likely meant by ``prefix + key``."""
-    everywhere = leaf_paths(schema.root)
+    everywhere = _leaf_paths(schema.root)
     if prefix + key in everywhere or key in everywhere:  # `data.dir: x` written flat
         return [prefix + key if prefix + key in everywhere else key]
     if key.lower() in schema.aliases:  # learning_rate -> lr

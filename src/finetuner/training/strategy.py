@@ -13,10 +13,11 @@ and then, with ``train.refit``, the chosen setup once more on train + val.
   than one standard error (:func:`_prefer_probe`).
 
 Invariants: nothing here looks at the test split; every choice (the probe's L2 strength, the
-best epoch, probe or fine-tune) is made on val, or by cross-validation on train + val.  The refit repeats the chosen setup (same
-probe strength, all ``train.epochs`` with their schedule, no early stopping) on train + val
-and keeps its last epoch, since no val is left to choose one or to stop on; the numbers
-measured on val before the refit are then selection scores, not estimates of the final model.
+best epoch, probe or fine-tune) is made on val, or by cross-validation on train + val.  The
+refit repeats the chosen setup (same probe strength, all ``train.epochs`` with their schedule,
+no early stopping) on train + val and keeps its last epoch, since no val is left to choose one
+or to stop on; the numbers measured on val before the refit are then selection scores, not
+estimates of the final model.
 """
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ def train_model(build_fresh: Builder, data: TrainData, params: Params,
     run = Selection(_builder(build_fresh), data, params, ctx, store, refit, start, progress,
                     observe, resume, on_epoch)  # the store: frozen-prefix outputs, reused
     model, outcome = SELECTIONS[name](run)
+    if not outcome.trained_on:  # a val selection learnt from train alone (a refit adds val)
+        outcome = dataclasses.replace(outcome, trained_on={"train": len(data.train_labels)})
     if run.refit:
         model, outcome = _refit_or_keep(run, model, outcome)
     seconds = time.perf_counter() - start + outcome.earlier_seconds
@@ -130,8 +133,9 @@ def train_model(build_fresh: Builder, data: TrainData, params: Params,
 
 @dataclass(frozen=True)
 class Selection:
-    """What choosing among the candidates on val reads: the builder, the data, the params, the
-    process group, the frozen-prefix store, whether a refit follows, and the callbacks."""
+    """What a selection (choosing among candidates, on val or by cross-validation) reads: the
+    builder, the data, the params, the process group, the frozen-prefix store, whether a refit
+    follows, and the callbacks."""
     build: Builder
     data: TrainData
     params: Params
@@ -186,8 +190,7 @@ def _val_probe(run: Selection) -> tuple[StagedClassifier, Outcome]:
     outcome = Outcome("probe", {"probe": {"val_acc": probe.val_acc, "val_loss": probe.val_loss}},
                       _probe_history(probe, model.num_stages, time.perf_counter() - run.start),
                       1, 0.0, resolve_precision(run.params.precision, run.ctx.device).name,
-                      run.ctx.world_size, probe.C, run.refit,
-                      trained_on={"train": len(run.data.train_labels)})
+                      run.ctx.world_size, probe.C, run.refit)
     _log_probe(run.on_epoch, outcome)
     return model, outcome
 
@@ -220,8 +223,7 @@ def _finetune_and_choose(run: Selection) -> tuple[StagedClassifier, Outcome]:
             if result.probe is not None else None)
     return model, Outcome(chosen, candidates, history, best_epoch, 0.0, result.precision,
                           result.world_size, result.probe.C if result.probe else None,
-                          run.refit, stopped_early,
-                          trained_on={"train": len(data.train_labels)}, probe_drop=drop,
+                          run.refit, stopped_early, probe_drop=drop,
                           earlier_seconds=result.earlier_seconds)
 
 
