@@ -32,7 +32,9 @@ first: ``audit_arch``) and, for an ensemble, of all members side by side
   (``*_last_stage_only``) how many it would on the last stage's pooled features alone.
   Then each kind added all at once (``made_together_found``, ``foreign_together_found``),
   and (``*_ungrouped``) how many it would find scoring each image apart instead of each
-  batch of alike images as one.
+  batch of alike images as one; ``*_together_pairs``: the near-duplicate pairs reported among
+  them (none of them are copies of each other), and (``*_features_only``) how many the
+  features alone would give, without the pixel check of two outliers.
   ``--first-only`` computes only the member the audit reads (a quarter of the time).
 
 Prints ``name=value`` lines per set, seed and features, then per set and features the mean
@@ -95,11 +97,12 @@ def near_copy(image: Image.Image, rng: random.Random) -> Image.Image:
 
 def side_by_side(parts: list):
     """Several backbones' features of the same images, concatenated per image, each part's
-    vectors scaled to unit length first (each backbone weighs the same in a cosine)."""
+    vectors scaled to unit length first (each backbone weighs the same in a cosine); the
+    thumbnails (pixels, the same in every part) the first part's."""
     from finetuner.audit.features import Features
     from finetuner.audit.findings import unit_rows
     return Features(*(np.hstack([unit_rows(getattr(p, name)) for p in parts])
-                      for name in ("pooled", "regional", "taps")))
+                      for name in ("pooled", "regional", "taps")), parts[0].thumbs)
 
 
 class SetUnderTest:
@@ -287,7 +290,7 @@ def junk(s: SetUnderTest, variant: str, j: Junk, ratio: float) -> dict:
     from finetuner.params import AuditParams
     fence, extra, n = AuditParams().outlier_fence, j.features[variant], len(s.paths)
     some = lambda rows: Features(extra.pooled[rows], extra.regional[rows],  # noqa: E731
-                                 extra.taps[rows])
+                                 extra.taps[rows], extra.thumbs[rows])
     found = {key: 0 for key in ("made", "foreign", "made_last", "foreign_last")}
     for k in range(len(extra)):
         both = Features.concatenate([s.features[variant], some([k])])
@@ -305,7 +308,20 @@ def junk(s: SetUnderTest, variant: str, j: Junk, ratio: float) -> dict:
         record[f"{kind}_together_found"] = len(junk_outliers(together, ratio) & added)
         record[f"{kind}_together_found_ungrouped"] = len(
             junk_outliers(together, ratio, grouped=False) & added)
+        record.update(junk_pairs(together, added, kind, ratio))
     return record
+
+
+def junk_pairs(features, added: set[int], kind: str, ratio: float) -> dict:
+    """How many near-duplicate pairs the audit reports among the ``added`` junk images, and
+    how many it would on the features alone (the rule before 2026-12-01: no pixel check)."""
+    from finetuner.audit.findings import near_duplicate_pairs, pairs_and_outliers
+    from finetuner.params import AuditParams
+    reported, _ = pairs_and_outliers(features, ratio, AuditParams().outlier_fence)
+    among = lambda pairs: sum(i in added and j in added for i, j, _ in pairs)  # noqa: E731
+    return {f"{kind}_together_pairs": among(reported),
+            f"{kind}_together_pairs_features_only": among(
+                near_duplicate_pairs(features.regional, ratio))}
 
 
 def hash_copies(s: SetUnderTest, c: Copies) -> dict:

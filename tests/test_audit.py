@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import SHAPES, jpeg_copy, load_stage, make_shapes_folder, shapes_image
 from finetuner.audit.features import Features
 from finetuner.audit.findings import (COLUMNS, alike_groups, alike_pairs, audit, group_means,
-                                      near_duplicate_pairs, outliers)
+                                      near_duplicate_pairs, outliers, thumbnail_correlation)
 from finetuner.cli import main
 from finetuner.data.near_duplicates import groups, hash_pairs, nearest, perceptual_hash
 
@@ -137,6 +137,60 @@ def test_the_taps_are_every_stage_but_the_last_pooled_in_order():
         expected = model.features(torch.as_tensor(images).permute(0, 3, 1, 2)).numpy()
     assert np.allclose(features.every_stage(), expected, atol=1e-5)
     assert features.taps.shape[1] == expected.shape[1] - features.pooled.shape[1] > 0
+
+
+def test_the_thumbnails_are_the_views_in_grey_averaged_down():
+    from finetuner.audit.features import THUMB_SIDE, image_features
+    from finetuner.models import build_model
+    model = build_model("resnet18", "none", 2).eval()
+    images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    images[0, :, 32:] = 255  # left half black, right half white
+    images[1] = (200, 100, 50)
+    thumbs = image_features(model, [images]).thumbs.reshape(2, THUMB_SIDE, THUMB_SIDE)
+    half = THUMB_SIDE // 2
+    assert thumbs.dtype == np.uint8 and (thumbs[0, :, :half] == 0).all()
+    assert (thumbs[0, :, half:] == 255).all()
+    grey = Image.new("RGB", (1, 1), (200, 100, 50)).convert("L").getpixel((0, 0))
+    assert (thumbs[1] == grey).all()  # as PIL's convert("L")
+
+
+def pairs_and_far(thumbs: np.ndarray | None, junk_regional=None) -> tuple[set, set]:
+    """The near-duplicate pairs and the outliers the audit reports among 60 unlike photos (two
+    of them shots of one object: alike in features, not in pixels) and two junk images, far
+    from the photos and alike to the backbone (``junk_regional``: their regional features)."""
+    rng = np.random.default_rng(0)
+    photos = 60
+    pooled = np.abs(rng.normal(size=(photos + 2, 16)))
+    regional = rng.normal(size=(photos + 2, 256))
+    regional[1] = regional[0] + 0.05 * rng.normal(size=256)
+    pooled[photos:] = 0.0
+    pooled[photos:, 5] = 50.0 + 0.01 * rng.normal(size=2)
+    regional[photos:] = (10.0 + rng.normal(size=(2, 256)) if junk_regional is None
+                         else junk_regional)
+    paths = [str(i) for i in range(photos + 2)]
+    result = audit(Features(pooled, regional, thumbs=thumbs), np.arange(photos + 2) % 2,
+                   ["a", "b"], paths, [""] * len(paths), 0.6, 2.0, 0)
+    return ({(f.other, f.path) for f in result.findings if f.issue == "near_duplicate"},
+            {f.path for f in result.findings if f.issue == "outlier"})
+
+
+def test_two_outliers_pair_only_when_their_thumbnails_agree():
+    """A blank frame and a text page (/tmp/junkset: 19 % apart in features, each one's 5th
+    nearest a photo): the ratio test cannot vouch for two outliers, their pixels must; two
+    shots of one object (neighbours of their kind) pair on the features alone."""
+    rng = np.random.default_rng(1)
+    thumbs = rng.integers(0, 256, (62, 32 * 32), dtype=np.uint8)  # no two alike in pixels
+    thumbs[60] = 255  # a blank frame: flat, correlates with nothing
+    assert thumbnail_correlation(thumbs, 60, 61) == 0.0
+    assert pairs_and_far(thumbs) == ({("0", "1")}, {"60", "61"})
+    copy = thumbs.copy()  # a copy in pixels too, cropped: shifted by two thumbnail pixels
+    copy[60] = np.roll(copy[61].reshape(32, 32), 2, axis=1).ravel()
+    assert thumbnail_correlation(copy, 60, 61, shift=0) < 0.1 < 0.99 < thumbnail_correlation(
+        copy, 60, 61)
+    assert pairs_and_far(copy) == ({("0", "1"), ("60", "61")}, {"60", "61"})
+    assert pairs_and_far(None)[0] == {("0", "1"), ("60", "61")}  # no thumbnails: features
+    same = np.tile(10.0 + rng.normal(size=256), (2, 1))  # identical features always pair
+    assert pairs_and_far(thumbs, same)[0] == {("0", "1"), ("60", "61")}
 
 
 def split_project(root, counts: dict[str, int], size: int = 32, workers: int = 0,

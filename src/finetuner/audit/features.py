@@ -17,6 +17,10 @@ One forward pass gives two vectors per image:
   fixed Gaussian matrix (cosines are kept within a few percent), so memory per image is
   bounded whatever the architecture.
 
+Beside the features, ``thumbs``: each view in grey, averaged down to 32 x 32 pixels (1 KB an
+image), what the near-duplicate check compares where features cannot vouch for a pair (two
+outliers: a blank frame and a text page are alike to the backbone, not in pixels).
+
 Images are read batch by batch, so memory holds the features and one batch of pixels, never
 a split's pixels.  :func:`folder_batches` decodes the files as preprocess decodes val and test
 (``eval_view_of``): the audit stage and ``finetuner audit`` read the images themselves, not the
@@ -39,6 +43,8 @@ from ..models import StagedClassifier, member_names, stage_tap
 
 REGION_GRID = 4
 MAX_REGIONAL = 2048
+THUMB_SIDE = 32
+GREY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L")
 
 
 def audit_arch(arch: str) -> str:
@@ -53,15 +59,19 @@ def audit_arch(arch: str) -> str:
 @dataclass(frozen=True)
 class Features:
     """Per image, in order: ``pooled`` (N, D), ``regional`` (N, R) and ``taps`` (N, T)
-    float32; ``taps`` has T = 0 columns where the stages' outputs are not feature maps (or
-    were not computed)."""
+    float32, and ``thumbs`` (N, P) uint8, each view's grey thumbnail flattened (P =
+    ``THUMB_SIDE ** 2``); ``taps`` has T = 0 columns where the stages' outputs are not feature
+    maps (or were not computed), ``thumbs`` P = 0 where no thumbnails were made."""
     pooled: np.ndarray
     regional: np.ndarray
     taps: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
 
     def __post_init__(self):
         if self.taps is None:
             object.__setattr__(self, "taps", np.zeros((len(self.pooled), 0), np.float32))
+        if self.thumbs is None:
+            object.__setattr__(self, "thumbs", np.zeros((len(self.pooled), 0), np.uint8))
 
     def __len__(self) -> int:
         return len(self.pooled)
@@ -75,7 +85,7 @@ class Features:
         """One after another; parts without images (an empty split) are left out."""
         parts = [p for p in parts if len(p)] or parts[:1]
         return Features(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("pooled", "regional", "taps")))
+                          for name in ("pooled", "regional", "taps", "thumbs")))
 
 
 def _projection(width: int) -> torch.Tensor:
@@ -95,6 +105,15 @@ def _regional(x: torch.Tensor, pooled: torch.Tensor, projection: dict) -> torch.
     return regions @ projection["matrix"]
 
 
+def thumbnails(images: torch.Tensor) -> np.ndarray:
+    """(B, THUMB_SIDE ** 2) uint8: each of ``images`` (B, 3, H, W) uint8 in grey (:data:`GREY`),
+    averaged over a ``THUMB_SIDE`` x ``THUMB_SIDE`` grid of areas, rounded, flattened."""
+    weights = torch.tensor(GREY).view(1, 3, 1, 1)
+    grey = (images.float() * weights).sum(1, keepdim=True)
+    small = F.adaptive_avg_pool2d(grey, THUMB_SIDE).round().clamp(0, 255)
+    return small.flatten(1).to(torch.uint8).numpy()
+
+
 @torch.no_grad()
 def image_features(model: StagedClassifier, batches: Iterable, device: torch.device | None = None,
                    progress: Callable[[int], None] | None = None) -> Features:
@@ -103,9 +122,11 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
     device = device or torch.device("cpu")
     model.eval().to(device)
     last = model.num_stages - 1
-    pooled, regional, taps, projection = [], [], [], {}
+    pooled, regional, taps, thumbs, projection = [], [], [], [], {}
     for batch in batches:
-        images = torch.as_tensor(np.asarray(batch)).to(device).permute(0, 3, 1, 2)
+        images = torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2)
+        thumbs.append(thumbnails(images))  # on the host, before the pixels move
+        images = images.to(device)
         tapped, before_last = [], None
         for stage, x in enumerate(model.stage_outputs(images)):
             if stage < last:
@@ -122,7 +143,7 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
         return Features(np.zeros((0, model.classifier.in_features), np.float32),
                         np.zeros((0, 0), np.float32))
     return Features(*(np.concatenate(part).astype(np.float32, copy=False)
-                      for part in (pooled, regional, taps)))
+                      for part in (pooled, regional, taps)), np.concatenate(thumbs))
 
 
 class EvalViews(torch.utils.data.Dataset):

@@ -13,7 +13,14 @@
   image: a ratio test, so it adapts to how alike a domain's images are (chest X-rays all
   look alike; photos do not).  Identical features always pair (more than six identical
   images: each with five of them, the lowest indices; connected, one group).  Score: 1 -
-  that ratio.
+  that ratio.  Where both images are outliers (below), each one's 5th nearest is an image
+  unlike it, and the ratio says only that they are closer to each other than to the set, as
+  any two junk images are (a blank frame and a text page are alike to the backbone): such a
+  pair is reported only when their grey thumbnails (``Features.thumbs``) also correlate at
+  :data:`PIXEL_CORRELATION` or more, shifted by up to :data:`PIXEL_SHIFT` pixels (a flat
+  thumbnail correlates with none), or their features are identical.  A pair with an image
+  that has neighbours of its kind is reported on the features alone: two shots of one object
+  differ in pixels.
 * **outlier**: cleanlab's ``OutOfDistribution`` (mean cosine distance to the 10 nearest
   images over its median), on the pooled features and on every stage's pooled output side
   by side (``Features.every_stage``); an image is reported when, in either, that is above
@@ -33,6 +40,7 @@ Memory: the features, the probe's copies of them, and ``block x N`` distances at
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -59,6 +67,8 @@ PROBE_C = 0.01       # measured on the shared sets: flips found as well as with 
 REFERENCE = 5        # the near-duplicate ratio's reference: the 5th nearest image
 NEIGHBOURS = 10      # the outlier check's: cleanlab's k, and the alike batches' reference
 SAME = 1e-6          # cosine distance under which two images count as identical
+PIXEL_CORRELATION = 0.6  # two outliers' thumbnails: copies >= 0.75, two text pages 0.42
+PIXEL_SHIFT = 2      # thumbnail pixels (of 32) a copy's may be shifted by (a 5 % crop: 1-2)
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,43 @@ def ratio_pairs(dist: np.ndarray, index: np.ndarray, ratio: float) -> list[tuple
     return [(i, j, score) for (i, j), score in sorted(pairs.items())]
 
 
+def thumbnail_correlation(thumbs: np.ndarray, i: int, j: int, shift: int = PIXEL_SHIFT) -> float:
+    """The highest Pearson correlation of thumbnails ``i`` and ``j`` (rows of ``thumbs``, square
+    images flattened) over shifts of up to ``shift`` pixels along each axis, on the part they
+    overlap: a copy cropped a little from one edge is shifted a pixel or two."""
+    side = math.isqrt(thumbs.shape[1])
+    a, b = (thumbs[k].reshape(side, side) for k in (i, j))
+    offsets = range(-shift, shift + 1)
+    return max(_correlation(a[_overlap(dy, side)][:, _overlap(dx, side)],
+                            b[_overlap(-dy, side)][:, _overlap(-dx, side)])
+               for dy in offsets for dx in offsets)
+
+
+def _overlap(offset: int, side: int) -> slice:
+    """Of a line of ``side`` pixels, the part that meets another shifted by ``offset``."""
+    return slice(max(0, offset), side + min(0, offset))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays of one shape; 0 where either is flat (no pattern to
+    agree on)."""
+    rows = np.stack([a.ravel(), b.ravel()]).astype(np.float32)
+    x, y = unit_rows(rows - rows.mean(1, keepdims=True))
+    return float(x @ y)
+
+
+def confirmed_in_pixels(pairs: list[tuple[int, int, float]], far: set[int],
+                        thumbs: np.ndarray) -> list[tuple[int, int, float]]:
+    """``pairs`` less those of two images in ``far`` (outliers) whose thumbnails correlate
+    below :data:`PIXEL_CORRELATION` (see the module doc); identical features (score 1) always
+    stand, and every pair where there are no thumbnails (``thumbs`` without columns)."""
+    if thumbs.shape[1] == 0:
+        return pairs
+    return [(i, j, score) for i, j, score in pairs
+            if score >= 1.0 or not (i in far and j in far)
+            or thumbnail_correlation(thumbs, i, j) >= PIXEL_CORRELATION]
+
+
 def out_of_sample_probabilities(pooled: np.ndarray, labels: np.ndarray, num_classes: int,
                                 group: np.ndarray, seed: int) -> np.ndarray:
     """(N, num_classes) probabilities of each image from a probe that never saw it (nor its
@@ -224,13 +271,23 @@ def audit_outliers(features: Features, fence: float,
     return outliers([features.pooled] + every_stage, fence, group)
 
 
+def pairs_and_outliers(features: Features, ratio: float, fence: float
+                       ) -> tuple[list[tuple[int, int, float]], list[tuple[int, float]]]:
+    """The near-duplicate pairs (i, j, score) the audit reports, confirmed in pixels where both
+    are outliers, and the outliers (index, score): one search for the nearest images serves
+    the ratio test and the batches of alike images (see the module doc)."""
+    pairs, alike = alike_pairs(features.regional, ratio, (REFERENCE, NEIGHBOURS))
+    far = audit_outliers(features, fence, groups(len(features), alike))
+    return confirmed_in_pixels(pairs, {i for i, _ in far}, features.thumbs), far
+
+
 def audit(features: Features, labels: np.ndarray, class_names: list[str], paths: list[str],
           splits: list[str], ratio: float, fence: float, seed: int) -> Audit:
     """Every finding about the images ``paths`` (labels: indices into ``class_names``;
     ``splits``: each image's split, or "")."""
     labels = np.asarray(labels, dtype=np.int64)
     findings: list[Finding] = []
-    pairs, alike = alike_pairs(features.regional, ratio, (REFERENCE, NEIGHBOURS))
+    pairs, far = pairs_and_outliers(features, ratio, fence)
     for i, j, score in pairs:
         i, j = sorted((i, j), key=lambda n: (_order(splits[n]), paths[n]))  # path: the later
         findings.append(Finding(paths[j], "near_duplicate", class_names[labels[j]],
@@ -248,7 +305,7 @@ def audit(features: Features, labels: np.ndarray, class_names: list[str], paths:
             findings.append(Finding(paths[i], "label", class_names[labels[i]],
                                     class_names[int(others.argmax())], split=splits[i],
                                     score=float(1.0 - probabilities[i, labels[i]])))
-    for i, score in audit_outliers(features, fence, groups(len(labels), alike)):
+    for i, score in far:
         findings.append(Finding(paths[i], "outlier", class_names[labels[i]], split=splits[i],
                                 score=score))
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.path, f.other))
