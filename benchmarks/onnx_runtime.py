@@ -28,7 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from finetuner.export import onnx_checked, onnx_runner, onnx_session  # noqa: E402
+from finetuner.export import onnx_checked  # noqa: E402
+from finetuner.onnx_file import onnx_runner, onnx_session  # noqa: E402
 from finetuner.models import build_model  # noqa: E402
 
 

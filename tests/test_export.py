@@ -20,7 +20,8 @@ from finetuner.cli import main
 from finetuner.data.views import eval_view_of
 from finetuner.evaluation.calibration import calibration_record, file_sha256
 from finetuner.evaluation.cost import onnxruntime_cost
-from finetuner.export import ExportError, export_model, format_for, onnx_bytes, read_onnx
+from finetuner.export import ExportError, export_model, format_for, onnx_bytes
+from finetuner.onnx_file import read_onnx
 from finetuner.io import write_json
 from finetuner.models import build_model
 from finetuner.models.checkpoint import load_checkpoint, save_checkpoint

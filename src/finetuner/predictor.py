@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .evaluation.calibration import CalibrationError, file_sha256, read_calibration, softmax
-from .export import ExportError, onnx_checked, onnx_runner, read_onnx
+from .export import onnx_checked
+from .onnx_file import ExportError, onnx_runner, read_onnx
 from .models.checkpoint import load_checkpoint
 
 RUNTIMES = ("torch", "onnxruntime")

@@ -18,7 +18,8 @@ from typing import Callable, TypeVar
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..export import onnx_checked, onnx_runner
+from ..export import onnx_checked
+from ..onnx_file import onnx_runner
 from ..models import ProbeEnsemble, StagedClassifier
 
 BUSY = 0.8  # a cpu_share below this: the timings say more about the machine's load
