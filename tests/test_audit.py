@@ -139,6 +139,30 @@ def test_the_taps_are_every_stage_but_the_last_pooled_in_order():
     assert features.taps.shape[1] == expected.shape[1] - features.pooled.shape[1] > 0
 
 
+def test_features_announced_are_written_into_place_the_same_numbers():
+    """With the count known the features are held once, in arrays allocated at the first batch
+    (no per-batch arrays joined at the end), and they are the same."""
+    from finetuner.audit.features import Rows, image_features
+    from finetuner.models import build_model
+    model = build_model("resnet18", "none", 2, layers="all").eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    batches = [images[:2], images[2:4], images[4:]]
+    joined, written = image_features(model, batches), image_features(model, batches, count=5)
+    for name in ("pooled", "regional", "taps", "thumbs"):
+        a, b = getattr(joined, name), getattr(written, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    rows = Rows(np.float32, count=3)
+    first = np.ones((2, 4), np.float32)
+    rows.add(first)
+    held = rows.parts[0]
+    rows.add(np.zeros((1, 4), np.float32))
+    assert rows.array() is held and len(rows.parts) == 1 and not np.shares_memory(held, first)
+    with pytest.raises(ValueError):
+        rows.add(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError):
+        Rows(np.float32, count=4).array()
+
+
 def test_the_thumbnails_are_the_views_in_grey_averaged_down():
     from finetuner.audit.features import THUMB_SIDE, image_features
     from finetuner.models import build_model

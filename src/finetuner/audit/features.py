@@ -114,36 +114,73 @@ def thumbnails(images: torch.Tensor) -> np.ndarray:
     return small.flatten(1).to(torch.uint8).numpy()
 
 
+class Rows:
+    """One (N, width) array gathered batch by batch (:meth:`add`), of ``dtype``: with ``count``
+    (N) known, each batch is written into place in one array allocated at the first batch, so
+    the rows are held once; without, the batches are kept and joined at the end (held twice
+    while they are joined)."""
+
+    def __init__(self, dtype: type, count: int | None = None):
+        self.dtype, self.count, self.parts, self.filled = dtype, count, [], 0
+
+    def add(self, part: np.ndarray) -> None:
+        if self.count is None:
+            self.parts.append(part)
+            return
+        if self.filled + len(part) > self.count:
+            raise ValueError(f"more than the {self.count} rows announced")
+        if not self.parts:
+            self.parts.append(np.empty((self.count,) + part.shape[1:], self.dtype))
+        self.parts[0][self.filled:self.filled + len(part)] = part
+        self.filled += len(part)
+
+    def array(self) -> np.ndarray:
+        """The rows added, in order (a batch at least: the width is the first batch's)."""
+        if self.count is None:
+            return np.concatenate(self.parts).astype(self.dtype, copy=False)
+        if self.filled != self.count:
+            raise ValueError(f"{self.filled} rows where {self.count} were announced")
+        return self.parts[0]
+
+
 @torch.no_grad()
 def image_features(model: StagedClassifier, batches: Iterable, device: torch.device | None = None,
-                   progress: Callable[[int], None] | None = None) -> Features:
+                   progress: Callable[[int], None] | None = None,
+                   count: int | None = None) -> Features:
     """:class:`Features` of ``batches``: uint8 tensors or arrays (B, H, W, 3); ``progress(n)``
-    is called with each batch's size."""
+    is called with each batch's size.  ``count``: how many images the batches hold, if known,
+    so that the features are written into place, held once (:class:`Rows`)."""
     device = device or torch.device("cpu")
     model.eval().to(device)
-    last = model.num_stages - 1
-    pooled, regional, taps, thumbs, projection = [], [], [], [], {}
+    pooled, regional, taps = (Rows(np.float32, count) for _ in range(3))
+    thumbs, projection = Rows(np.uint8, count), {}
     for batch in batches:
         images = torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2)
-        thumbs.append(thumbnails(images))  # on the host, before the pixels move
-        images = images.to(device)
-        tapped, before_last = [], None
-        for stage, x in enumerate(model.stage_outputs(images)):
-            if stage < last:
-                tapped += [stage_tap(x.float())] if x.ndim == 4 else []
-                before_last = x
-        pool = model.pool(x).float()
-        pooled.append(pool.cpu().numpy())
-        taps.append(torch.cat(tapped, 1).cpu().numpy() if tapped else np.zeros((len(pool), 0)))
-        before_last = pool if before_last is None else before_last  # one stage: the pool
-        regional.append(_regional(before_last, pool, projection).cpu().numpy())
+        thumbs.add(thumbnails(images))  # on the host, before the pixels move
+        pool, tapped, before_last = _forward(model, images.to(device))
+        pooled.add(pool.cpu().numpy())
+        taps.add(torch.cat(tapped, 1).cpu().numpy() if tapped else np.zeros((len(pool), 0)))
+        regional.add(_regional(before_last, pool, projection).cpu().numpy())
         if progress:
             progress(len(images))
-    if not pooled:  # the regional width is unknown without a batch: 0 (concatenate skips it)
+    if not pooled.parts:  # no batch: the regional width is unknown, 0 (concatenate skips it)
         return Features(np.zeros((0, model.classifier.in_features), np.float32),
                         np.zeros((0, 0), np.float32))
-    return Features(*(np.concatenate(part).astype(np.float32, copy=False)
-                      for part in (pooled, regional, taps)), np.concatenate(thumbs))
+    return Features(*(rows.array() for rows in (pooled, regional, taps, thumbs)))
+
+
+def _forward(model: StagedClassifier, images: torch.Tensor
+             ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """The pool (float), the taps of every stage before the last, and the output of the stage
+    before the last (one stage: the pool) of a batch."""
+    last = model.num_stages - 1
+    tapped, before_last = [], None
+    for stage, x in enumerate(model.stage_outputs(images)):
+        if stage < last:
+            tapped += [stage_tap(x.float())] if x.ndim == 4 else []
+            before_last = x
+    pool = model.pool(x).float()
+    return pool, tapped, pool if before_last is None else before_last
 
 
 class EvalViews(torch.utils.data.Dataset):
@@ -203,4 +240,4 @@ def files_features(model: StagedClassifier, paths: list[Path], size: int, crop_p
     with tqdm(total=len(paths), desc="audit", unit="image", leave=False, mininterval=1.0,
               disable=None) as bar:  # None: only on a terminal
         batches = folder_batches(paths, size, crop_pct, batch_size, workers, changed)
-        return image_features(model, batches, device, bar.update)
+        return image_features(model, batches, device, bar.update, count=len(paths))
