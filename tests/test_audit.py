@@ -16,8 +16,9 @@ from PIL import Image
 
 from conftest import SHAPES, jpeg_copy, load_stage, make_shapes_folder, shapes_image
 from finetuner.audit.features import Features
-from finetuner.audit.findings import (COLUMNS, alike_groups, alike_pairs, audit, group_means,
-                                      near_duplicate_pairs, outliers, thumbnail_correlation)
+from finetuner.audit.findings import (COLUMNS, alike_groups, alike_pairs, audit,
+                                      centred_unit_rows, group_means, near_duplicate_pairs,
+                                      outliers, thumbnail_correlation, unit_rows)
 from finetuner.cli import main
 from finetuner.data.near_duplicates import groups, hash_pairs, nearest, perceptual_hash
 
@@ -343,6 +344,23 @@ def test_a_batch_of_alike_junk_is_found_as_one_group():
     means, member_of = group_means(pooled, groups(len(pooled), [(photos, photos + 1)]))
     assert len(means) == len(pooled) - 1 and member_of[photos] == member_of[photos + 1]
     assert np.allclose(means[member_of[photos]], pooled[photos:photos + 2].mean(0), atol=1e-4)
+    for block in (1, 7):  # a few columns at a time: the same numbers
+        assert np.array_equal(group_means(pooled, groups(len(pooled), [(photos, photos + 1)]),
+                                          block)[0], means)
+
+
+def test_centred_unit_rows_are_unit_rows_of_the_centred_in_one_copy():
+    """Block by block, the same numbers as centring then scaling the whole; ``x`` untouched."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 33)).astype(np.float32)
+    x[5] = x.mean(0)  # a zero row once centred
+    before = x.copy()
+    expected = unit_rows(x - x.mean(0))
+    for block in (1, 8, 1024):
+        got = centred_unit_rows(x, block)
+        assert got.dtype == np.float32 and np.array_equal(got, expected)
+        assert not np.shares_memory(got, x)
+    assert np.array_equal(x, before)
 
 
 def test_one_search_gives_the_near_duplicates_and_the_batches():

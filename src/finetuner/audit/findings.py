@@ -36,7 +36,10 @@
   score, the larger of the two; every member of a group gets the group's.
 
 Findings come in the order of :data:`ISSUES`, each kind most certain (highest score) first.
-Memory: the features, the probe's copies of them, and ``block x N`` distances at a time.
+Memory: the features; one centred copy of the regional ones for the near-duplicate search,
+with ``block x N`` distances at a time; the outlier check's copies of each representation
+(cleanlab's ``OutOfDistribution``: a normalised one, and three in its exact-duplicate check);
+and the probe's copies of a fold of the pooled ones.  One step at a time, not together.
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ NEIGHBOURS = 10      # the outlier check's: cleanlab's k, and the alike batches'
 SAME = 1e-6          # cosine distance under which two images count as identical
 PIXEL_CORRELATION = 0.6  # two outliers' thumbnails: copies >= 0.75, two text pages 0.42
 PIXEL_SHIFT = 2      # thumbnail pixels (of 32) a copy's may be shifted by (a 5 % crop: 1-2)
+ROW_BLOCK = 1024     # rows of features a temporary holds (centring, row lengths)
+COLUMN_BLOCK = 128   # columns of features a float64 temporary holds (the groups' means)
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,24 @@ class Audit:
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length (zero rows left as they are), float32."""
+    """Each row scaled to unit length (zero rows left as they are), float32: a new array, the
+    only copy of a float32 ``x``."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32, copy=False)
+
+
+def centred_unit_rows(x: np.ndarray, block: int = ROW_BLOCK) -> np.ndarray:
+    """:func:`unit_rows` of ``x`` less its mean row, the same numbers, in one new array and
+    ``block`` rows of temporaries: each row's centring and length are its own, so going
+    through the rows a block at a time changes none of them."""
+    mean = x.mean(0)
+    out = np.empty(x.shape, np.result_type(x.dtype, mean.dtype))
+    for start in range(0, len(x), block):
+        rows = slice(start, start + block)
+        np.subtract(x[rows], mean, out=out[rows])
+        norm = np.linalg.norm(out[rows], axis=1, keepdims=True)
+        out[rows] /= np.where(norm > 0, norm, 1.0)
+    return out.astype(np.float32, copy=False)
 
 
 def near_duplicate_pairs(regional: np.ndarray, ratio: float) -> list[tuple[int, int, float]]:
@@ -136,7 +156,7 @@ def alike_pairs(regional: np.ndarray, ratio: float,
     count = len(regional)
     if count < 2:
         return [[] for _ in references]
-    x = unit_rows(regional - regional.mean(0))
+    x = centred_unit_rows(regional)
     dist, index = nearest(count, min(max(references), count - 1),
                           lambda rows: 1.0 - x[rows] @ x.T)
     return [ratio_pairs(dist[:, :min(r, count - 1)], index, ratio) for r in references]
@@ -251,15 +271,22 @@ def outliers(representations: list[np.ndarray], fence: float,
     return sorted(far.items())
 
 
-def group_means(features: np.ndarray, group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def group_means(features: np.ndarray, group: np.ndarray | None,
+                block: int = COLUMN_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """(G, D) float32 means of each group's rows, and each row's index into them (``group``
-    None or all distinct: the rows as they are)."""
+    None or all distinct: the rows as they are).  Each mean is summed in float64 and rounded,
+    ``block`` columns at a time (each column's sums are its own: the same numbers as all at
+    once), so the float64 copies scipy makes are of a block, not of ``features``."""
     if group is None or len(np.unique(group)) == len(group):
         return features, np.arange(len(features))
     _, member_of = np.unique(group, return_inverse=True)
     count = np.bincount(member_of)
     mean = csr_matrix((1.0 / count[member_of], (member_of, np.arange(len(group)))))
-    return np.asarray(mean @ features, dtype=np.float32), member_of
+    means = np.empty((mean.shape[0], features.shape[1]), np.float32)
+    for start in range(0, features.shape[1], block):
+        columns = slice(start, start + block)
+        means[:, columns] = mean @ features[:, columns]
+    return means, member_of
 
 
 def audit_outliers(features: Features, fence: float,
