@@ -23,9 +23,10 @@ outliers: a blank frame and a text page are alike to the backbone, not in pixels
 
 Images are read batch by batch, so memory holds the features and one batch of pixels, never
 a split's pixels; the features, their count known (:func:`files_features`), are written into
-place batch by batch, held once (:class:`Rows`).  :func:`folder_batches` decodes the files as preprocess decodes val and test
-(``eval_view_of``): the audit stage and ``finetuner audit`` read the images themselves, not the
-prepared arrays, so changing augmentation (``preprocess.*``) does not rerun the audit.
+place batch by batch, held once (:class:`Rows`).  :func:`folder_batches` decodes the files
+as preprocess decodes val and test (``eval_view_of``): the audit stage and ``finetuner
+audit`` read the images themselves, not the prepared arrays, so changing augmentation
+(``preprocess.*``) does not rerun the audit.
 """
 from __future__ import annotations
 
