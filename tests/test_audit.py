@@ -143,7 +143,7 @@ def test_the_taps_are_every_stage_but_the_last_pooled_in_order():
 def test_features_announced_are_written_into_place_the_same_numbers():
     """With the count known the features are held once, in arrays allocated at the first batch
     (no per-batch arrays joined at the end), and they are the same."""
-    from finetuner.audit.features import Rows, image_features
+    from finetuner.audit.features import FeatureRows, image_features
     from finetuner.models import build_model
     model = build_model("resnet18", "none", 2, layers="all").eval()
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
@@ -152,7 +152,7 @@ def test_features_announced_are_written_into_place_the_same_numbers():
     for name in ("pooled", "regional", "taps", "thumbs"):
         a, b = getattr(joined, name), getattr(written, name)
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    rows = Rows(np.float32, count=3)
+    rows = FeatureRows(np.float32, count=3)
     first = np.ones((2, 4), np.float32)
     rows.add(first)
     held = rows.parts[0]
@@ -161,7 +161,7 @@ def test_features_announced_are_written_into_place_the_same_numbers():
     with pytest.raises(ValueError):
         rows.add(np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError):
-        Rows(np.float32, count=4).array()
+        FeatureRows(np.float32, count=4).array()
 
 
 def test_the_thumbnails_are_the_views_in_grey_averaged_down():
@@ -207,6 +207,10 @@ def test_two_outliers_pair_only_when_their_thumbnails_agree():
     thumbs = rng.integers(0, 256, (62, 32 * 32), dtype=np.uint8)  # no two alike in pixels
     thumbs[60] = 255  # a blank frame: flat, correlates with nothing
     assert thumbnail_correlation(thumbs, 60, 61) == 0.0
+    faint = thumbs.copy()  # nearly blank pages: faint gradients of 1-3 grey levels agree in shape
+    faint[60] = (250 + np.arange(32 * 32) // 256).astype(np.uint8)
+    faint[61] = (5 + np.arange(32 * 32) // 342).astype(np.uint8)
+    assert thumbnail_correlation(faint, 60, 61) == 0.0
     assert pairs_and_far(thumbs) == ({("0", "1")}, {"60", "61"})
     copy = thumbs.copy()  # a copy in pixels too, cropped: shifted by two thumbnail pixels
     copy[60] = np.roll(copy[61].reshape(32, 32), 2, axis=1).ravel()

@@ -23,7 +23,7 @@ outliers: a blank frame and a text page are alike to the backbone, not in pixels
 
 Images are read batch by batch, so memory holds the features and one batch of pixels, never
 a split's pixels; the features, their count known (:func:`files_features`), are written into
-place batch by batch, held once (:class:`Rows`).  :func:`folder_batches` decodes the files
+place batch by batch, held once (:class:`FeatureRows`).  :func:`folder_batches` decodes the files
 as preprocess decodes val and test (``eval_view_of``): the audit stage and ``finetuner
 audit`` read the images themselves, not the prepared arrays, so changing augmentation
 (``preprocess.*``) does not rerun the audit.
@@ -116,7 +116,7 @@ def thumbnails(images: torch.Tensor) -> np.ndarray:
     return small.flatten(1).to(torch.uint8).numpy()
 
 
-class Rows:
+class FeatureRows:
     """One (N, width) array gathered batch by batch (:meth:`add`), of ``dtype``: with ``count``
     (N) known, each batch is written into place in one array allocated at the first batch, so
     the rows are held once; without, the batches are kept and joined at the end (held twice
@@ -151,11 +151,11 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
                    count: int | None = None) -> Features:
     """:class:`Features` of ``batches``: uint8 tensors or arrays (B, H, W, 3); ``progress(n)``
     is called with each batch's size.  ``count``: how many images the batches hold, if known,
-    so that the features are written into place, held once (:class:`Rows`)."""
+    so that the features are written into place, held once (:class:`FeatureRows`)."""
     device = device or torch.device("cpu")
     model.eval().to(device)
-    pooled, regional, taps = (Rows(np.float32, count) for _ in range(3))
-    thumbs, projection = Rows(np.uint8, count), {}
+    pooled, regional, taps = (FeatureRows(np.float32, count) for _ in range(3))
+    thumbs, projection = FeatureRows(np.uint8, count), {}
     for batch in batches:
         images = torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2)
         thumbs.add(thumbnails(images))  # on the host, before the pixels move
@@ -166,6 +166,8 @@ def image_features(model: StagedClassifier, batches: Iterable, device: torch.dev
         if progress:
             progress(len(images))
     if not pooled.parts:  # no batch: the regional width is unknown, 0 (concatenate skips it)
+        if count:
+            raise ValueError(f"no batch where {count} images were announced")
         return Features(np.zeros((0, model.classifier.in_features), np.float32),
                         np.zeros((0, 0), np.float32))
     return Features(*(rows.array() for rows in (pooled, regional, taps, thumbs)))

@@ -18,9 +18,9 @@
   any two junk images are (a blank frame and a text page are alike to the backbone): such a
   pair is reported only when their grey thumbnails (``Features.thumbs``) also correlate at
   :data:`PIXEL_CORRELATION` or more, shifted by up to :data:`PIXEL_SHIFT` pixels (a flat
-  thumbnail correlates with none), or their features are identical.  A pair with an image
-  that has neighbours of its kind is reported on the features alone: two shots of one object
-  differ in pixels.
+  thumbnail, its grey levels varying less than :data:`FLAT_GREY`, correlates with none), or
+  their features are identical.  A pair with an image that has neighbours of its kind is
+  reported on the features alone: two shots of one object differ in pixels.
 * **outlier**: cleanlab's ``OutOfDistribution`` (mean cosine distance to the 10 nearest
   images over its median), on the pooled features and on every stage's pooled output side
   by side (``Features.every_stage``); an image is reported when, in either, that is above
@@ -72,6 +72,7 @@ NEIGHBOURS = 10      # the outlier check's: cleanlab's k, and the alike batches'
 SAME = 1e-6          # cosine distance under which two images count as identical
 PIXEL_CORRELATION = 0.6  # two outliers' thumbnails: copies >= 0.75, two text pages 0.42
 PIXEL_SHIFT = 2      # thumbnail pixels (of 32) a copy's may be shifted by (a 5 % crop: 1-2)
+FLAT_GREY = 3.0      # a thumbnail whose grey levels vary less is flat (a photo's: tens)
 ROW_BLOCK = 1024     # rows of features a temporary holds (centring, row lengths)
 COLUMN_BLOCK = 128   # columns of features a float64 temporary holds (the groups' means)
 
@@ -194,9 +195,12 @@ def _overlap(offset: int, side: int) -> slice:
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two arrays of one shape; 0 where either is flat (no pattern to
-    agree on)."""
+    """Pearson correlation of two arrays of one shape; 0 where either is flat, its standard
+    deviation under :data:`FLAT_GREY` levels (no pattern to agree on: correlation ignores
+    scale, so two nearly blank frames with faint gradients would otherwise agree)."""
     rows = np.stack([a.ravel(), b.ravel()]).astype(np.float32)
+    if rows.std(1).min() < FLAT_GREY:
+        return 0.0
     x, y = unit_rows(rows - rows.mean(1, keepdims=True))
     return float(x @ y)
 
