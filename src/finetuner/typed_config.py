@@ -26,7 +26,7 @@ class ParamsError(ValueError):
     """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
 
 
-ALLOWED_DOC = " (docs/params.md gives each key's allowed values)"
+_ALLOWED_DOC = " (docs/params.md gives each key's allowed values)"
 
 
 def fail(key: str, message: str) -> typing.NoReturn:
@@ -105,7 +105,7 @@ def _to_bool(key: str, value) -> bool:
 
 def _to_int(key: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{ALLOWED_DOC}")
+        fail(key, f"is {value!r} ({type(value).__name__}); expected an integer{_ALLOWED_DOC}")
     return value
 
 
@@ -113,7 +113,7 @@ def _to_float(key: str, value) -> float:
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         value = float(value)  # `1e-3`: PyYAML (YAML 1.1) reads it as a string
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail(key, f"is {value!r} ({type(value).__name__}); expected a number{ALLOWED_DOC}")
+        fail(key, f"is {value!r} ({type(value).__name__}); expected a number{_ALLOWED_DOC}")
     return float(value)
 
 
