@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -108,10 +109,16 @@ def experiments(shown) -> dict[str, dict]:
             for name, data in rows_of(shown).items()}
 
 
+FINISHED_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+")  # baseline sha, name
+
+
 def experiment_refs(repo: Path) -> set[str]:
-    """The git refs of finished experiments (queued and failed ones live under celery/)."""
+    """The git refs of finished experiments. Not the others under refs/exps/: queued and failed
+    ones live under celery/, and while a worker starts, DVC sets exec/ refs in this repository
+    for a moment (seen under load: they made a sweep look done before its second result came
+    back, and `dvc exp apply` of a name `dvc exp show` listed as running then failed)."""
     refs = sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
-    return {ref for ref in refs if not ref.startswith("refs/exps/celery/")}
+    return {ref for ref in refs if FINISHED_REF.fullmatch(ref)}
 
 
 def run_the_queue(repo: Path, count: int) -> None:
